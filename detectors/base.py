@@ -1,0 +1,120 @@
+"""The detector protocol, the window totals it judges, and the registry keyed by YAML ``type:``.
+
+A detector is pure: it receives one closed window of one scope at a time, in
+window order, together with the per-scope state it created, and returns alerts.
+The engine owns windowing, ordering, state storage and snapshots.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+from spendwatch.alerts import Alert
+from spendwatch.configtypes import RATIO_METRICS
+from spendwatch.pricing import NANOS_PER_USD
+
+
+class Totals(NamedTuple):
+    """Sums of one (scope, window); money in integer nano-dollars."""
+
+    spend_nanos: int = 0
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    events: int = 0
+
+    def add(self, other: Totals) -> Totals:
+        return Totals(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+ZERO = Totals()
+
+
+def metric_value(metric: str, totals: Totals) -> float | None:
+    """The value of ``metric`` for a window; ``None`` when a ratio has no requests."""
+    if metric == "spend_usd":
+        return totals.spend_nanos / NANOS_PER_USD
+    if metric == "requests":
+        return float(totals.requests)
+    if metric == "input_tokens":
+        return float(totals.input_tokens)
+    if metric == "output_tokens":
+        return float(totals.output_tokens)
+    if totals.requests <= 0:
+        return None
+    if metric == "cost_per_request_usd":
+        return totals.spend_nanos / NANOS_PER_USD / totals.requests
+    if metric == "output_tokens_per_request":
+        return totals.output_tokens / totals.requests
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """How events are summed before a rule sees them: dimensions, window, filter, credits.
+
+    Rules with equal aggregations share one pre-aggregation pass.
+    """
+
+    dims: tuple[str, ...]
+    window: int
+    match: tuple[tuple[str, str], ...] = ()
+    include_credits: bool = False
+
+
+class WindowDetector(ABC):
+    """A rule judging closed windows of one aggregation, scope by scope."""
+
+    name: str
+    aggregation: Aggregation
+    zero_fill: bool
+    """Whether a window without events counts as zero (sums) or is skipped (ratios)."""
+
+    @abstractmethod
+    def new_state(self) -> Any:
+        """Fresh per-scope state (picklable)."""
+
+    @abstractmethod
+    def observe(
+        self, state: Any, scope: Mapping[str, str], window_start: int, totals: Totals
+    ) -> list[Alert]:
+        """Judge one closed window of one scope (windows arrive in order)."""
+
+
+@dataclass(frozen=True)
+class DetectorType:
+    config_class: type
+    build: Callable[[Any], WindowDetector]
+
+
+DETECTOR_TYPES: dict[str, DetectorType] = {}
+
+
+def register_detector(type_name: str, config_class: type) -> Callable[[type], type]:
+    """Class decorator: make a detector available as ``type: <type_name>`` in YAML."""
+
+    def decorate(cls: type) -> type:
+        DETECTOR_TYPES[type_name] = DetectorType(config_class, cls)
+        cls.type_name = type_name
+        return cls
+
+    return decorate
+
+
+def zero_fills(metric: str) -> bool:
+    return metric not in RATIO_METRICS
+
+
+class DetectorBase(WindowDetector):
+    """Common construction from a config with ``name``, ``scope``, ``window`` and ``metric``."""
+
+    type_name: ClassVar[str]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.name = config.name
+        self.aggregation = Aggregation(dims=tuple(config.scope), window=config.window)
+        self.zero_fill = zero_fills(config.metric)

@@ -1,0 +1,251 @@
+"""Budgets: cumulative spend per (budget, scope, period) against configured thresholds.
+
+Each threshold fires at most once per period: the crossed thresholds are part of
+the state, and totals are integer nano-dollars, so neither batching nor ordering
+nor a restore from a snapshot can make a threshold fire twice. When a period ends
+(the watermark passes it) its crossed thresholds are resolved, which lets
+throttling receivers restore normal service for the new period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+
+from spendwatch.detectors.base import Aggregation
+from spendwatch.alerts import Alert, make_alert
+from spendwatch.configtypes import Dimension, Duration, Severity, StrictModel
+from spendwatch.pricing import NANOS_PER_USD
+
+Period = Literal["hour", "day", "week", "month"]
+
+
+class BudgetConfig(StrictModel):
+    """A spend budget: fixed ``scope`` values and/or one budget per value of ``scope_by``."""
+
+    name: str = Field(min_length=1)
+    scope: dict[Dimension, str] = Field(
+        default_factory=dict, description="fixed dimension values, e.g. {tenant: acme}"
+    )
+    scope_by: list[Dimension] = Field(
+        default_factory=list, description="one budget per value of these dimensions"
+    )
+    amount_usd: float = Field(gt=0, description="budget per period (default for scope_by)")
+    overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description="amount per scope_by value (values joined by '/' for several dimensions)",
+    )
+    period: Period = "month"
+    thresholds: list[float] = Field(default_factory=lambda: [70.0, 85.0, 100.0], min_length=1)
+    timezone: str = "UTC"
+    window: Duration = Field(
+        default=300, description="resolution of the crossing window reported in alerts"
+    )
+    severity: Severity | None = Field(
+        default=None, description="default: info below 85 %, warning below 100 %, else critical"
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value: list[float]) -> list[float]:
+        if any(t <= 0 for t in value):
+            raise ValueError("thresholds are percentages and must be positive")
+        if len(set(value)) != len(value):
+            raise ValueError("thresholds must be distinct")
+        return sorted(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown timezone {value!r}") from error
+        return value
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, amount in value.items():
+            if not amount > 0:
+                raise ValueError(f"override for {key!r} must be a positive amount")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BudgetConfig:
+        if self.window <= 0 or 3600 % self.window:
+            raise ValueError("window must divide one hour (e.g. 1m, 5m, 15m, 1h)")
+        if self.overrides and not self.scope_by:
+            raise ValueError("overrides need scope_by")
+        if set(self.scope) & set(self.scope_by):
+            raise ValueError("a dimension cannot be both in scope and in scope_by")
+        return self
+
+
+class PeriodState:
+    """Spend and crossed thresholds of one scope in one period."""
+
+    __slots__ = ("crossed", "end", "start", "total_nanos")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+        self.total_nanos = 0
+        self.crossed: list[float] = []
+
+    def __getstate__(self) -> tuple:
+        return (self.start, self.end, self.total_nanos, self.crossed)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.start, self.end, self.total_nanos, self.crossed = state
+
+
+class BudgetState:
+    """Open periods of one budget scope, keyed by period key."""
+
+    __slots__ = ("periods",)
+
+    def __init__(self) -> None:
+        self.periods: dict[str, PeriodState] = {}
+
+    def __getstate__(self) -> dict:
+        return self.periods
+
+    def __setstate__(self, state: dict) -> None:
+        self.periods = state
+
+
+class BudgetRule:
+    """Evaluates one :class:`BudgetConfig`; pure, state passed in by the engine."""
+
+    def __init__(self, config: BudgetConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.aggregation = Aggregation(
+            dims=tuple(config.scope_by) + tuple(sorted(config.scope)),
+            window=config.window,
+            match=tuple(sorted(config.scope.items())),
+            include_credits=True,
+        )
+        self._zone = ZoneInfo(config.timezone)
+
+    def new_state(self) -> BudgetState:
+        return BudgetState()
+
+    def amount_usd(self, scope: Mapping[str, str]) -> float:
+        if self.config.overrides:
+            key = "/".join(scope[d] for d in self.config.scope_by)
+            return self.config.overrides.get(key, self.config.amount_usd)
+        return self.config.amount_usd
+
+    def add(
+        self, state: BudgetState, scope: Mapping[str, str], window_start: int, spend_nanos: int
+    ) -> list[Alert]:
+        """Add a window's spend (late windows too) and fire newly crossed thresholds."""
+        key, start, end = period_of(window_start, self.config.period, self.config.timezone)
+        period = state.periods.get(key)
+        if period is None:
+            period = state.periods[key] = PeriodState(start, end)
+        period.total_nanos += spend_nanos
+        amount = self.amount_usd(scope)
+        amount_nanos = amount * NANOS_PER_USD
+        alerts = []
+        for threshold in self.config.thresholds:
+            if threshold in period.crossed:
+                continue
+            if period.total_nanos * 100 >= threshold * amount_nanos:
+                period.crossed.append(threshold)
+                alerts.append(
+                    self._alert(scope, "firing", key, period, threshold, amount, window_start)
+                )
+        return alerts
+
+    def expire(self, state: BudgetState, scope: Mapping[str, str], watermark: float) -> list[Alert]:
+        """Close periods that ended before the watermark; resolve their crossed thresholds."""
+        alerts = []
+        for key in [k for k, p in state.periods.items() if p.end <= watermark]:
+            period = state.periods.pop(key)
+            amount = self.amount_usd(scope)
+            for threshold in period.crossed:
+                alerts.append(
+                    self._alert(
+                        scope, "resolved", key, period, threshold, amount,
+                        period.end - self.config.window,
+                    )
+                )
+        return alerts
+
+    def total_usd(self, state: BudgetState, period_key: str) -> float:
+        period = state.periods.get(period_key)
+        return period.total_nanos / NANOS_PER_USD if period else 0.0
+
+    def severity(self, threshold: float) -> Severity:
+        if self.config.severity is not None:
+            return self.config.severity
+        if threshold >= 100:
+            return "critical"
+        return "warning" if threshold >= 85 else "info"
+
+    def _alert(
+        self,
+        scope: Mapping[str, str],
+        status: Literal["firing", "resolved"],
+        key: str,
+        period: PeriodState,
+        threshold: float,
+        amount: float,
+        window_start: int,
+    ) -> Alert:
+        spend = period.total_nanos / NANOS_PER_USD
+        return make_alert(
+            kind="budget",
+            rule=self.name,
+            status=status,
+            severity=self.severity(threshold),
+            scope=scope,
+            metric="spend_usd",
+            window_start=window_start,
+            window_end=window_start + self.config.window,
+            observed=spend,
+            expected=amount,
+            score=100.0 * spend / amount,
+            threshold=threshold,
+            period=key,
+            fingerprint_threshold=threshold,
+            episode_start=period.start,
+        )
+
+
+@lru_cache(maxsize=65536)
+def period_of(epoch: int, period: Period, timezone: str) -> tuple[str, int, int]:
+    """(key, start, end) of the period containing ``epoch``, in the budget's timezone."""
+    zone = ZoneInfo(timezone)
+    moment = datetime.fromtimestamp(epoch, tz=zone)
+    if period == "hour":
+        start = moment.replace(minute=0, second=0, microsecond=0)
+        key = start.strftime("%Y-%m-%dT%H")
+        end = start + timedelta(hours=1)
+    elif period == "day":
+        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        key = start.strftime("%Y-%m-%d")
+        end = start + timedelta(days=1)
+    elif period == "week":
+        start = (moment - timedelta(days=moment.weekday())).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
+        iso = start.isocalendar()
+        key = f"{iso[0]}-W{iso[1]:02d}"
+        end = start + timedelta(days=7)
+    else:
+        start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        key = start.strftime("%Y-%m")
+        end = (start + timedelta(days=32)).replace(day=1)
+    # Re-localise so DST changes inside the period give the wall-clock boundary.
+    start = start.replace(tzinfo=None).replace(tzinfo=zone)
+    end = end.replace(tzinfo=None).replace(tzinfo=zone)
+    return key, int(start.timestamp()), int(end.timestamp())

@@ -1,0 +1,12 @@
+"""Imports every built-in detector so it registers itself, and builds detectors from config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spendwatch.detectors import seasonal  # noqa: F401 - registration side effect
+from spendwatch.detectors.base import DETECTOR_TYPES, WindowDetector
+
+
+def build_detector(config: Any) -> WindowDetector:
+    return DETECTOR_TYPES[config.type].build(config)

@@ -1,0 +1,256 @@
+"""Seasonal z-score: per scope and seasonal slot, how far a window sits above its baseline.
+
+Baselines are river exponentially weighted means per slot (hour of day or hour of
+week, falling back to hour of day and then to the scope's overall level while a
+slot is still thin). Noise is one pooled variance of *relative* residuals per
+scope, so a quiet night slot and a busy peak slot share what they learn about
+volatility. Windows that look anomalous are not learned from (a spike must not
+raise its own baseline), normal ones are learned winsorised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import Field, model_validator
+from river import stats
+
+from spendwatch.detectors.base import DetectorBase, Totals, metric_value, register_detector
+from spendwatch.alerts import Alert, make_alert
+from spendwatch.configtypes import Dimension, Duration, Metric, Severity, StrictModel
+
+Seasonality = Literal["none", "hour_of_day", "hour_of_week"]
+_HOUR = 3600
+_DAY = 86400
+_EPOCH_WEEKDAY_OFFSET_HOURS = 3 * 24  # 1970-01-01 was a Thursday; make Monday 00:00 slot 0
+
+
+class SeasonalZScoreConfig(StrictModel):
+    """``type: seasonal_zscore``: alert when a window is far above its seasonal baseline."""
+
+    name: str = Field(min_length=1)
+    type: Literal["seasonal_zscore"] = "seasonal_zscore"
+    scope: list[Dimension] = Field(default_factory=list, description="dimensions to key on")
+    metric: Metric = "spend_usd"
+    window: Duration = Field(default=3600, description="tumbling event-time window")
+    seasonality: Seasonality = "hour_of_day"
+    threshold: float = Field(default=4.0, gt=0, description="z-score needed to fire")
+    min_ratio: float = Field(
+        default=1.2, ge=1.0, description="observed/expected must also reach this (1.2 = +20 %)"
+    )
+    min_value: float = Field(default=0.0, ge=0, description="ignore windows below this value")
+    warmup: int | None = Field(
+        default=None,
+        ge=0,
+        description="windows to learn before alerting (default: two days of windows, min 12)",
+    )
+    resolve_after: int = Field(default=2, ge=1, description="normal windows that end an episode")
+    history: int = Field(
+        default=8, ge=2, description="effective memory, in samples, of each slot's baseline"
+    )
+    relearn_after: int = Field(
+        default=24,
+        ge=1,
+        description="windows an episode may last before the baseline adapts to the new level",
+    )
+    min_relative_std: float = Field(
+        default=0.05, ge=0, description="noise floor, as a fraction of the expected value"
+    )
+    severity: Severity = "warning"
+
+    @model_validator(mode="after")
+    def _window_positive(self) -> SeasonalZScoreConfig:
+        if self.window <= 0:
+            raise ValueError("window must be positive")
+        return self
+
+    @property
+    def effective_warmup(self) -> int:
+        if self.warmup is not None:
+            return self.warmup
+        if self.seasonality == "none":
+            return 12
+        return max(12, 2 * _DAY // self.window)
+
+
+class SeasonalState:
+    """Per-scope baseline: slot means, overall level, pooled relative noise, episode."""
+
+    __slots__ = (
+        "day_slots",
+        "episode_start",
+        "firing_windows",
+        "level",
+        "noise",
+        "normal_streak",
+        "seen",
+        "week_slots",
+    )
+
+    def __init__(self) -> None:
+        self.week_slots: dict[int, stats.EWMean] = {}
+        self.day_slots: dict[int, stats.EWMean] = {}
+        self.level: stats.EWMean | None = None
+        self.noise: stats.EWVar | None = None
+        self.seen = 0
+        self.episode_start: int | None = None
+        self.firing_windows = 0
+        self.normal_streak = 0
+
+    def __getstate__(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+class Baseline:
+    """Expected value and standard deviation for one window (what ``explain`` prints)."""
+
+    __slots__ = ("expected", "std")
+
+    def __init__(self, expected: float, std: float) -> None:
+        self.expected = expected
+        self.std = std
+
+    def z(self, value: float) -> float:
+        if self.std > 0:
+            return (value - self.expected) / self.std
+        return math.inf if value > self.expected else 0.0
+
+
+@register_detector("seasonal_zscore", SeasonalZScoreConfig)
+class SeasonalZScore(DetectorBase):
+    """Seasonal z-score detector; see the module docstring for the model."""
+
+    config: SeasonalZScoreConfig
+
+    def __init__(self, config: SeasonalZScoreConfig) -> None:
+        super().__init__(config)
+        self.alpha = 1.0 / config.history
+        self.warmup = config.effective_warmup
+
+    def new_state(self) -> SeasonalState:
+        return SeasonalState()
+
+    def baseline(self, state: SeasonalState, window_start: int) -> Baseline | None:
+        """The baseline for ``window_start``, or ``None`` before the first window."""
+        if state.level is None:
+            return None
+        hour = window_start // _HOUR
+        expected = state.level.get()
+        seasonality = self.config.seasonality
+        if seasonality != "none":
+            day_slot = state.day_slots.get(hour % 24)
+            if day_slot is not None:
+                expected = day_slot.get()
+            if seasonality == "hour_of_week":
+                week_slot = state.week_slots.get((hour + _EPOCH_WEEKDAY_OFFSET_HOURS) % 168)
+                if week_slot is not None:
+                    expected = week_slot.get()
+        relative_var = max(state.noise.get() if state.noise else 0.0, self.config.min_relative_std**2)
+        scale = max(expected, 0.0)
+        std = scale * math.sqrt(relative_var)
+        if self.config.metric == "requests":
+            std = math.sqrt(std * std + scale)  # counts carry at least Poisson noise
+        return Baseline(expected, std)
+
+    def observe(
+        self, state: SeasonalState, scope: Mapping[str, str], window_start: int, totals: Totals
+    ) -> list[Alert]:
+        value = metric_value(self.config.metric, totals)
+        if value is None:
+            return []
+        baseline = self.baseline(state, window_start)
+        anomalous = False
+        z = 0.0
+        if baseline is not None and state.seen >= self.warmup:
+            z = baseline.z(value)
+            anomalous = (
+                z >= self.config.threshold
+                and value >= self.config.min_value
+                and value >= self.config.min_ratio * baseline.expected
+            )
+        alerts: list[Alert] = []
+        if anomalous:
+            state.normal_streak = 0
+            if state.episode_start is None:
+                state.episode_start = window_start
+                state.firing_windows = 0
+                alerts.append(
+                    self._alert(scope, "firing", window_start, value, baseline, z, window_start)
+                )
+            state.firing_windows += 1
+        elif state.episode_start is not None:
+            state.normal_streak += 1
+            if state.normal_streak >= self.config.resolve_after:
+                alerts.append(
+                    self._alert(
+                        scope, "resolved", window_start, value, baseline, z, state.episode_start
+                    )
+                )
+                state.episode_start = None
+                state.normal_streak = 0
+        relearn = anomalous and state.firing_windows > self.config.relearn_after
+        if not anomalous or relearn:
+            self._learn(state, window_start, value, baseline)
+        return alerts
+
+    def _learn(
+        self, state: SeasonalState, window_start: int, value: float, baseline: Baseline | None
+    ) -> None:
+        alpha = self.alpha
+        if baseline is not None:
+            if state.seen >= self.warmup and baseline.std > 0:
+                value = min(value, baseline.expected + self.config.threshold * baseline.std)
+            reference = max(baseline.expected, 1e-12)
+            if state.noise is None:
+                state.noise = stats.EWVar(fading_factor=alpha)
+            state.noise.update((value - baseline.expected) / reference)
+        if state.level is None:
+            state.level = stats.EWMean(fading_factor=alpha)
+        state.level.update(value)
+        hour = window_start // _HOUR
+        if self.config.seasonality != "none":
+            _update_slot(state.day_slots, hour % 24, value, alpha)
+        if self.config.seasonality == "hour_of_week":
+            _update_slot(state.week_slots, (hour + _EPOCH_WEEKDAY_OFFSET_HOURS) % 168, value, alpha)
+        state.seen += 1
+
+    def _alert(
+        self,
+        scope: Mapping[str, str],
+        status: Literal["firing", "resolved"],
+        window_start: int,
+        value: float,
+        baseline: Baseline | None,
+        z: float,
+        episode_start: int,
+    ) -> Alert:
+        assert baseline is not None
+        return make_alert(
+            kind="anomaly",
+            rule=self.name,
+            status=status,
+            severity=self.config.severity,
+            scope=scope,
+            metric=self.config.metric,
+            window_start=window_start,
+            window_end=window_start + self.config.window,
+            observed=value,
+            expected=baseline.expected,
+            score=z if math.isfinite(z) else 1e9,
+            threshold=self.config.threshold,
+            episode_start=episode_start,
+        )
+
+
+def _update_slot(slots: dict[int, stats.EWMean], slot: int, value: float, alpha: float) -> None:
+    mean = slots.get(slot)
+    if mean is None:
+        mean = slots[slot] = stats.EWMean(fading_factor=alpha)
+    mean.update(value)
+

@@ -1,0 +1,1 @@
+"""Notifiers: receivers that deliver alerts, registered by their YAML ``type:``."""

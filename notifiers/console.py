@@ -1,0 +1,66 @@
+"""``type: console``: one readable line per alert on stdout (or JSON)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal, TextIO
+
+from pydantic import Field
+
+from spendwatch.notifiers.base import Notifier, register_notifier
+from spendwatch.alerts import Alert
+from spendwatch.configtypes import StrictModel
+
+
+class ConsoleConfig(StrictModel):
+    type: Literal["console"] = "console"
+    name: str = "console"
+    format: Literal["text", "json"] = Field(default="text", description="text: one line each")
+
+
+def render_line(alert: Alert) -> str:
+    """One human line: status, rule, scope, observed vs expected, score, window."""
+    scope = ",".join(f"{k}={v}" for k, v in alert.scope.items()) or "all"
+    if alert.kind == "budget":
+        detail = (
+            f"${alert.observed:,.2f} of ${alert.expected:,.2f} ({alert.score:.1f}% >= "
+            f"{alert.threshold:g}%) period {alert.period}"
+        )
+    elif alert.kind == "forecast":
+        detail = f"projected {alert.score:.0f}% of ${alert.expected:,.2f} in {alert.period}"
+    else:
+        detail = (
+            f"{alert.metric} {_num(alert.observed)} vs expected {_num(alert.expected)} "
+            f"(z={alert.score:.1f}, threshold {alert.threshold:g})"
+        )
+    marker = "FIRING" if alert.status == "firing" else "RESOLVED"
+    drivers = ""
+    if alert.drivers:
+        drivers = " drivers: " + ", ".join(
+            f"{d.dimension}={d.value} {d.share:.0%}" for d in alert.drivers
+        )
+    owner = f" owner {alert.owner}" if alert.owner else ""
+    return (
+        f"[{marker:8}] {alert.severity:8} {alert.kind}/{alert.rule} {scope}: {detail} "
+        f"window {alert.window_start}..{alert.window_end}{drivers}{owner}"
+    )
+
+
+def _num(value: float) -> str:
+    return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
+@register_notifier("console", ConsoleConfig)
+class ConsoleNotifier(Notifier):
+    def __init__(self, config: ConsoleConfig, stream: TextIO | None = None) -> None:
+        self.name = config.name
+        self.config = config
+        self.stream = stream or sys.stdout
+
+    def notify(self, alert: Alert) -> None:
+        if self.config.format == "json":
+            line = alert.to_json_bytes().decode()
+        else:
+            line = render_line(alert)
+        self.stream.write(line + "\n")
+        self.stream.flush()

@@ -1,0 +1,255 @@
+"""The YAML configuration: models, loading with ``${ENV}`` substitution, and readable errors.
+
+Every section is a pydantic model with unknown keys forbidden; detector and
+receiver sections are unions over the registries, so a new ``type:`` only needs
+its own config class. Errors name the file, the line, the key path (e.g.
+``detectors[2].threshold``) and the problem, never the value (it may be a secret).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from spendwatch.configtypes import STANDARD_DIMENSIONS, Dimension, Duration, StrictModel
+from spendwatch.detectors.base import DETECTOR_TYPES
+from spendwatch.detectors.budget import BudgetConfig
+from spendwatch.detectors.registry import build_detector  # noqa: F401 - registers detectors
+from spendwatch.notifiers.base import NOTIFIER_TYPES
+from spendwatch.notifiers.console import ConsoleConfig
+from spendwatch.notifiers.registry import build_notifier  # noqa: F401 - registers notifiers
+from spendwatch.pricing import PricingConfig
+
+
+def _tagged_union(classes: list[type]) -> Any:
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[tuple(classes)], Field(discriminator="type")]  # noqa: UP007
+
+
+DetectorConfig = _tagged_union([t.config_class for t in DETECTOR_TYPES.values()])
+ReceiverConfig = _tagged_union([t.config_class for t in NOTIFIER_TYPES.values()])
+
+
+class JsonlSourceConfig(StrictModel):
+    """``type: jsonl``: a JSONL file (``-`` for stdin), optionally followed like ``tail -f``."""
+
+    type: Literal["jsonl"] = "jsonl"
+    path: str = Field(default="-", description="JSONL file of usage events, or - for stdin")
+    follow: bool = Field(default=False, description="keep reading as the file grows")
+    batch_bytes: int = Field(
+        default=4 << 20, ge=1024, description="bytes read per batch (throughput vs latency)"
+    )
+    poll_interval: float = Field(default=0.5, gt=0, description="seconds between polls at EOF")
+
+
+SourceConfig = JsonlSourceConfig
+
+
+class EngineConfig(StrictModel):
+    """Windowing and state settings shared by every rule."""
+
+    allowed_lateness: Duration = Field(
+        default=300, description="event-time delay before a window closes"
+    )
+    dedup_horizon: Duration = Field(
+        default=3600, description="event time for which repeated event_ids are dropped"
+    )
+    shards: int = Field(
+        default=16, ge=1, le=4096, description="state shards (keep fixed across restarts)"
+    )
+    max_event_bytes: int = Field(default=65536, ge=256, description="longer lines dead-letter")
+    scope_idle_ttl: Duration = Field(
+        default=8 * 86400, description="forget a detector scope idle for this long"
+    )
+
+
+class DeadLetterConfig(StrictModel):
+    path: str | None = Field(
+        default="out/dead_letter.jsonl", description="JSONL of rejected events; null to discard"
+    )
+
+
+class SpendwatchConfig(BaseSettings):
+    """Root of a spendwatch YAML file; ``SPENDWATCH_*`` environment variables override it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SPENDWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    source: SourceConfig = Field(default_factory=JsonlSourceConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    dimensions: list[Dimension] = Field(
+        default_factory=lambda: list(STANDARD_DIMENSIONS),
+        description="dimensions kept from each event (scopes may use only these)",
+    )
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    detectors: list[DetectorConfig] = Field(default_factory=list)  # type: ignore[valid-type]
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    receivers: list[ReceiverConfig] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: [ConsoleConfig()]
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SpendwatchConfig:
+        names = [d.name for d in self.detectors] + [b.name for b in self.budgets]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicated)}")
+        kept = set(self.dimensions)
+        for kind, rules in (("detectors", self.detectors), ("budgets", self.budgets)):
+            for index, rule in enumerate(rules):
+                used = list(getattr(rule, "scope", [])) + list(getattr(rule, "scope_by", []))
+                missing = [d for d in used if d not in kept]
+                if missing:
+                    raise ValueError(
+                        f"{kind}[{index}] ({rule.name}) uses dimension(s) {', '.join(missing)} "
+                        "that are not listed in `dimensions`"
+                    )
+        receiver_names = [r.name for r in self.receivers]
+        if len(set(receiver_names)) != len(receiver_names):
+            raise ValueError("receiver names must be unique (set `name:` on repeated types)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, *_, **__):
+        # YAML (passed as init kwargs) wins over the environment; no .env or secrets dirs.
+        return (init_settings, env_settings)
+
+
+class ConfigError(ValueError):
+    """A config file could not be loaded; ``problems`` lists ``file:line: key: problem`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_config(path: str | os.PathLike[str]) -> SpendwatchConfig:
+    """Load and validate a YAML config file; raise :class:`ConfigError` naming file, key, problem."""
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError([f"{file}: cannot read: {error}"]) from error
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from error
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{file}: the top level must be a mapping of sections"])
+    problems: list[str] = []
+    data = _substitute_env(data, [], problems, file, root)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return SpendwatchConfig(**data)
+    except ValidationError as error:
+        raise ConfigError(
+            [_describe(file, root, data, err) for err in error.errors(include_input=False)]
+        ) from None
+
+
+def _substitute_env(value: Any, path: list, problems: list[str], file: str, root: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, [*path, k], problems, file, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, [*path, i], problems, file, root) for i, v in enumerate(value)]
+    if isinstance(value, str) and "${" in value:
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            problems.append(
+                f"{file}{_line_suffix(root, path)}: {format_key_path(path)}: environment "
+                f"variable {name} is not set"
+            )
+            return ""
+
+        return _ENV_REFERENCE.sub(replace, value)
+    return value
+
+
+def _describe(file: str, root: Any, data: Any, error: dict[str, Any]) -> str:
+    path = _data_path(data, list(error["loc"]))
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see `spendwatch schema`)"
+    key = format_key_path(path) or "(top level)"
+    return f"{file}{_line_suffix(root, path)}: {key}: {message}"
+
+
+def _data_path(data: Any, loc: list[Any]) -> list[Any]:
+    """Drop union tags pydantic adds to error locations (they are not keys in the file)."""
+    path: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, dict) and isinstance(part, str) and part not in DETECTOR_TYPES and (
+            part not in NOTIFIER_TYPES
+        ):
+            path.append(part)  # a missing key: still worth naming
+            node = None
+    return path
+
+
+def format_key_path(path: list[Any]) -> str:
+    """``["detectors", 2, "threshold"]`` → ``detectors[2].threshold``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _line_suffix(root: Any, path: list[Any]) -> str:
+    node = root
+    line = None
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            found = next((v for k, v in node.value if k.value == part), None)
+            if found is None:
+                break
+            line = found.start_mark.line + 1
+            node = found
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return f":{line}" if line else ""
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema of the YAML config, for editor completion."""
+    return SpendwatchConfig.model_json_schema()

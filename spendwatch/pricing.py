@@ -1,0 +1,101 @@
+"""The pricing catalog, applied to whole columns at once.
+
+Prices are USD per million tokens; results are integer nano-dollars so sums stay
+exact whatever the batching or order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from spendwatch.configtypes import StrictModel
+
+NANOS_PER_USD = 1_000_000_000
+_NANOS_PER_TOKEN_PER_USD_PER_MILLION = NANOS_PER_USD / 1_000_000
+
+
+class ModelPrice(StrictModel):
+    """USD per million tokens; ``cached_input`` defaults to ``input``."""
+
+    input: float = Field(ge=0, description="USD per million uncached input tokens")
+    output: float = Field(ge=0, description="USD per million output tokens")
+    cached_input: float | None = Field(
+        default=None, ge=0, description="USD per million cached input tokens (default: input)"
+    )
+
+    @model_validator(mode="after")
+    def _finite(self) -> ModelPrice:
+        for value in (self.input, self.output, self.cached_input or 0.0):
+            if not np.isfinite(value):
+                raise ValueError("prices must be finite numbers")
+        return self
+
+    def as_row(self) -> tuple[float, float, float]:
+        cached = self.input if self.cached_input is None else self.cached_input
+        return (self.input, cached, self.output)
+
+
+class PricingConfig(StrictModel):
+    """Model → price catalog, with an optional fallback for models missing from it."""
+
+    models: dict[str, ModelPrice] = Field(default_factory=dict)
+    fallback: ModelPrice | None = Field(
+        default=None,
+        description="price for models missing from the catalog; such events are counted "
+        "and reported. Without it they are dead-lettered.",
+    )
+
+
+class PriceTable:
+    """Vectorised pricing: factorise the model column once, look prices up by code."""
+
+    def __init__(self, config: PricingConfig) -> None:
+        self._rows: Mapping[str, tuple[float, float, float]] = {
+            name: price.as_row() for name, price in config.models.items()
+        }
+        self._fallback = config.fallback.as_row() if config.fallback else None
+
+    def price_nanos(
+        self,
+        models: Sequence[str | None],
+        input_tokens: np.ndarray,
+        cached_input_tokens: np.ndarray,
+        output_tokens: np.ndarray,
+        needed: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Price every row where ``needed``.
+
+        Returns (nanos, priced_by_fallback, unknown_without_fallback) arrays.
+        """
+        count = len(models)
+        codes: dict[str | None, int] = {}
+        model_codes = np.fromiter(
+            (codes.setdefault(m, len(codes)) for m in models), dtype=np.int64, count=count
+        )
+        table = np.zeros((len(codes), 3))
+        is_fallback = np.zeros(len(codes), dtype=bool)
+        is_unknown = np.zeros(len(codes), dtype=bool)
+        for name, code in codes.items():
+            row = self._rows.get(name) if name is not None else None
+            if row is None:
+                if self._fallback is None:
+                    is_unknown[code] = True
+                    continue
+                row = self._fallback
+                is_fallback[code] = True
+            table[code] = row
+        prices = table[model_codes]
+        uncached = np.maximum(input_tokens - cached_input_tokens, 0)
+        cached = np.minimum(cached_input_tokens, input_tokens)
+        usd_millionths = (
+            uncached * prices[:, 0] + cached * prices[:, 1] + output_tokens * prices[:, 2]
+        )
+        nanos = np.round(usd_millionths * _NANOS_PER_TOKEN_PER_USD_PER_MILLION)
+        return (
+            np.where(needed, nanos, 0).astype(np.int64),
+            is_fallback[model_codes] & needed,
+            is_unknown[model_codes] & needed,
+        )
