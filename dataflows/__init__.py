@@ -1,0 +1,1 @@
+"""Bytewax dataflows: sources, pre-aggregation, the sharded engine and sinks."""

@@ -1,0 +1,253 @@
+"""The per-shard engine: event-time windows, watermark, detectors and budgets of many scopes.
+
+One ``ShardEngine`` owns every scope that hashes to its shard. It receives partial
+sums (never raw events) together with the max event time of each input batch,
+so its watermark advances even for quiet scopes. A window closes when the
+watermark (max event time − allowed lateness) passes its end; closed windows are
+judged scope by scope in window order, which makes the outcome independent of
+batching and of arrival order within the lateness. Events later than that still
+count toward budgets; detectors count them as late. The wall clock is never read.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from spendwatch.alerts import Alert
+from spendwatch.detectors.base import ZERO, Aggregation, Totals, WindowDetector
+from spendwatch.detectors.budget import BudgetRule, BudgetState
+from spendwatch.dataflows.aggregate import PartialRow
+
+
+@dataclass
+class EnginePlan:
+    """The rules of a config, and the distinct aggregations they need."""
+
+    detectors: list[WindowDetector]
+    budgets: list[BudgetRule]
+    allowed_lateness: int
+    scope_idle_ttl: int
+    aggregations: list[Aggregation] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for rule in [*self.detectors, *self.budgets]:
+            if rule.aggregation not in self.aggregations:
+                self.aggregations.append(rule.aggregation)
+        self.detectors_by_aggregation = {
+            a: [d for d in self.detectors if d.aggregation == a] for a in self.aggregations
+        }
+        self.budgets_by_aggregation = {
+            a: [b for b in self.budgets if b.aggregation == a] for a in self.aggregations
+        }
+
+    @classmethod
+    def from_config(cls, config: Any) -> EnginePlan:
+        from spendwatch.detectors.registry import build_detector
+
+        return cls(
+            detectors=[build_detector(d) for d in config.detectors],
+            budgets=[BudgetRule(b) for b in config.budgets],
+            allowed_lateness=config.engine.allowed_lateness,
+            scope_idle_ttl=config.engine.scope_idle_ttl,
+        )
+
+
+@dataclass
+class EngineCounters:
+    """What a shard saw, for metrics and the backtest summary."""
+
+    windows_closed: int = 0
+    late_events: int = 0
+
+
+class ShardEngine:
+    """Windows, watermark and rule state of one shard; pure apart from its own state."""
+
+    def __init__(self, plan: EnginePlan, snapshot: bytes | None = None) -> None:
+        self.plan = plan
+        self.max_ts = -math.inf
+        # aggregation -> {(scope, window start): totals}
+        self.open: dict[Aggregation, dict[tuple[tuple[str, ...], int], Totals]] = {}
+        # aggregation -> every window starting before this is closed
+        self.closed_before: dict[Aggregation, int] = {}
+        # rule name -> scope -> state; rule name -> scope -> (last judged window, last data window)
+        self.detector_states: dict[str, dict[tuple[str, ...], Any]] = {}
+        self.detector_progress: dict[str, dict[tuple[str, ...], tuple[int, int]]] = {}
+        self.budget_states: dict[str, dict[tuple[str, ...], BudgetState]] = {}
+        self.counters = EngineCounters()
+        if snapshot is not None:
+            self._restore(snapshot)
+
+    # -- input -------------------------------------------------------------------------------
+
+    def on_message(self, max_ts: float | None, rows: Sequence[PartialRow]) -> list[Alert]:
+        """Add one batch's partial rows, advance the watermark, judge the windows it closes."""
+        alerts: list[Alert] = []
+        aggregations = self.plan.aggregations
+        for index, scope, window_start, *values in rows:
+            aggregation = aggregations[index]
+            totals = Totals(*values)
+            if window_start < self.closed_before.get(aggregation, -math.inf):
+                alerts.extend(self._late(aggregation, scope, window_start, totals))
+                continue
+            bucket = self.open.setdefault(aggregation, {})
+            key = (scope, window_start)
+            previous = bucket.get(key)
+            bucket[key] = totals if previous is None else previous.add(totals)
+        if max_ts is not None and max_ts > self.max_ts:
+            self.max_ts = max_ts
+        alerts.extend(self.advance(self.max_ts - self.plan.allowed_lateness))
+        return alerts
+
+    def advance(self, watermark: float) -> list[Alert]:
+        """Close every window that ends at or before ``watermark``."""
+        if watermark == -math.inf:
+            return []
+        alerts: list[Alert] = []
+        for aggregation in self.plan.aggregations:
+            bound = math.floor(watermark / aggregation.window) * aggregation.window
+            alerts.extend(self._close(aggregation, bound))
+        for rule in self.plan.budgets:
+            states = self.budget_states.get(rule.name, {})
+            for scope in list(states):
+                scope_map = _scope_map(rule.aggregation, scope)
+                alerts.extend(rule.expire(states[scope], scope_map, watermark))
+                if not states[scope].periods:
+                    del states[scope]
+        return alerts
+
+    def flush(self) -> list[Alert]:
+        """End of input: close every window up to the one holding the last event."""
+        if self.max_ts == -math.inf:
+            return []
+        alerts: list[Alert] = []
+        for aggregation in self.plan.aggregations:
+            bound = (math.floor(self.max_ts / aggregation.window) + 1) * aggregation.window
+            alerts.extend(self._close(aggregation, bound))
+        return alerts
+
+    # -- windows -----------------------------------------------------------------------------
+
+    def _close(self, aggregation: Aggregation, bound: int) -> list[Alert]:
+        if bound <= self.closed_before.get(aggregation, -math.inf):
+            return []
+        self.closed_before[aggregation] = bound
+        bucket = self.open.get(aggregation, {})
+        by_scope: dict[tuple[str, ...], list[tuple[int, Totals]]] = {}
+        for key in [k for k in bucket if k[1] < bound]:
+            by_scope.setdefault(key[0], []).append((key[1], bucket.pop(key)))
+        for windows in by_scope.values():
+            windows.sort()
+        self.counters.windows_closed += sum(len(w) for w in by_scope.values())
+        alerts: list[Alert] = []
+        for detector in self.plan.detectors_by_aggregation[aggregation]:
+            alerts.extend(self._judge(detector, by_scope, bound))
+        for rule in self.plan.budgets_by_aggregation[aggregation]:
+            states = self.budget_states.setdefault(rule.name, {})
+            for scope, windows in by_scope.items():
+                state = states.get(scope)
+                if state is None:
+                    state = states[scope] = rule.new_state()
+                scope_map = _scope_map(aggregation, scope)
+                for window_start, totals in windows:
+                    alerts.extend(rule.add(state, scope_map, window_start, totals.spend_nanos))
+        return alerts
+
+    def _judge(
+        self,
+        detector: WindowDetector,
+        by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]],
+        bound: int,
+    ) -> list[Alert]:
+        aggregation = detector.aggregation
+        window = aggregation.window
+        states = self.detector_states.setdefault(detector.name, {})
+        progress = self.detector_progress.setdefault(detector.name, {})
+        scopes = set(by_scope) | set(states)  # quiet scopes get zeros, or are forgotten
+        alerts: list[Alert] = []
+        ttl = self.plan.scope_idle_ttl
+        for scope in scopes:
+            windows = by_scope.get(scope, ())
+            state = states.get(scope)
+            if state is None:
+                state = states[scope] = detector.new_state()
+            judged, last_data = progress.get(scope, (None, None))
+            scope_map = _scope_map(aggregation, scope)
+            if not detector.zero_fill:
+                for window_start, totals in windows:
+                    alerts.extend(detector.observe(state, scope_map, window_start, totals))
+                    judged = last_data = window_start
+            else:
+                cursor = None if judged is None else judged + window
+                for window_start, totals in [*windows, (bound, None)]:
+                    if cursor is not None and last_data is not None:
+                        if window_start - last_data > ttl:
+                            state = states[scope] = detector.new_state()  # idle: start afresh
+                        else:
+                            for empty_start in range(cursor, window_start, window):
+                                alerts.extend(
+                                    detector.observe(state, scope_map, empty_start, ZERO)
+                                )
+                                judged = empty_start
+                    if totals is None:
+                        break
+                    alerts.extend(detector.observe(state, scope_map, window_start, totals))
+                    judged = last_data = window_start
+                    cursor = window_start + window
+            if last_data is not None and bound - last_data > ttl:
+                del states[scope]
+                progress.pop(scope, None)
+            else:
+                progress[scope] = (judged, last_data)
+        return alerts
+
+    def _late(
+        self, aggregation: Aggregation, scope: tuple[str, ...], window_start: int, totals: Totals
+    ) -> list[Alert]:
+        """A window that already closed: budgets still count it, detectors cannot."""
+        alerts: list[Alert] = []
+        budgets = self.plan.budgets_by_aggregation[aggregation]
+        for rule in budgets:
+            states = self.budget_states.setdefault(rule.name, {})
+            state = states.get(scope)
+            if state is None:
+                state = states[scope] = rule.new_state()
+            alerts.extend(
+                rule.add(state, _scope_map(aggregation, scope), window_start, totals.spend_nanos)
+            )
+        if self.plan.detectors_by_aggregation[aggregation]:
+            self.counters.late_events += totals.events
+        return alerts
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """An immutable copy of the whole shard state (pickled bytes)."""
+        return pickle.dumps(
+            {
+                "max_ts": self.max_ts,
+                "open": self.open,
+                "closed_before": self.closed_before,
+                "detector_states": self.detector_states,
+                "detector_progress": self.detector_progress,
+                "budget_states": self.budget_states,
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+
+    def _restore(self, snapshot: bytes) -> None:
+        state = pickle.loads(snapshot)
+        self.max_ts = state["max_ts"]
+        self.open = state["open"]
+        self.closed_before = state["closed_before"]
+        self.detector_states = state["detector_states"]
+        self.detector_progress = state["detector_progress"]
+        self.budget_states = state["budget_states"]
+
+
+def _scope_map(aggregation: Aggregation, scope: tuple[str, ...]) -> dict[str, str]:
+    return dict(zip(aggregation.dims, scope, strict=True))

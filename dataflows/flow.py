@@ -1,0 +1,80 @@
+"""``get_flow(config)``: the spendwatch dataflow, built from a validated config.
+
+    events ─► parse (in the source) ─┬─► dead letters ─► dead-letter sink
+                                     └─► pre-aggregate ─► route to shard
+                                          ─► engine (stateful, per shard) ─► alerts sink
+
+Step ids are stable: they name the recovery state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+
+from spendwatch import stats
+from spendwatch.alerts import Alert
+from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
+from spendwatch.dataflows.engine import EnginePlan, ShardEngine
+from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
+from spendwatch.dataflows.sources import JsonlSource
+from spendwatch.notifiers.base import Notifier
+from spendwatch.notifiers.registry import build_notifier
+
+
+class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
+    def __init__(self, plan: EnginePlan, resume: bytes | None) -> None:
+        self.engine = ShardEngine(plan, resume)
+
+    def on_batch(self, values: list[ShardMessage]) -> tuple[list[Alert], bool]:
+        alerts: list[Alert] = []
+        before = self.engine.counters.windows_closed, self.engine.counters.late_events
+        for max_ts, rows in values:
+            alerts.extend(self.engine.on_message(max_ts, rows))
+        self._count(before)
+        return alerts, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Alert], bool]:
+        before = self.engine.counters.windows_closed, self.engine.counters.late_events
+        alerts = self.engine.flush()
+        self._count(before)
+        return alerts, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return self.engine.snapshot()
+
+    def _count(self, before: tuple[int, int]) -> None:
+        counters = stats.current()
+        counters.windows_closed += self.engine.counters.windows_closed - before[0]
+        counters.late_events += self.engine.counters.late_events - before[1]
+
+
+def default_receivers(config: Any) -> Callable[[], list[Notifier]]:
+    return lambda: [build_notifier(r) for r in config.receivers]
+
+
+def get_flow(
+    config: Any,
+    *,
+    source: Source | None = None,
+    receivers: Callable[[], list[Notifier]] | None = None,
+) -> Dataflow:
+    """Build the dataflow for ``config``; ``source``/``receivers`` override the configured ones."""
+    plan = EnginePlan.from_config(config)
+    aggregator = PreAggregator(plan.aggregations, config.engine.shards)
+    flow = Dataflow("spendwatch")
+    batches = op.input("events", flow, source or JsonlSource(config))
+    dead = op.flat_map("dead_letters", batches, lambda batch: batch.dead)
+    op.output("dead_letter_out", dead, DeadLetterSink(config.dead_letter.path))
+    partials = op.flat_map("pre_aggregate", batches, aggregator.route)
+    keyed_alerts = op.stateful_batch(
+        "engine", partials, lambda resume: _ShardLogic(plan, resume)
+    )
+    alerts = op.map("drop_shard_key", keyed_alerts, lambda item: item[1])
+    op.output("alerts_out", alerts, AlertSink(receivers or default_receivers(config)))
+    return flow

@@ -1,0 +1,51 @@
+"""Process-wide counters of a run: what the summary, progress bar and metrics report.
+
+Counters are plain integers guarded by the GIL; each worker thread adds to them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunStats:
+    events: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    late_events: int = 0
+    windows_closed: int = 0
+    bytes_read: int = 0
+    bytes_total: int = 0
+    fallback_priced: Counter = field(default_factory=Counter)
+    alerts_by_rule: Counter = field(default_factory=Counter)
+    dead_reasons: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def summary(self) -> dict:
+        return {
+            "events": self.events,
+            "dead_lettered": self.dead_lettered,
+            "duplicates": self.duplicates,
+            "late_events": self.late_events,
+            "windows_closed": self.windows_closed,
+            "fallback_priced": dict(self.fallback_priced),
+            "alerts_by_rule": dict(sorted(self.alerts_by_rule.items())),
+            "alerts": sum(self.alerts_by_rule.values()),
+        }
+
+
+STATS = RunStats()
+
+
+def reset() -> RunStats:
+    """Start counting afresh (one run per process, or between tests)."""
+    global STATS
+    STATS = RunStats()
+    return STATS
+
+
+def current() -> RunStats:
+    return STATS
