@@ -1,0 +1,244 @@
+"""The ``spendwatch`` command: run, backtest, check-config, schema, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from spendwatch import stats
+from spendwatch.config import ConfigError, SpendwatchConfig, config_json_schema, load_config
+from spendwatch.logging import configure, get_logger
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spendwatch", description="Streaming FinOps anomaly and budget alerting."
+    )
+    commands = parser.add_subparsers(dest="command")
+
+    run = commands.add_parser("run", help="run the long-lived worker")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--workers", type=int, default=1, help="worker threads in this process")
+    run.add_argument("--state-dir", help="directory for recovery snapshots (resume after a crash)")
+    run.add_argument("--log-level", default="info")
+    run.set_defaults(handler=_cmd_run)
+
+    backtest = commands.add_parser("backtest", help="replay history and write the alerts raised")
+    backtest.add_argument("--config", required=True)
+    backtest.add_argument("--input", required=True, help="JSONL usage events")
+    backtest.add_argument("--alerts-out", required=True, help="JSONL file for the alerts")
+    backtest.add_argument("--dead-letter", help="JSONL file for rejected events")
+    backtest.add_argument(
+        "--deliver", action="store_true", help="also deliver to the configured receivers"
+    )
+    backtest.add_argument("--workers", type=int, default=1)
+    backtest.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    backtest.add_argument("--log-level", default="warning")
+    backtest.set_defaults(handler=_cmd_backtest)
+
+    check = commands.add_parser("check-config", help="validate config files")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(handler=_cmd_check)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of the config")
+    schema.add_argument("--events", action="store_true", help="the usage-event schema instead")
+    schema.set_defaults(handler=_cmd_schema)
+
+    demo = commands.add_parser("demo", help="write the bundled synthetic demo stream")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--days", type=float, default=4.0)
+    demo.add_argument("--scale", type=float, default=1.0)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _load(path: str) -> SpendwatchConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        config = _load(path)
+        if config is None:
+            failed = True
+        else:
+            print(
+                f"{path}: ok ({len(config.detectors)} detectors, {len(config.budgets)} budgets, "
+                f"{len(config.receivers)} receivers)"
+            )
+    return 1 if failed else 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    if args.events:
+        from spendwatch.events import event_json_schema
+
+        schema = event_json_schema()
+    else:
+        schema = config_json_schema()
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from spendwatch.demo import generate
+
+    stream = generate(days=args.days, scale=args.scale, seed=args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    stream.write(args.out)
+    print(f"wrote {len(stream.lines)} events to {args.out}")
+    for incident in stream.incidents:
+        print(f"planted {incident.kind} on {incident.scope} x{incident.factor:g}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    configure(args.log_level)
+    log = get_logger("spendwatch")
+    config = _load(args.config)
+    if config is None:
+        return 2
+    from spendwatch.dataflows.flow import get_flow
+    from spendwatch.dataflows.runner import run_flow
+
+    stats.reset()
+    log.info("starting", config=args.config, source=config.source.path, workers=args.workers)
+    finished = run_flow(get_flow(config), workers=args.workers, recovery_dir=args.state_dir)
+    log.info("stopped", reason="end of input" if finished else "signal", **stats.current().summary())
+    return 0
+
+
+def backtest(
+    config: SpendwatchConfig,
+    input_path: str,
+    alerts_out: str,
+    *,
+    dead_letter: str | None = None,
+    deliver: bool = False,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Replay ``input_path`` through ``config`` as fast as possible; return the summary."""
+    from spendwatch.dataflows.flow import get_flow
+    from spendwatch.dataflows.runner import run_flow
+    from spendwatch.notifiers.file import FileConfig, FileNotifier
+    from spendwatch.notifiers.registry import build_notifier
+
+    source = config.source.model_copy(update={"path": input_path, "follow": False})
+    update: dict[str, Any] = {"source": source}
+    if dead_letter is not None:
+        update["dead_letter"] = config.dead_letter.model_copy(update={"path": dead_letter})
+    replay = config.model_copy(update=update)
+    os.makedirs(os.path.dirname(os.path.abspath(alerts_out)), exist_ok=True)
+    open(alerts_out, "wb").close()
+
+    def receivers() -> list:
+        built = [FileNotifier(FileConfig(path=alerts_out, name="alerts-out"))]
+        if deliver:
+            built.extend(build_notifier(r) for r in config.receivers)
+        return built
+
+    stats.reset()
+    started = time.perf_counter()
+    run_flow(get_flow(replay, receivers=receivers), workers=workers, epoch_interval=60.0)
+    summary = stats.current().summary()
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    configure(args.log_level)
+    config = _load(args.config)
+    if config is None:
+        return 2
+    if not os.path.exists(args.input):
+        print(f"error: input file {args.input} does not exist", file=sys.stderr)
+        return 2
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        progress = _Progress()
+        progress.start()
+    try:
+        summary = backtest(
+            config,
+            args.input,
+            args.alerts_out,
+            dead_letter=args.dead_letter,
+            deliver=args.deliver,
+            workers=args.workers,
+        )
+    finally:
+        if progress:
+            progress.stop()
+    if not args.quiet:
+        _print_summary(summary, args.alerts_out)
+    return 0
+
+
+def _print_summary(summary: dict[str, Any], alerts_out: str) -> None:
+    rate = summary["events"] / summary["seconds"] if summary["seconds"] else 0.0
+    out = sys.stderr
+    print(
+        f"events {summary['events']:,}  dead-lettered {summary['dead_lettered']:,}  "
+        f"duplicates {summary['duplicates']:,}  late {summary['late_events']:,}  "
+        f"in {summary['seconds']:.1f}s ({rate:,.0f} events/s)",
+        file=out,
+    )
+    for model, count in summary["fallback_priced"].items():
+        print(f"priced by fallback: {model} ({count:,} events)", file=out)
+    print(f"alerts {summary['alerts']:,} -> {alerts_out}", file=out)
+    for rule, count in summary["alerts_by_rule"].items():
+        print(f"  {rule}: {count}", file=out)
+
+
+class _Progress:
+    """A one-line progress bar on stderr while a backtest runs (terminals only)."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        sys.stderr.write("\r\033[K")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            counters = stats.current()
+            total = max(counters.bytes_total, 1)
+            done = min(counters.bytes_read / total, 1.0)
+            bar = "#" * int(done * 30)
+            sys.stderr.write(
+                f"\r[{bar:<30}] {done:5.1%}  {counters.events:,} events  "
+                f"{sum(counters.alerts_by_rule.values())} alerts"
+            )
+            sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
