@@ -9,6 +9,8 @@ Step ids are stable: they name the recovery state.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +26,7 @@ from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
 from spendwatch.dataflows.sources import JsonlSource
 from spendwatch.notifiers.base import Notifier
-from spendwatch.notifiers.registry import build_notifier
+from spendwatch.notifiers.outbox import Outbox, build_outbox
 
 
 class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
@@ -54,8 +56,14 @@ class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
         counters.late_events += self.engine.counters.late_events - before[1]
 
 
-def default_receivers(config: Any) -> Callable[[], list[Notifier]]:
-    return lambda: [build_notifier(r) for r in config.receivers]
+def _outbox_for(config: Any, receivers: Callable[[], list[Notifier]] | None) -> Outbox:
+    """The configured outbox, or a throwaway one delivering to ``receivers`` (tests)."""
+    if receivers is None:
+        return build_outbox(config).start()
+    path = os.path.join(tempfile.mkdtemp(prefix="spendwatch-outbox-"), "outbox.sqlite")
+    built = receivers()
+    audit = [n.name for n in built]
+    return build_outbox(config, path=path, extra=built, audit=audit, deliver=False).start()
 
 
 def get_flow(
@@ -63,8 +71,14 @@ def get_flow(
     *,
     source: Source | None = None,
     receivers: Callable[[], list[Notifier]] | None = None,
+    outbox: Outbox | None = None,
 ) -> Dataflow:
-    """Build the dataflow for ``config``; ``source``/``receivers`` override the configured ones."""
+    """Build the dataflow for ``config``; ``source``/``receivers``/``outbox`` override config.
+
+    Alerts go to ``outbox`` (the caller starts, flushes and closes it); without one the
+    configured outbox is opened and started here.
+    """
+    outbox = outbox or _outbox_for(config, receivers)
     plan = EnginePlan.from_config(config)
     aggregator = PreAggregator(plan.aggregations, config.engine.shards)
     flow = Dataflow("spendwatch")
@@ -76,5 +90,5 @@ def get_flow(
         "engine", partials, lambda resume: _ShardLogic(plan, resume)
     )
     alerts = op.map("drop_shard_key", keyed_alerts, lambda item: item[1])
-    op.output("alerts_out", alerts, AlertSink(receivers or default_receivers(config)))
+    op.output("alerts_out", alerts, AlertSink(outbox))
     return flow

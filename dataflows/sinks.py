@@ -1,9 +1,9 @@
-"""Sinks: alerts to the configured receivers, rejected events to the dead-letter file."""
+"""Sinks: alerts into the durable outbox (which delivers them), rejected events to a file."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,14 +14,14 @@ from spendwatch import stats
 from spendwatch.alerts import Alert
 from spendwatch.events import DeadLetter
 from spendwatch.logging import get_logger
-from spendwatch.notifiers.base import Notifier, NotifyError
+from spendwatch.notifiers.outbox import Outbox
 
 log = get_logger("spendwatch.sink")
 
 
 class _AlertPartition(StatelessSinkPartition[Alert]):
-    def __init__(self, notifiers: list[Notifier]) -> None:
-        self._notifiers = notifiers
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
 
     def write_batch(self, items: Sequence[Alert]) -> None:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -42,25 +42,22 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
                 expected=alert.expected,
                 score=alert.score,
             )
-            for notifier in self._notifiers:
-                try:
-                    notifier.notify(alert)
-                except NotifyError as error:
-                    log.error("delivery failed", receiver=notifier.name, error=str(error))
+        # Stored durably before the batch counts as written; the outbox's threads deliver.
+        self._outbox.put_many(items)
 
     def close(self) -> None:
-        for notifier in self._notifiers:
-            notifier.close()
+        # End of input: give pending deliveries the configured time to go out.
+        self._outbox.flush()
 
 
 class AlertSink(DynamicSink[Alert]):
-    """Delivers alerts directly to the receivers built by ``build`` (one set per worker)."""
+    """Stores alerts in the durable outbox shared by every worker of this process."""
 
-    def __init__(self, build: Callable[[], list[Notifier]]) -> None:
-        self._build = build
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _AlertPartition:
-        return _AlertPartition(self._build())
+        return _AlertPartition(self._outbox)
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):

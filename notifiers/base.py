@@ -2,15 +2,22 @@
 
 Like Alertmanager's integrations, a notifier only knows how to deliver one alert
 and says whether a failure is worth retrying; dedup, retry and routing are shared
-stages around it.
+stages around it (``outbox.py``, ``router.py``).
+
+The outbox calls :meth:`Notifier.deliver` with a :class:`Delivery` that says which
+attempt this is and gives the notifier a small durable key-value store. Attempt 2
+or later means an earlier attempt *may* have had an effect (its response was lost,
+or the process died before recording success), so idempotent notifiers look for
+their own earlier effect before acting again.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 from spendwatch.alerts import Alert
 
@@ -24,14 +31,77 @@ class NotifyError(Exception):
         self.retry_after = retry_after
 
 
+class ReceiverState(Protocol):
+    """Durable per-receiver key-value store (Slack message ts, Jira issue keys, throttles)."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def put(self, key: str, value: str) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def items(self, prefix: str = "") -> list[tuple[str, str]]: ...
+
+
+class MemoryState:
+    """A :class:`ReceiverState` kept in memory: for direct ``notify`` calls without an outbox."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        return self._data.get(key)
+
+    def put(self, key: str, value: str) -> None:
+        with self._lock:
+            self._data[key] = value
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def items(self, prefix: str = "") -> list[tuple[str, str]]:
+        with self._lock:
+            return sorted((k, v) for k, v in self._data.items() if k.startswith(prefix))
+
+
+@dataclass
+class Delivery:
+    """What the outbox knows about this send of one alert to one receiver."""
+
+    attempt: int = 1
+    """1 on the first try; higher means an earlier try may already have had its effect."""
+    state: ReceiverState = field(default_factory=MemoryState)
+    first_attempt_at: float | None = None
+    """Wall-clock time of the first attempt (bounds the search for an earlier effect)."""
+    notes: list[str] = field(default_factory=list)
+    """Lines other receivers want shown with the alert (e.g. a proposed flag change)."""
+
+    @property
+    def maybe_done(self) -> bool:
+        """True when an earlier attempt may have delivered already: check before acting."""
+        return self.attempt > 1
+
+
 class Notifier(ABC):
     """Delivers alerts to one receiver."""
 
     name: str
+    idempotent: ClassVar[bool] = False
+    """True when redelivering an alert after a lost response has no second effect."""
 
     @abstractmethod
     def notify(self, alert: Alert) -> None:
         """Deliver one alert or raise :class:`NotifyError`."""
+
+    def deliver(self, alert: Alert, delivery: Delivery) -> None:
+        """Deliver one alert on behalf of the outbox (default: :meth:`notify`)."""
+        self.notify(alert)
+
+    def describe(self, alert: Alert) -> str | None:
+        """A line other receivers should show with ``alert`` (what this receiver will do)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (files, sessions)."""
@@ -54,3 +124,11 @@ def register_notifier(type_name: str, config_class: type) -> Callable[[type], ty
         return cls
 
     return decorate
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret (of 4+ characters) in ``text``: errors and logs never carry them."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return text

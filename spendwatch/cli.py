@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -123,9 +125,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from spendwatch.dataflows.flow import get_flow
     from spendwatch.dataflows.runner import run_flow
 
+    from spendwatch.notifiers.outbox import build_outbox
+
     stats.reset()
     log.info("starting", config=args.config, source=config.source.path, workers=args.workers)
-    finished = run_flow(get_flow(config), workers=args.workers, recovery_dir=args.state_dir)
+    outbox = build_outbox(config).start()
+    try:
+        finished = run_flow(
+            get_flow(config, outbox=outbox), workers=args.workers, recovery_dir=args.state_dir
+        )
+        outbox.flush(config.delivery.flush_timeout)  # what is left resumes on the next start
+    finally:
+        outbox.close()
     log.info("stopped", reason="end of input" if finished else "signal", **stats.current().summary())
     return 0
 
@@ -143,7 +154,7 @@ def backtest(
     from spendwatch.dataflows.flow import get_flow
     from spendwatch.dataflows.runner import run_flow
     from spendwatch.notifiers.file import FileConfig, FileNotifier
-    from spendwatch.notifiers.registry import build_notifier
+    from spendwatch.notifiers.outbox import build_outbox
 
     source = config.source.model_copy(update={"path": input_path, "follow": False})
     update: dict[str, Any] = {"source": source}
@@ -153,16 +164,28 @@ def backtest(
     os.makedirs(os.path.dirname(os.path.abspath(alerts_out)), exist_ok=True)
     open(alerts_out, "wb").close()
 
-    def receivers() -> list:
-        built = [FileNotifier(FileConfig(path=alerts_out, name="alerts-out"))]
-        if deliver:
-            built.extend(build_notifier(r) for r in config.receivers)
-        return built
-
+    # A throwaway outbox: the alerts file gets every alert once (an audit receiver, past
+    # routes and silences); with ``deliver`` the configured receivers get theirs too.
+    scratch = tempfile.mkdtemp(prefix="spendwatch-backtest-")
+    alerts_file = FileNotifier(FileConfig(path=alerts_out, name="backtest:alerts-out"))
+    outbox = build_outbox(
+        replay,
+        path=os.path.join(scratch, "outbox.sqlite"),
+        extra=[alerts_file],
+        audit=[alerts_file.name],
+        deliver=deliver,
+    ).start()
     stats.reset()
     started = time.perf_counter()
-    run_flow(get_flow(replay, receivers=receivers), workers=workers, epoch_interval=60.0)
+    try:
+        run_flow(get_flow(replay, outbox=outbox), workers=workers, epoch_interval=60.0)
+        outbox.flush(replay.delivery.flush_timeout)
+        undelivered = outbox.pending()
+    finally:
+        outbox.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     summary = stats.current().summary()
+    summary["undelivered"] = undelivered
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 

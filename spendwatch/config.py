@@ -23,7 +23,9 @@ from spendwatch.detectors.budget import BudgetConfig
 from spendwatch.detectors.registry import build_detector  # noqa: F401 - registers detectors
 from spendwatch.notifiers.base import NOTIFIER_TYPES
 from spendwatch.notifiers.console import ConsoleConfig
+from spendwatch.notifiers.outbox import DeliveryConfig
 from spendwatch.notifiers.registry import build_notifier  # noqa: F401 - registers notifiers
+from spendwatch.notifiers.router import OwnerConfig, RouteConfig, SilenceConfig
 from spendwatch.pricing import PricingConfig
 
 
@@ -96,6 +98,12 @@ class SpendwatchConfig(BaseSettings):
     receivers: list[ReceiverConfig] = Field(  # type: ignore[valid-type]
         default_factory=lambda: [ConsoleConfig()]
     )
+    routes: list[RouteConfig] = Field(
+        default_factory=list, description="ordered; empty: every alert to every receiver"
+    )
+    owners: list[OwnerConfig] = Field(default_factory=list)
+    silences: list[SilenceConfig] = Field(default_factory=list)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SpendwatchConfig:
@@ -116,6 +124,10 @@ class SpendwatchConfig(BaseSettings):
         receiver_names = [r.name for r in self.receivers]
         if len(set(receiver_names)) != len(receiver_names):
             raise ValueError("receiver names must be unique (set `name:` on repeated types)")
+        for index, route in enumerate(self.routes):
+            unknown = [r for r in route.receivers if r not in receiver_names]
+            if unknown:
+                raise ValueError(f"routes[{index}] names unknown receiver(s): {', '.join(unknown)}")
         return self
 
     @classmethod

@@ -1,0 +1,549 @@
+"""The durable outbox between the dataflow and the receivers (SQLite, WAL).
+
+Why a table and not a queue: an alert must survive a crash between "raised" and
+"sent", and a replay after recovery must not page anybody twice. So
+
+* an alert is stored once: ``UNIQUE(fingerprint, status, episode)``; putting it again
+  (a replay, a retried batch) is a no-op and creates no deliveries;
+* each (alert, receiver) pair is a delivery row. Each receiver has its own thread that
+  sends its deliveries **in order** (a resolved alert never overtakes its firing alert,
+  a restore never overtakes a throttle); a failing receiver waits with exponential
+  backoff and jitter, or exactly ``retry_after`` when the receiver said so, without
+  holding up the others;
+* the attempt counter is committed *before* calling the receiver, so after a crash the
+  receiver is told (``Delivery.attempt > 1``) that its earlier attempt may have landed
+  and checks before acting again;
+* a delivery is given up only when it is older than ``max_age`` (logged as an error and
+  counted in ``spendwatch_deliveries_total{outcome="expired"}``). Non-retryable errors
+  (bad token, unknown channel) stop that delivery for this run; a restart tries such
+  deliveries again, which is what an operator wants after fixing the token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from pydantic import Field
+
+from spendwatch.alerts import Alert
+from spendwatch.configtypes import Duration, StrictModel
+from spendwatch.logging import get_logger
+from spendwatch.notifiers.base import Delivery, Notifier, NotifyError
+from spendwatch.notifiers.router import Dispatcher, Plan
+
+log = get_logger("spendwatch.outbox")
+
+DELIVERIES = Counter(
+    "spendwatch_deliveries",
+    "Outcomes of delivery attempts by receiver",
+    ["receiver", "outcome"],  # sent | retry | failed | expired
+)
+PENDING = Gauge("spendwatch_deliveries_pending", "Deliveries not yet sent", ["receiver"])
+
+
+class DeliveryConfig(StrictModel):
+    """``delivery:``: where the outbox lives and how hard it tries."""
+
+    outbox_path: str = Field(
+        default="out/outbox.sqlite", description="SQLite file of the durable outbox"
+    )
+    max_age: Duration = Field(
+        default=86400, description="give up on a delivery this long after the alert was stored"
+    )
+    backoff_initial: float = Field(default=1.0, gt=0, description="seconds before the 1st retry")
+    backoff_max: float = Field(default=300.0, gt=0, description="cap on the backoff, seconds")
+    flush_timeout: Duration = Field(
+        default=30, description="at shutdown/end of input, wait this long for pending deliveries"
+    )
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    episode TEXT NOT NULL,
+    alert_id TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    stored_at REAL NOT NULL,
+    silenced TEXT,
+    notes TEXT,
+    UNIQUE (fingerprint, status, episode)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    receiver TEXT NOT NULL,
+    seq INTEGER NOT NULL REFERENCES alerts(seq),
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    first_at REAL,
+    done_at REAL,
+    error TEXT,
+    PRIMARY KEY (receiver, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (receiver, state, seq);
+CREATE TABLE IF NOT EXISTS receiver_state (
+    receiver TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (receiver, key)
+) WITHOUT ROWID;
+"""
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection in autocommit mode with WAL; one per thread."""
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class _State:
+    """The durable :class:`~spendwatch.notifiers.base.ReceiverState` of one receiver."""
+
+    def __init__(self, outbox: Outbox, receiver: str) -> None:
+        self._outbox = outbox
+        self._receiver = receiver
+
+    def get(self, key: str) -> str | None:
+        row = self._outbox._conn().execute(
+            "SELECT value FROM receiver_state WHERE receiver=? AND key=?", (self._receiver, key)
+        ).fetchone()
+        return row[0] if row else None
+
+    def put(self, key: str, value: str) -> None:
+        self._outbox._conn().execute(
+            "INSERT INTO receiver_state(receiver, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT(receiver, key) DO UPDATE SET value=excluded.value",
+            (self._receiver, key, value),
+        )
+
+    def delete(self, key: str) -> None:
+        self._outbox._conn().execute(
+            "DELETE FROM receiver_state WHERE receiver=? AND key=?", (self._receiver, key)
+        )
+
+    def items(self, prefix: str = "") -> list[tuple[str, str]]:
+        rows = self._outbox._conn().execute(
+            "SELECT key, value FROM receiver_state WHERE receiver=? AND key >= ? AND key < ? "
+            "ORDER BY key",
+            (self._receiver, prefix, prefix + "\U0010ffff"),
+        )
+        return [(k, v) for k, v in rows]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one delivery step did: ``delivered`` rows, or when the head is next due."""
+
+    delivered: int
+    next_due: float | None  # None: nothing pending for this receiver
+
+
+class Outbox:
+    """Stores alerts once and delivers each to its routed receivers, in order, with retries.
+
+    ``audit`` names receivers that get every alert, whatever the routes and silences say
+    (the backtest's ``--alerts-out`` file). Call :meth:`start` for the delivery threads,
+    :meth:`flush` to wait for them, :meth:`close` to stop.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        notifiers: Mapping[str, Notifier] | Sequence[Notifier],
+        *,
+        dispatcher: Dispatcher | None = None,
+        audit: Iterable[str] = (),
+        config: DeliveryConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not isinstance(notifiers, Mapping):
+            notifiers = {n.name: n for n in notifiers}
+        self.notifiers: dict[str, Notifier] = dict(notifiers)
+        self.audit = [a for a in audit if a in self.notifiers]
+        routed = [n for n in self.notifiers if n not in self.audit]
+        self.dispatcher = dispatcher or Dispatcher(routed)
+        self.config = config or DeliveryConfig()
+        self.path = path
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        if os.path.dirname(os.path.abspath(path)):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._conn().executescript(_SCHEMA)
+        self._recover()
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path)
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _recover(self) -> None:
+        """On open: deliveries that failed permanently last run get another chance."""
+        conn = self._conn()
+        revived = conn.execute(
+            "UPDATE deliveries SET state='pending', next_at=? WHERE state='failed'",
+            (self._clock(),),
+        ).rowcount
+        pending = dict(
+            conn.execute(
+                "SELECT receiver, count(*) FROM deliveries WHERE state='pending' GROUP BY receiver"
+            ).fetchall()
+        )
+        for receiver in self.notifiers:
+            PENDING.labels(receiver).set(pending.get(receiver, 0))
+        if pending:
+            log.info("outbox resumed", path=self.path, pending=pending, revived=revived)
+
+    def state(self, receiver: str) -> _State:
+        """The durable key-value store of ``receiver``."""
+        return _State(self, receiver)
+
+    # -- storing --------------------------------------------------------------------------------
+
+    def put(self, alert: Alert) -> bool:
+        """Store ``alert`` and queue its deliveries; False when it was stored before."""
+        return self.put_many([alert]) == 1
+
+    def put_many(self, alerts: Sequence[Alert]) -> int:
+        """Store a batch in one transaction; return how many were new."""
+        if not alerts:
+            return 0
+        conn = self._conn()
+        now = self._clock()
+        new = 0
+        plans = [self.dispatcher.plan(alert) for alert in alerts]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for plan in plans:
+                new += self._insert(conn, plan, now)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if new:
+            with self._wake:
+                self._wake.notify_all()
+        return new
+
+    def _insert(self, conn: sqlite3.Connection, plan: Plan, now: float) -> int:
+        alert = plan.alert
+        silenced = plan.silenced_by
+        if alert.status == "resolved":
+            firing = conn.execute(
+                "SELECT silenced FROM alerts WHERE fingerprint=? AND status='firing' AND episode=?",
+                (alert.fingerprint, alert.episode),
+            ).fetchone()
+            if firing is not None:
+                silenced = firing[0]  # a resolved alert shares its firing alert's fate
+        receivers = [] if silenced else [r for r in plan.receivers if r in self.notifiers]
+        targets = list(dict.fromkeys([*self.audit, *receivers]))
+        notes = [n for n in (self._describe(r, alert) for r in receivers) if n]
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO alerts(fingerprint, status, episode, alert_id, payload, "
+            "stored_at, silenced, notes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                alert.fingerprint,
+                alert.status,
+                alert.episode,
+                alert.alert_id,
+                alert.to_json_bytes(),
+                now,
+                silenced,
+                json.dumps(notes) if notes else None,
+            ),
+        )
+        if cursor.rowcount == 0:
+            log.debug("alert already stored", alert_id=alert.alert_id)
+            return 0
+        seq = cursor.lastrowid
+        conn.executemany(
+            "INSERT INTO deliveries(receiver, seq, next_at) VALUES (?, ?, ?)",
+            [(receiver, seq, now) for receiver in targets],
+        )
+        if silenced:
+            log.info("alert silenced", alert_id=alert.alert_id, rule=alert.rule, reason=silenced)
+        elif not receivers and self.dispatcher.receivers:
+            log.warning("alert matched no route", alert_id=alert.alert_id, rule=alert.rule)
+        for receiver in targets:
+            PENDING.labels(receiver).inc()
+        return 1
+
+    def _describe(self, receiver: str, alert: Alert) -> str | None:
+        try:
+            return self.notifiers[receiver].describe(alert)
+        except Exception as error:  # a note is a nicety; never lose the alert over it
+            log.warning("describe failed", receiver=receiver, error=type(error).__name__)
+            return None
+
+    # -- delivering -----------------------------------------------------------------------------
+
+    def step(self, receiver: str) -> StepResult:
+        """Deliver ``receiver``'s oldest pending alert if it is due (the loop's unit of work)."""
+        conn = self._conn()
+        row = conn.execute(
+            "SELECT d.seq, d.attempts, d.next_at, d.first_at, a.payload, a.stored_at, a.notes "
+            "FROM deliveries d JOIN alerts a ON a.seq = d.seq "
+            "WHERE d.receiver=? AND d.state='pending' ORDER BY d.seq LIMIT 1",
+            (receiver,),
+        ).fetchone()
+        if row is None:
+            return StepResult(0, None)
+        seq, attempts, next_at, first_at, payload, stored_at, notes = row
+        now = self._clock()
+        if next_at > now:
+            return StepResult(0, next_at)
+        alert = Alert.model_validate_json(payload)
+        if now - stored_at > self.config.max_age:
+            self._finish(conn, receiver, seq, "expired", now, "older than delivery.max_age")
+            log.error(
+                "delivery given up",
+                receiver=receiver,
+                alert_id=alert.alert_id,
+                rule=alert.rule,
+                attempts=attempts,
+                age_seconds=round(now - stored_at, 1),
+            )
+            return StepResult(0, now)
+        attempt = attempts + 1
+        first_at = first_at if first_at is not None else now
+        conn.execute(  # intent first: after a crash the next attempt knows to check
+            "UPDATE deliveries SET attempts=?, first_at=? WHERE receiver=? AND seq=?",
+            (attempt, first_at, receiver, seq),
+        )
+        delivery = Delivery(
+            attempt=attempt,
+            state=self.state(receiver),
+            first_attempt_at=first_at,
+            notes=json.loads(notes) if notes else [],
+        )
+        try:
+            self.notifiers[receiver].deliver(alert, delivery)
+        except NotifyError as error:
+            return self._failed(conn, receiver, seq, alert, attempt, error, now)
+        except Exception as error:  # a bug in a receiver must not stop the others
+            wrapped = NotifyError(f"unexpected {type(error).__name__}", retryable=True)
+            return self._failed(conn, receiver, seq, alert, attempt, wrapped, now)
+        self._finish(conn, receiver, seq, "sent", self._clock(), None)
+        return StepResult(1, now)
+
+    def _failed(
+        self,
+        conn: sqlite3.Connection,
+        receiver: str,
+        seq: int,
+        alert: Alert,
+        attempt: int,
+        error: NotifyError,
+        now: float,
+    ) -> StepResult:
+        message = str(error)
+        if not error.retryable:
+            self._finish(conn, receiver, seq, "failed", now, message)
+            log.error(
+                "delivery failed (not retryable)",
+                receiver=receiver,
+                alert_id=alert.alert_id,
+                rule=alert.rule,
+                error=message,
+            )
+            return StepResult(0, now)
+        delay = self.backoff(attempt)
+        if error.retry_after is not None:
+            delay = max(error.retry_after, 0.0) * self._rng.uniform(1.0, 1.1)
+        next_at = now + delay
+        conn.execute(
+            "UPDATE deliveries SET next_at=?, error=? WHERE receiver=? AND seq=?",
+            (next_at, message, receiver, seq),
+        )
+        DELIVERIES.labels(receiver, "retry").inc()
+        log.warning(
+            "delivery failed, will retry",
+            receiver=receiver,
+            alert_id=alert.alert_id,
+            attempt=attempt,
+            retry_in=round(delay, 3),
+            error=message,
+        )
+        return StepResult(0, next_at)
+
+    def _finish(
+        self,
+        conn: sqlite3.Connection,
+        receiver: str,
+        seq: int,
+        state: str,
+        now: float,
+        error: str | None,
+    ) -> None:
+        conn.execute(
+            "UPDATE deliveries SET state=?, done_at=?, error=? WHERE receiver=? AND seq=?",
+            (state, now, error, receiver, seq),
+        )
+        DELIVERIES.labels(receiver, state).inc()
+        PENDING.labels(receiver).dec()
+        with self._wake:
+            self._wake.notify_all()
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter: initial × 2^(attempt-1), capped, × U(0.5, 1)."""
+        base = min(self.config.backoff_max, self.config.backoff_initial * 2 ** (attempt - 1))
+        return base * self._rng.uniform(0.5, 1.0)
+
+    def drain(self, receiver: str | None = None, timeout: float = 10.0) -> bool:
+        """Deliver in the calling thread until nothing is pending or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        receivers = [receiver] if receiver else list(self.notifiers)
+        while time.monotonic() < deadline:
+            waits = []
+            for name in receivers:
+                result = self.step(name)
+                if result.next_due is not None:
+                    waits.append(result.next_due - self._clock())
+            if not waits:
+                return True
+            pause = min(waits)
+            if pause > 0:
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0), 0.5))
+        return self.pending() == 0
+
+    # -- threads --------------------------------------------------------------------------------
+
+    def start(self) -> Outbox:
+        """Start one delivery thread per receiver (idempotent)."""
+        if self._threads:
+            return self
+        self._stop.clear()
+        for receiver in self.notifiers:
+            thread = threading.Thread(
+                target=self._loop, args=(receiver,), name=f"outbox-{receiver}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _loop(self, receiver: str) -> None:
+        while not self._stop.is_set():
+            try:
+                result = self.step(receiver)
+            except sqlite3.Error as error:
+                log.error("outbox error", receiver=receiver, error=str(error))
+                result = StepResult(0, self._clock() + 1.0)
+            if result.delivered or (result.next_due is not None and result.next_due <= self._clock()):
+                continue
+            wait = 1.0 if result.next_due is None else min(result.next_due - self._clock(), 1.0)
+            with self._wake:
+                if not self._stop.is_set():
+                    self._wake.wait(max(wait, 0.0))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every deliverable alert is delivered; False if ``timeout`` ran out first."""
+        if not self._threads:
+            return self.drain(timeout=timeout if timeout is not None else self.config.flush_timeout)
+        limit = timeout if timeout is not None else self.config.flush_timeout
+        deadline = time.monotonic() + limit
+        while True:
+            left = self.pending()
+            if left == 0:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("flush timed out", pending=left)
+                return False
+            with self._wake:
+                self._wake.wait(min(remaining, 0.05))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the delivery threads (pending rows stay for the next start) and the receivers."""
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+        for notifier in self.notifiers.values():
+            try:
+                notifier.close()
+            except Exception as error:
+                log.warning("receiver close failed", receiver=notifier.name, error=str(error))
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections = []
+        self._local = threading.local()
+
+    # -- inspection -----------------------------------------------------------------------------
+
+    def pending(self, receiver: str | None = None) -> int:
+        """Deliveries not yet sent, failed or expired."""
+        sql = "SELECT count(*) FROM deliveries WHERE state='pending'"
+        args: tuple[Any, ...] = ()
+        if receiver:
+            sql += " AND receiver=?"
+            args = (receiver,)
+        return self._conn().execute(sql, args).fetchone()[0]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """receiver → state → number of deliveries."""
+        result: dict[str, dict[str, int]] = {}
+        for receiver, state, count in self._conn().execute(
+            "SELECT receiver, state, count(*) FROM deliveries GROUP BY receiver, state"
+        ):
+            result.setdefault(receiver, {})[state] = count
+        return result
+
+    def stored(self) -> list[tuple[str, str | None]]:
+        """(alert_id, silence reason) of every stored alert, in insertion order."""
+        return list(self._conn().execute("SELECT alert_id, silenced FROM alerts ORDER BY seq"))
+
+
+def build_outbox(
+    config: Any,
+    *,
+    path: str | None = None,
+    extra: Sequence[Notifier] = (),
+    audit: Iterable[str] = (),
+    deliver: bool = True,
+) -> Outbox:
+    """The outbox of a :class:`~spendwatch.config.SpendwatchConfig`: receivers, routes, owners.
+
+    ``extra`` notifiers are added beside the configured ones (``audit`` names the ones that
+    get every alert); ``deliver=False`` leaves the configured receivers out.
+    """
+    from spendwatch.notifiers.registry import build_notifier
+
+    delivery: DeliveryConfig = getattr(config, "delivery", None) or DeliveryConfig()
+    configured = [build_notifier(r) for r in config.receivers] if deliver else []
+    notifiers = {n.name: n for n in [*extra, *configured]}
+    names = [n.name for n in configured]
+    dispatcher = Dispatcher.from_config(config, names) if deliver else Dispatcher([])
+    return Outbox(
+        path or delivery.outbox_path,
+        notifiers,
+        dispatcher=dispatcher,
+        audit=audit,
+        config=delivery,
+    )
