@@ -16,15 +16,15 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
-
-from spendwatch import stats
-from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
 from spendwatch.dataflows.sources import JsonlSource
 from spendwatch.notifiers.base import Notifier
 from spendwatch.notifiers.registry import build_notifier
+
+from spendwatch import stats
+from spendwatch.alerts import Alert
 
 
 class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
@@ -72,9 +72,7 @@ def get_flow(
     dead = op.flat_map("dead_letters", batches, lambda batch: batch.dead)
     op.output("dead_letter_out", dead, DeadLetterSink(config.dead_letter.path))
     partials = op.flat_map("pre_aggregate", batches, aggregator.route)
-    keyed_alerts = op.stateful_batch(
-        "engine", partials, lambda resume: _ShardLogic(plan, resume)
-    )
+    keyed_alerts = op.stateful_batch("engine", partials, lambda resume: _ShardLogic(plan, resume))
     alerts = op.map("drop_shard_key", keyed_alerts, lambda item: item[1])
     op.output("alerts_out", alerts, AlertSink(receivers or default_receivers(config)))
     return flow

@@ -118,6 +118,15 @@ class SpendwatchConfig(BaseSettings):
             raise ValueError("receiver names must be unique (set `name:` on repeated types)")
         return self
 
+    def used_dimensions(self) -> list[str]:
+        """Dimensions some rule keys on: the only ones worth extracting from each event."""
+        used: list[str] = []
+        for rule in [*self.detectors, *self.budgets]:
+            for dim in [*getattr(rule, "scope", []), *getattr(rule, "scope_by", [])]:
+                if dim not in used:
+                    used.append(dim)
+        return used
+
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, *_, **__):
         # YAML (passed as init kwargs) wins over the environment; no .env or secrets dirs.
@@ -136,7 +145,7 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def load_config(path: str | os.PathLike[str]) -> SpendwatchConfig:
-    """Load and validate a YAML config file; raise :class:`ConfigError` naming file, key, problem."""
+    """Load and validate a YAML file; :class:`ConfigError` names file, line, key and problem."""
     file = str(path)
     try:
         text = Path(file).read_text(encoding="utf-8")
@@ -205,14 +214,16 @@ def _data_path(data: Any, loc: list[Any]) -> list[Any]:
     path: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             node = node[part]
             path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, dict) and isinstance(part, str) and part not in DETECTOR_TYPES and (
-            part not in NOTIFIER_TYPES
+        elif (
+            isinstance(node, dict)
+            and isinstance(part, str)
+            and part not in DETECTOR_TYPES
+            and (part not in NOTIFIER_TYPES)
         ):
             path.append(part)  # a missing key: still worth naming
             node = None
