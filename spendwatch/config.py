@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from spendwatch.configtypes import STANDARD_DIMENSIONS, Dimension, Duration, StrictModel
+from spendwatch.configtypes import Dimension, Duration, StrictModel
 from spendwatch.detectors.base import DETECTOR_TYPES
 from spendwatch.detectors.budget import BudgetConfig
 from spendwatch.detectors.registry import build_detector  # noqa: F401 - registers detectors
@@ -86,9 +86,10 @@ class SpendwatchConfig(BaseSettings):
     source: SourceConfig = Field(default_factory=JsonlSourceConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
-    dimensions: list[Dimension] = Field(
-        default_factory=lambda: list(STANDARD_DIMENSIONS),
-        description="dimensions kept from each event (scopes may use only these)",
+    dimensions: list[Dimension] | None = Field(
+        default=None,
+        description="if set, the only dimensions rules may key on (default: any standard "
+        "dimension or labels.KEY)",
     )
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     detectors: list[DetectorConfig] = Field(default_factory=list)  # type: ignore[valid-type]
@@ -103,11 +104,11 @@ class SpendwatchConfig(BaseSettings):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicated)}")
-        kept = set(self.dimensions)
+        kept = set(self.dimensions) if self.dimensions is not None else None
         for kind, rules in (("detectors", self.detectors), ("budgets", self.budgets)):
             for index, rule in enumerate(rules):
                 used = list(getattr(rule, "scope", [])) + list(getattr(rule, "scope_by", []))
-                missing = [d for d in used if d not in kept]
+                missing = [d for d in used if kept is not None and d not in kept]
                 if missing:
                     raise ValueError(
                         f"{kind}[{index}] ({rule.name}) uses dimension(s) {', '.join(missing)} "
