@@ -13,8 +13,8 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-from spendwatch.detectors.base import Aggregation
 
+from spendwatch.detectors.base import Aggregation
 from spendwatch.events import ParsedBatch
 
 # (aggregation index, scope values, window start, spend nanos, requests, in, out, events)

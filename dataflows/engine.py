@@ -17,11 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PartialRow
 from spendwatch.detectors.base import ZERO, Aggregation, Totals, WindowDetector
 from spendwatch.detectors.budget import BudgetRule, BudgetState
-
-from spendwatch.alerts import Alert
 
 
 @dataclass

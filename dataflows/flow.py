@@ -16,15 +16,15 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
+
+from spendwatch import stats
+from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
 from spendwatch.dataflows.sources import JsonlSource
 from spendwatch.notifiers.base import Notifier
 from spendwatch.notifiers.registry import build_notifier
-
-from spendwatch import stats
-from spendwatch.alerts import Alert
 
 
 class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):

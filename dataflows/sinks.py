@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from spendwatch.notifiers.base import Notifier, NotifyError
 
 from spendwatch import stats
 from spendwatch.alerts import Alert
 from spendwatch.events import DeadLetter
 from spendwatch.logging import get_logger
+from spendwatch.notifiers.base import Notifier, NotifyError
 
 log = get_logger("spendwatch.sink")
 

@@ -16,10 +16,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 from river import stats
-from spendwatch.detectors.base import DetectorBase, Totals, metric_value, register_detector
 
 from spendwatch.alerts import Alert, make_alert
 from spendwatch.configtypes import Dimension, Duration, Metric, Severity, StrictModel
+from spendwatch.detectors.base import DetectorBase, Totals, metric_value, register_detector
 
 Seasonality = Literal["none", "hour_of_day", "hour_of_week"]
 _HOUR = 3600

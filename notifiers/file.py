@@ -6,10 +6,10 @@ import os
 from typing import Literal
 
 from pydantic import Field
-from spendwatch.notifiers.base import Notifier, NotifyError, register_notifier
 
 from spendwatch.alerts import Alert
 from spendwatch.configtypes import StrictModel
+from spendwatch.notifiers.base import Notifier, NotifyError, register_notifier
 
 
 class FileConfig(StrictModel):
