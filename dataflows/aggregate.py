@@ -130,14 +130,26 @@ class PreAggregator:
             group_dim_codes = [sorted_rows[starts, i] for i in range(len(dim_codes))]
         sums = [
             np.add.reduceat(pick(values)[order], starts)
-            for values in (batch.spend_nanos, batch.requests, batch.input_tokens, batch.output_tokens)
+            for values in (
+                batch.spend_nanos,
+                batch.requests,
+                batch.input_tokens,
+                batch.output_tokens,
+            )
         ]
         counts = np.diff(np.r_[starts, order.shape[0]])
         uniques = [column(d)[1] for d in aggregation.dims]
-        scopes = zip(*(
-            [names[c] for c in codes.tolist()]
-            for names, codes in zip(uniques, group_dim_codes, strict=True)
-        ), strict=True) if aggregation.dims else iter([()] * starts.shape[0])
+        scopes = (
+            zip(
+                *(
+                    [names[c] for c in codes.tolist()]
+                    for names, codes in zip(uniques, group_dim_codes, strict=True)
+                ),
+                strict=True,
+            )
+            if aggregation.dims
+            else iter([()] * starts.shape[0])
+        )
         windows = (group_windows * window).tolist()
         return list(
             zip(

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spendwatch.alerts import Alert
+from spendwatch.dataflows.aggregate import PartialRow
 from spendwatch.detectors.base import ZERO, Aggregation, Totals, WindowDetector
 from spendwatch.detectors.budget import BudgetRule, BudgetState
-from spendwatch.dataflows.aggregate import PartialRow
 
 
 @dataclass
@@ -189,9 +189,7 @@ class ShardEngine:
                             state = states[scope] = detector.new_state()  # idle: start afresh
                         else:
                             for empty_start in range(cursor, window_start, window):
-                                alerts.extend(
-                                    detector.observe(state, scope_map, empty_start, ZERO)
-                                )
+                                alerts.extend(detector.observe(state, scope_map, empty_start, ZERO))
                                 judged = empty_start
                     if totals is None:
                         break

@@ -86,9 +86,7 @@ def get_flow(
     dead = op.flat_map("dead_letters", batches, lambda batch: batch.dead)
     op.output("dead_letter_out", dead, DeadLetterSink(config.dead_letter.path))
     partials = op.flat_map("pre_aggregate", batches, aggregator.route)
-    keyed_alerts = op.stateful_batch(
-        "engine", partials, lambda resume: _ShardLogic(plan, resume)
-    )
+    keyed_alerts = op.stateful_batch("engine", partials, lambda resume: _ShardLogic(plan, resume))
     alerts = op.map("drop_shard_key", keyed_alerts, lambda item: item[1])
     op.output("alerts_out", alerts, AlertSink(outbox))
     return flow

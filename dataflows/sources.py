@@ -38,7 +38,7 @@ def record_batch(batch: ParsedBatch) -> None:
 def make_parser(config: Any, source: str) -> EventParser:
     return EventParser(
         PriceTable(config.pricing),
-        config.dimensions,
+        config.used_dimensions(),
         config.engine.dedup_horizon,
         max_event_bytes=config.engine.max_event_bytes,
         source=source,

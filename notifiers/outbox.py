@@ -117,9 +117,13 @@ class _State:
         self._receiver = receiver
 
     def get(self, key: str) -> str | None:
-        row = self._outbox._conn().execute(
-            "SELECT value FROM receiver_state WHERE receiver=? AND key=?", (self._receiver, key)
-        ).fetchone()
+        row = (
+            self._outbox._conn()
+            .execute(
+                "SELECT value FROM receiver_state WHERE receiver=? AND key=?", (self._receiver, key)
+            )
+            .fetchone()
+        )
         return row[0] if row else None
 
     def put(self, key: str, value: str) -> None:
@@ -452,7 +456,9 @@ class Outbox:
             except sqlite3.Error as error:
                 log.error("outbox error", receiver=receiver, error=str(error))
                 result = StepResult(0, self._clock() + 1.0)
-            if result.delivered or (result.next_due is not None and result.next_due <= self._clock()):
+            if result.delivered or (
+                result.next_due is not None and result.next_due <= self._clock()
+            ):
                 continue
             wait = 1.0 if result.next_due is None else min(result.next_due - self._clock(), 1.0)
             with self._wake:

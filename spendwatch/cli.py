@@ -124,7 +124,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     from spendwatch.dataflows.flow import get_flow
     from spendwatch.dataflows.runner import run_flow
-
     from spendwatch.notifiers.outbox import build_outbox
 
     stats.reset()
@@ -137,7 +136,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         outbox.flush(config.delivery.flush_timeout)  # what is left resumes on the next start
     finally:
         outbox.close()
-    log.info("stopped", reason="end of input" if finished else "signal", **stats.current().summary())
+    log.info(
+        "stopped", reason="end of input" if finished else "signal", **stats.current().summary()
+    )
     return 0
 
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from spendwatch.configtypes import STANDARD_DIMENSIONS, Dimension, Duration, StrictModel
+from spendwatch.configtypes import Dimension, Duration, StrictModel
 from spendwatch.detectors.base import DETECTOR_TYPES
 from spendwatch.detectors.budget import BudgetConfig
 from spendwatch.detectors.registry import build_detector  # noqa: F401 - registers detectors
@@ -88,9 +88,10 @@ class SpendwatchConfig(BaseSettings):
     source: SourceConfig = Field(default_factory=JsonlSourceConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
-    dimensions: list[Dimension] = Field(
-        default_factory=lambda: list(STANDARD_DIMENSIONS),
-        description="dimensions kept from each event (scopes may use only these)",
+    dimensions: list[Dimension] | None = Field(
+        default=None,
+        description="if set, the only dimensions rules may key on (default: any standard "
+        "dimension or labels.KEY)",
     )
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     detectors: list[DetectorConfig] = Field(default_factory=list)  # type: ignore[valid-type]
@@ -111,11 +112,11 @@ class SpendwatchConfig(BaseSettings):
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
             raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicated)}")
-        kept = set(self.dimensions)
+        kept = set(self.dimensions) if self.dimensions is not None else None
         for kind, rules in (("detectors", self.detectors), ("budgets", self.budgets)):
             for index, rule in enumerate(rules):
                 used = list(getattr(rule, "scope", [])) + list(getattr(rule, "scope_by", []))
-                missing = [d for d in used if d not in kept]
+                missing = [d for d in used if kept is not None and d not in kept]
                 if missing:
                     raise ValueError(
                         f"{kind}[{index}] ({rule.name}) uses dimension(s) {', '.join(missing)} "
@@ -129,6 +130,15 @@ class SpendwatchConfig(BaseSettings):
             if unknown:
                 raise ValueError(f"routes[{index}] names unknown receiver(s): {', '.join(unknown)}")
         return self
+
+    def used_dimensions(self) -> list[str]:
+        """Dimensions some rule keys on: the only ones worth extracting from each event."""
+        used: list[str] = []
+        for rule in [*self.detectors, *self.budgets]:
+            for dim in [*getattr(rule, "scope", []), *getattr(rule, "scope_by", [])]:
+                if dim not in used:
+                    used.append(dim)
+        return used
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, *_, **__):
@@ -148,7 +158,7 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def load_config(path: str | os.PathLike[str]) -> SpendwatchConfig:
-    """Load and validate a YAML config file; raise :class:`ConfigError` naming file, key, problem."""
+    """Load and validate a YAML file; :class:`ConfigError` names file, line, key and problem."""
     file = str(path)
     try:
         text = Path(file).read_text(encoding="utf-8")
@@ -217,14 +227,16 @@ def _data_path(data: Any, loc: list[Any]) -> list[Any]:
     path: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             node = node[part]
             path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, dict) and isinstance(part, str) and part not in DETECTOR_TYPES and (
-            part not in NOTIFIER_TYPES
+        elif (
+            isinstance(node, dict)
+            and isinstance(part, str)
+            and part not in DETECTOR_TYPES
+            and (part not in NOTIFIER_TYPES)
         ):
             path.append(part)  # a missing key: still worth naming
             node = None

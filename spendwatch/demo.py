@@ -109,7 +109,10 @@ def generate(
     if regression_prompt:
         r0 = t0 + regression_at_hours * 3600
         regression = Incident(
-            "token_regression", {"prompt_id": regression_prompt}, r0, t0 + days * 86400,
+            "token_regression",
+            {"prompt_id": regression_prompt},
+            r0,
+            t0 + days * 86400,
             regression_factor,
         )
         incidents.append(regression)
@@ -118,7 +121,7 @@ def generate(
     tenant_names = list(TENANTS)
     feature_names = list(FEATURES)
     for tenant_index, (tenant, (peak_rate, dispersion)) in enumerate(TENANTS.items()):
-        for feature_index, (feature, spec) in enumerate(FEATURES.items()):
+        for feature_index, spec in enumerate(FEATURES.values()):
             _, prompt_id, _, mean_in, mean_out, share = spec
             rate = peak_rate * share * scale * load
             if dispersion:

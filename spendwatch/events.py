@@ -33,7 +33,8 @@ class UsageEvent(msgspec.Struct, gc=False):
     """One usage event: an LLM call (tokens + model) or a billing line (cost)."""
 
     event_id: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=512, description="unique id; repeats are duplicates")
+        str,
+        msgspec.Meta(min_length=1, max_length=512, description="unique id; repeats are duplicates"),
     ]
     ts: Annotated[
         datetime, msgspec.Meta(tz=True, description="event time, RFC 3339 with offset or Z")
@@ -65,6 +66,11 @@ class UsageEvent(msgspec.Struct, gc=False):
 _one_decoder = msgspec.json.Decoder(UsageEvent)
 _batch_decoder = msgspec.json.Decoder(list[UsageEvent])
 _numbers = attrgetter("input_tokens", "output_tokens", "cached_input_tokens", "requests")
+_get_ts = attrgetter("ts")
+_get_event_id = attrgetter("event_id")
+_get_category = attrgetter("charge_category")
+_get_cost = attrgetter("cost_usd")
+_get_model = attrgetter("model")
 
 
 def event_json_schema() -> dict[str, Any]:
@@ -147,8 +153,10 @@ class DedupWindow:
     def filter_new(self, ids: list[str]) -> list[int] | None:
         """Positions of first-seen ids, or ``None`` when all are new (the common, fast case)."""
         fresh = set(ids)
-        if len(fresh) == len(ids) and fresh.isdisjoint(self.current) and fresh.isdisjoint(
-            self.previous
+        if (
+            len(fresh) == len(ids)
+            and fresh.isdisjoint(self.current)
+            and fresh.isdisjoint(self.previous)
         ):
             self.current |= fresh
             return None
@@ -187,34 +195,33 @@ class EventParser:
         self.source = source
 
     def parse(self, lines: Sequence[bytes]) -> ParsedBatch:
+        """Validate, dedup and price a batch of raw lines (without their newlines)."""
         dead: list[DeadLetter] = []
+        lines = list(filter(None, lines))
+        if lines and max(map(len, lines)) <= self.max_event_bytes:
+            try:  # fast path: the whole batch as one JSON array, decoded in C
+                events = _batch_decoder.decode(b"[" + b",".join(lines) + b"]")
+                return self._columns(events, lines, dead)
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                pass  # some line is bad (or blank): find which, one by one
         accepted: list[bytes] = []
         for line in lines:
             stripped = line.strip()
             if not stripped:
                 continue
             if len(stripped) > self.max_event_bytes:
-                dead.append(
-                    DeadLetter(
-                        f"event is {len(stripped)} bytes, over the {self.max_event_bytes}-byte limit",
-                        stripped,
-                        self.source,
-                    )
+                reason = (
+                    f"event is {len(stripped)} bytes, over the {self.max_event_bytes}-byte limit"
                 )
+                dead.append(DeadLetter(reason, stripped, self.source))
                 continue
             accepted.append(stripped)
-        events, raws = self._decode(accepted, dead)
+        events, raws = self._decode_each(accepted, dead)
         return self._columns(events, raws, dead)
 
-    def _decode(
+    def _decode_each(
         self, lines: list[bytes], dead: list[DeadLetter]
     ) -> tuple[list[UsageEvent], list[bytes]]:
-        if not lines:
-            return [], []
-        try:
-            return _batch_decoder.decode(b"[" + b",".join(lines) + b"]"), lines
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-            pass  # some line is bad: find which, one by one
         events, raws = [], []
         for line in lines:
             try:
@@ -234,9 +241,11 @@ class EventParser:
             batch.dead = dead
             return batch
         count = len(events)
-        ts = np.fromiter((e.ts.timestamp() for e in events), dtype=np.float64, count=count)
+        ts = np.fromiter(
+            map(datetime.timestamp, map(_get_ts, events)), dtype=np.float64, count=count
+        )
         self.dedup.advance(float(ts.max()))
-        keep = self.dedup.filter_new([e.event_id for e in events])
+        keep = self.dedup.filter_new(list(map(_get_event_id, events)))
         duplicates = 0
         if keep is not None:
             duplicates = count - len(keep)
@@ -244,17 +253,13 @@ class EventParser:
             raws = [raws[i] for i in keep]
             ts = ts[keep]
             count = len(events)
-        numbers = np.array([_numbers(e) for e in events], dtype=np.int64).reshape(count, 4)
+        numbers = np.array(list(map(_numbers, events)), dtype=np.int64).reshape(count, 4)
         input_tokens, output_tokens, cached = numbers[:, 0], numbers[:, 1], numbers[:, 2]
-        categories = [(e.charge_category or "usage").lower() for e in events]
-        given = np.fromiter(
-            (math.nan if e.cost_usd is None else e.cost_usd for e in events),
-            dtype=np.float64,
-            count=count,
-        )
+        categories = [(c or "usage").lower() for c in map(_get_category, events)]
+        given = np.array(list(map(_get_cost, events)), dtype=np.float64)  # None -> nan
         has_cost = ~np.isnan(given)
         credit_like = np.fromiter(
-            (c in NON_ANOMALY_CATEGORIES for c in categories), dtype=bool, count=count
+            map(NON_ANOMALY_CATEGORIES.__contains__, categories), dtype=bool, count=count
         )
         bad = np.zeros(count, dtype=bool)
         reasons: dict[int, str] = {}
@@ -265,7 +270,7 @@ class EventParser:
                 "(only credit/adjustment lines may be negative)"
             )
         bad |= negative
-        models = [e.model for e in events]
+        models = list(map(_get_model, events))
         priced, fallback_used, unknown = self.prices.price_nanos(
             models, input_tokens, cached, output_tokens, needed=~has_cost
         )
@@ -315,5 +320,4 @@ def dimension_column(events: Sequence[UsageEvent], dimension: str) -> list[str]:
     if dimension.startswith("labels."):
         key = dimension[len("labels.") :]
         return [e.labels.get(key) or UNATTRIBUTED for e in events]
-    getter = attrgetter(dimension)
-    return [getter(e) or UNATTRIBUTED for e in events]
+    return [value or UNATTRIBUTED for value in map(attrgetter(dimension), events)]

@@ -1,0 +1,163 @@
+"""The worker and backtest commands as a user runs them (subprocesses, real files, signals)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from spendwatch import demo
+from tests.conftest import DETECTION_CONFIG, comparable, read_alerts, write_config
+
+CLI = [sys.executable, "-m", "spendwatch.cli"]
+
+
+def _config(tmp_path: Path, source: str = "", name: str = "config.yaml") -> tuple[Path, Path]:
+    alerts = tmp_path / f"{name}.alerts.jsonl"
+    text = DETECTION_CONFIG.format(
+        dead_letter=tmp_path / "dead.jsonl", alerts=alerts, pricing=demo.pricing_yaml()
+    )
+    return write_config(tmp_path, source + text, name), alerts
+
+
+def test_run_and_backtest_raise_the_same_alerts(planted_file, tmp_path):
+    source = f"source:\n  type: jsonl\n  path: {planted_file}\n"
+    config, run_alerts = _config(tmp_path, source)
+    run = subprocess.run([*CLI, "run", "--config", str(config)], capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    out = tmp_path / "backtest.jsonl"
+    backtest = subprocess.run(
+        [
+            *CLI,
+            "backtest",
+            "--config",
+            str(config),
+            "--input",
+            str(planted_file),
+            "--alerts-out",
+            str(out),
+        ],
+        capture_output=True,
+        timeout=300,
+    )
+    assert backtest.returncode == 0, backtest.stderr.decode()[-2000:]
+    live, replay = read_alerts(run_alerts), read_alerts(out)
+    assert len(live) >= 5
+    assert comparable(live) == comparable(replay)
+
+
+def test_backtest_counts_bad_input_in_summary_and_dead_letter_file(tmp_path):
+    config, _ = _config(tmp_path)
+    events = tmp_path / "events.jsonl"
+    good = demo.generate(days=0.2, scale=0.1, seed=3, spike_tenant=None, regression_prompt=None)
+    bad = [
+        b"{not json",
+        b'{"event_id":"x","ts":"2026-11-16T01:00:00Z","input_tokens":-1,"model":"gpt-4o"}',
+        b'{"event_id":"y","ts":"2026-11-16T01:00:00Z","model":"unknown-model"}',
+        b'{"ts":"2026-11-16T01:00:00Z","cost_usd":1}',
+        b'{"event_id":"z","ts":"2026-11-16T01:00:00Z","cost_usd":-4}',
+        b"\xff\xfe\xfd",
+    ]
+    duplicate = good.lines[0]
+    events.write_bytes(b"\n".join([*good.lines[:50], *bad, duplicate, *good.lines[50:]]) + b"\n")
+    dead = tmp_path / "rejected.jsonl"
+    result = subprocess.run(
+        [
+            *CLI,
+            "backtest",
+            "--config",
+            str(config),
+            "--input",
+            str(events),
+            "--alerts-out",
+            str(tmp_path / "a.jsonl"),
+            "--dead-letter",
+            str(dead),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"events {len(good.lines):,}" in result.stderr
+    assert "dead-lettered 6" in result.stderr
+    assert "duplicates 1" in result.stderr
+    records = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert len(records) == 6
+    assert all(r["reason"] for r in records)
+    assert sum("raw_base64" in r for r in records) == 1
+
+
+def test_backtest_rejects_a_bad_config_with_file_and_key(tmp_path):
+    config = write_config(tmp_path, "budgets:\n  - name: b\n    amount_usd: -5\n")
+    result = subprocess.run(
+        [
+            *CLI,
+            "backtest",
+            "--config",
+            str(config),
+            "--input",
+            "/dev/null",
+            "--alerts-out",
+            str(tmp_path / "a.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{config}:3: budgets[0].amount_usd:" in result.stderr
+
+
+def test_worker_follows_a_growing_file_and_stops_cleanly_on_sigterm(tmp_path):
+    stream = demo.generate(
+        days=3, scale=0.3, seed=5, regression_prompt=None, spike_at_hours=2 * 24 + 10
+    )
+    events = tmp_path / "events.jsonl"
+    half = len(stream.lines) // 2
+    events.write_bytes(b"".join(line + b"\n" for line in stream.lines[:half]))
+    source = f"source:\n  type: jsonl\n  path: {events}\n  follow: true\n  poll_interval: 0.1\n"
+    config, alerts = _config(tmp_path, source)
+    worker = subprocess.Popen(
+        [*CLI, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(2)
+        with events.open("ab") as handle:  # the file grows while the worker runs
+            handle.write(b"".join(line + b"\n" for line in stream.lines[half:]))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if alerts.exists() and any(
+                a["scope"] == {"tenant": "globex"} and a["kind"] == "anomaly"
+                for a in read_alerts(alerts)
+            ):
+                break
+            time.sleep(0.2)
+        assert worker.poll() is None, "a following worker keeps running"
+        found = read_alerts(alerts)
+        assert any(a["scope"] == {"tenant": "globex"} and a["kind"] == "anomaly" for a in found)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=20)
+        stderr = worker.stderr.read().decode()
+    assert code == 0, stderr[-2000:]
+    assert '"event": "stopped"' in stderr or "stopped" in stderr
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert lines and all("level" in line for line in lines), "structured JSON logs"
+
+
+def test_demo_command_writes_the_bundled_stream(tmp_path):
+    out = tmp_path / "demo.jsonl"
+    result = subprocess.run(
+        [*CLI, "demo", "--out", str(out), "--days", "0.5", "--scale", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0
+    assert out.stat().st_size > 0 and "planted" in result.stdout
+    assert os.path.getsize(out) == sum(len(x) + 1 for x in out.read_bytes().splitlines())

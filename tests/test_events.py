@@ -1,0 +1,137 @@
+"""Parsing: every kind of bad input dead-letters with a reason; good input is priced exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from spendwatch.events import UNATTRIBUTED, EventParser
+from spendwatch.pricing import ModelPrice, PriceTable, PricingConfig
+
+PRICES = PricingConfig(
+    models={"mini": ModelPrice(input=0.15, cached_input=0.075, output=0.60)},
+)
+WITH_FALLBACK = PricingConfig(models=PRICES.models, fallback=ModelPrice(input=5, output=15))
+
+
+def parser(pricing: PricingConfig = PRICES, **kwargs) -> EventParser:
+    return EventParser(PriceTable(pricing), ["tenant", "labels.team"], 3600, **kwargs)
+
+
+def line(**fields) -> bytes:
+    event = {"event_id": "e1", "ts": "2026-11-24T10:00:00Z", "model": "mini"}
+    event.update(fields)
+    event = {k: v for k, v in event.items() if v is not None}
+    return json.dumps(event).encode()
+
+
+GOOD = line(event_id="good", tenant="acme", input_tokens=1000, output_tokens=100)
+
+BAD_LINES = {
+    "malformed JSON": b'{"event_id": "x", "ts": ',
+    "wrong type": line(input_tokens="many"),
+    "negative tokens": line(output_tokens=-5),
+    "zero requests": line(requests=0),
+    "NaN literal": b'{"event_id":"n","ts":"2026-11-24T10:00:00Z","cost_usd":NaN}',
+    "infinite number": b'{"event_id":"i","ts":"2026-11-24T10:00:00Z","cost_usd":1e999}',
+    "negative cost on usage": line(cost_usd=-3.0),
+    "missing ts": line(ts=None),
+    "missing event_id": line(event_id=None),
+    "naive timestamp": line(ts="2026-11-24T10:00:00"),
+    "not a timestamp": line(ts="yesterday"),
+    "unknown model without fallback": line(model="gpt-9"),
+    "non-UTF-8 bytes": b'{"event_id":"u","ts":"2026-11-24T10:00:00Z","tenant":"\xff\xfe"}',
+    "labels not strings": line(labels={"team": 3}),
+    "top level not an object": b"[1, 2, 3]",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_LINES))
+def test_each_bad_line_dead_letters_alone_with_a_reason(name):
+    batch = parser().parse([GOOD, BAD_LINES[name], GOOD.replace(b"good", b"good2")])
+    assert batch.size == 2, "good neighbours are kept"
+    [dead] = batch.dead
+    assert dead.raw == BAD_LINES[name].strip()
+    assert dead.reason and len(dead.reason) > 10
+    record = dead.to_record()
+    json.dumps(record)  # always serialisable, even for non-UTF-8 input
+    assert ("raw" in record) != ("raw_base64" in record)
+
+
+def test_reasons_say_what_is_wrong():
+    reasons = {n: parser().parse([BAD_LINES[n]]).dead[0].reason for n in BAD_LINES}
+    assert reasons["malformed JSON"].startswith("malformed JSON")
+    assert "input_tokens" in reasons["wrong type"]
+    assert "output_tokens" in reasons["negative tokens"] and ">= 0" in reasons["negative tokens"]
+    assert "negative cost_usd" in reasons["negative cost on usage"]
+    assert "`ts`" in reasons["missing ts"] or "ts" in reasons["missing ts"]
+    assert "event_id" in reasons["missing event_id"]
+    assert "timezone" in reasons["naive timestamp"]
+    assert "gpt-9" in reasons["unknown model without fallback"]
+
+
+def test_megabyte_line_is_dead_lettered_not_parsed():
+    huge = line(tenant="x" * 1_000_000)
+    batch = parser().parse([GOOD, huge])
+    assert batch.size == 1
+    assert "over the 65536-byte limit" in batch.dead[0].reason
+    assert batch.dead[0].raw == huge
+
+
+def test_credit_lines_may_be_negative_and_are_not_anomaly_input():
+    credit = line(event_id="c", cost_usd=-2.5, charge_category="Credit", model=None)
+    batch = parser().parse([GOOD, credit])
+    assert batch.dead == []
+    assert batch.spend_nanos.tolist()[1] == -2_500_000_000
+    assert batch.anomaly_input.tolist() == [True, False]
+
+
+def test_pricing_is_exact_nanodollars_with_cached_tokens():
+    event = line(input_tokens=1000, cached_input_tokens=400, output_tokens=100)
+    batch = parser().parse([event])
+    # 600 uncached * 0.15 + 400 cached * 0.075 + 100 out * 0.60, per million, in nano-USD
+    expected = (600 * 0.15 + 400 * 0.075 + 100 * 0.60) * 1000
+    assert batch.spend_nanos.tolist() == [round(expected)]
+
+
+def test_cost_usd_wins_over_the_catalog_and_fallback_is_reported():
+    batch = parser(WITH_FALLBACK).parse(
+        [
+            line(event_id="a", cost_usd=0.25, input_tokens=10**6),
+            line(event_id="b", model="gpt-9", input_tokens=1000, output_tokens=1000),
+        ]
+    )
+    assert batch.spend_nanos.tolist() == [250_000_000, (5 + 15) * 1000 * 1000]
+    assert batch.fallback_priced == {"gpt-9": 1}
+
+
+def test_missing_dimensions_count_as_unattributed():
+    batch = parser().parse([line(event_id="a", labels={"team": "search"}), line(event_id="b")])
+    assert batch.dims["tenant"] == [UNATTRIBUTED, UNATTRIBUTED]
+    assert batch.dims["labels.team"] == ["search", UNATTRIBUTED]
+
+
+def test_duplicates_are_counted_once_across_batches_within_the_horizon():
+    p = parser()
+    first = p.parse([line(event_id="a"), line(event_id="b"), line(event_id="a")])
+    assert first.size == 2 and first.duplicates == 1
+    again = p.parse([line(event_id="b"), line(event_id="c")])
+    assert again.size == 1 and again.duplicates == 1
+    much_later = p.parse([line(event_id="a", ts="2026-11-24T13:30:00Z")])
+    assert much_later.size == 1, "ids older than the horizon are forgotten"
+
+
+def test_dedup_state_survives_snapshot_and_restore():
+    p = parser()
+    p.parse([line(event_id="a")])
+    restored = parser()
+    restored.restore(p.snapshot())
+    assert restored.parse([line(event_id="a")]).duplicates == 1
+
+
+def test_blank_lines_and_crlf_are_tolerated():
+    batch = parser().parse([GOOD + b"\r", b"", b"   ", GOOD.replace(b"good", b"g2")])
+    assert batch.size == 2 and batch.dead == []
+    assert np.all(batch.ts == batch.ts[0])
