@@ -46,6 +46,8 @@ budgets:
 receivers:
   - type: file
     path: {alerts}
+delivery:
+  outbox_path: {alerts}.outbox.sqlite
 """
 
 

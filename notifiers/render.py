@@ -1,0 +1,82 @@
+"""Plain-text facts about an alert, shared by the Slack, Jira and flag receivers.
+
+Everything here returns *unescaped* text; each receiver escapes for its own markup
+(Slack mrkdwn, Jira wiki), because scope values, rule names and driver values are
+user-controlled.
+"""
+
+from __future__ import annotations
+
+from spendwatch.alerts import Alert
+
+_UNITS = {
+    "spend_usd": ("$", ""),
+    "cost_per_request_usd": ("$", " per request"),
+    "requests": ("", " requests"),
+    "input_tokens": ("", " input tokens"),
+    "output_tokens": ("", " output tokens"),
+    "output_tokens_per_request": ("", " output tokens per request"),
+}
+
+
+def amount(metric: str, value: float) -> str:
+    """``value`` with the unit of ``metric``: ``$1,234.50``, ``1,840 output tokens per request``."""
+    prefix, suffix = _UNITS.get(metric, ("", f" {metric}"))
+    if prefix == "$":
+        digits = f"{value:,.4f}" if abs(value) < 1 else f"{value:,.2f}"
+    else:
+        digits = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{prefix}{digits}{suffix}"
+
+
+def scope_text(alert: Alert) -> str:
+    """``tenant=acme, feature=chat`` (``all`` for an unscoped rule)."""
+    return ", ".join(f"{k}={v}" for k, v in alert.scope.items()) or "all"
+
+
+def title(alert: Alert) -> str:
+    """One line naming what happened: ``Budget tenant-daily at 85% for tenant=acme``."""
+    where = scope_text(alert)
+    if alert.kind == "budget":
+        return f"Budget {alert.rule} crossed {alert.threshold:g}% for {where} ({alert.period})"
+    if alert.kind == "forecast":
+        return f"Budget {alert.rule} projected at {alert.score:.0f}% for {where} ({alert.period})"
+    return f"Anomaly {alert.rule}: {alert.metric} for {where}"
+
+
+def comparison(alert: Alert) -> str:
+    """Observed vs expected with units, and the score in its own terms (% of budget or z)."""
+    observed = amount(alert.metric, alert.observed)
+    expected = amount(alert.metric, alert.expected)
+    if alert.kind == "budget":
+        return (
+            f"{observed} spent of a {expected} budget: {alert.score:.1f}% "
+            f"(threshold {alert.threshold:g}%)"
+        )
+    if alert.kind == "forecast":
+        return f"projected {alert.score:.0f}% of a {expected} budget ({observed} spent so far)"
+    ratio = f", {alert.observed / alert.expected:.1f}x" if alert.expected > 0 else ""
+    return (
+        f"{observed} observed vs {expected} expected (z={alert.score:.1f}, "
+        f"threshold {alert.threshold:g}{ratio})"
+    )
+
+
+def window_text(alert: Alert) -> str:
+    return f"{alert.window_start} to {alert.window_end}"
+
+
+def driver_lines(alert: Alert, limit: int = 5) -> list[str]:
+    """``model=gpt-4o (72%)`` for the top drivers."""
+    return [f"{d.dimension}={d.value} ({d.share:.0%})" for d in alert.drivers[:limit]]
+
+
+def owner_id(alert: Alert, receiver_type: str) -> str | None:
+    """The owner's id for one receiver type (``owners: - slack: U123``), if configured."""
+    ids = getattr(alert, "owner_ids", None) or {}
+    return ids.get(receiver_type) if isinstance(ids, dict) else None
+
+
+def scope_key(alert: Alert) -> str:
+    """Stable text of the scope, for keys in receiver state."""
+    return "&".join(f"{k}={v}" for k, v in sorted(alert.scope.items()))
