@@ -9,7 +9,7 @@ from pydantic import Field
 
 from spendwatch.alerts import Alert
 from spendwatch.configtypes import StrictModel
-from spendwatch.notifiers.base import Notifier, NotifyError, register_notifier
+from spendwatch.notifiers.base import Delivery, Notifier, NotifyError, register_notifier
 
 
 class FileConfig(StrictModel):
@@ -21,6 +21,8 @@ class FileConfig(StrictModel):
 
 @register_notifier("file", FileConfig)
 class FileNotifier(Notifier):
+    idempotent = True
+
     def __init__(self, config: FileConfig) -> None:
         self.name = config.name
         self.config = config
@@ -38,6 +40,20 @@ class FileNotifier(Notifier):
             raise NotifyError(
                 f"cannot write {self.config.path}: {error}", retryable=True
             ) from error
+
+    def deliver(self, alert: Alert, delivery: Delivery) -> None:
+        """Like :meth:`notify`, but a retry first checks whether the line is already there."""
+        if delivery.maybe_done and self._contains(alert.alert_id):
+            return
+        self.notify(alert)
+
+    def _contains(self, alert_id: str) -> bool:
+        needle = b'"alert_id":"' + alert_id.encode() + b'"'
+        try:
+            with open(self.config.path, "rb") as handle:
+                return any(needle in line for line in handle)
+        except OSError:
+            return False
 
     def close(self) -> None:
         os.close(self._fd)

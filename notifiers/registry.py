@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from spendwatch.notifiers import console, file  # noqa: F401 - registration side effect
+from spendwatch.notifiers import (  # noqa: F401 - registration side effect
+    console,
+    file,
+    flags,
+    jira,
+    slack,
+)
 from spendwatch.notifiers.base import NOTIFIER_TYPES, Notifier
 
 
