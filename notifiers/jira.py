@@ -103,9 +103,12 @@ class JiraNotifier(Notifier):
         except JIRAError as error:
             raise self._api_error(error) from None
         except requests.RequestException as error:
+            # A timed-out create may still land: wait as long again before searching for it.
+            timed_out = isinstance(error, requests.Timeout)
             raise NotifyError(
                 f"jira: connection failed ({type(error).__name__}); will search before creating",
                 retryable=True,
+                retry_after=self.config.timeout if timed_out else None,
             ) from None
 
     # -- firing ---------------------------------------------------------------------------------

@@ -346,11 +346,11 @@ class Outbox:
         )
         try:
             self.notifiers[receiver].deliver(alert, delivery)
-        except NotifyError as error:
-            return self._failed(conn, receiver, seq, alert, attempt, error, now)
+        except NotifyError as error:  # backoff counts from the failure, not from the send
+            return self._failed(conn, receiver, seq, alert, attempt, error, self._clock())
         except Exception as error:  # a bug in a receiver must not stop the others
             wrapped = NotifyError(f"unexpected {type(error).__name__}", retryable=True)
-            return self._failed(conn, receiver, seq, alert, attempt, wrapped, now)
+            return self._failed(conn, receiver, seq, alert, attempt, wrapped, self._clock())
         self._finish(conn, receiver, seq, "sent", self._clock(), None)
         return StepResult(1, now)
 

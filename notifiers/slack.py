@@ -97,9 +97,14 @@ class SlackNotifier(Notifier):
         except SlackApiError as error:
             raise self._api_error(error) from None
         except (SlackClientError, urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            # A timed-out post may still land: wait as long again before looking for it.
+            timed_out = isinstance(e, TimeoutError) or isinstance(
+                getattr(e, "reason", None), TimeoutError
+            )
             raise NotifyError(
                 f"slack: connection failed ({type(e).__name__}); will check before re-posting",
                 retryable=True,
+                retry_after=self.config.timeout if timed_out else None,
             ) from None
 
     # -- firing ---------------------------------------------------------------------------------
@@ -198,6 +203,8 @@ class SlackNotifier(Notifier):
                     cursor=cursor,
                 )
             for message in page.get("messages", []):
+                if thread_ts and message.get("ts") == thread_ts:
+                    continue  # the thread's parent is never the reply we look for
                 if sb.is_ours(message, alert):
                     return str(message["ts"])
             cursor = (page.get("response_metadata") or {}).get("next_cursor")

@@ -119,8 +119,8 @@ def resolved_reply(alert: Alert) -> list[dict[str, Any]]:
 def is_ours(message: dict[str, Any], alert: Alert) -> bool:
     """Whether a message from ``conversations.history/replies`` is this alert's post."""
     payload = (message.get("metadata") or {}).get("event_payload") or {}
-    if payload.get("alert_id") == alert.alert_id:
-        return True
+    if payload.get("alert_id"):  # metadata is authoritative (an updated post keeps its own)
+        return payload["alert_id"] == alert.alert_id
     return marker(alert) in str(message.get("text", "")) or marker(alert) in str(
         message.get("blocks", "")
     )
