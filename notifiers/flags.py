@@ -89,6 +89,20 @@ class FlagNotifier(Notifier):
         self.name = config.name
         self.config = config
         self._memory = MemoryState()
+        if config.mode == "apply":
+            self._ensure_flag()
+
+    def _ensure_flag(self) -> None:
+        """Services can evaluate the flag from the start: add it (default variant) if absent."""
+        try:
+            with open(self.config.path, encoding="utf-8") as handle:
+                present = self.config.flag in (json.load(handle).get("flags") or {})
+        except FileNotFoundError:
+            present = False
+        except (OSError, ValueError, AttributeError):
+            return  # left alone; the first delivery reports the problem
+        if not present:
+            self.write([])
 
     def notify(self, alert: Alert) -> None:
         self.deliver(alert, Delivery(state=self._memory))
