@@ -61,9 +61,7 @@ def _outbox_for(config: Any, receivers: Callable[[], list[Notifier]] | None) -> 
     if receivers is None:
         return build_outbox(config).start()
     path = os.path.join(tempfile.mkdtemp(prefix="spendwatch-outbox-"), "outbox.sqlite")
-    built = receivers()
-    audit = [n.name for n in built]
-    return build_outbox(config, path=path, extra=built, audit=audit, deliver=False).start()
+    return build_outbox(config, path=path, extra=receivers(), audit="all", deliver=False).start()
 
 
 def get_flow(

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import Counter, Gauge
 from pydantic import Field
@@ -159,8 +159,9 @@ class Outbox:
     """Stores alerts once and delivers each to its routed receivers, in order, with retries.
 
     ``audit`` names receivers that get every alert, whatever the routes and silences say
-    (the backtest's ``--alerts-out`` file). Call :meth:`start` for the delivery threads,
-    :meth:`flush` to wait for them, :meth:`close` to stop.
+    (the backtest's ``--alerts-out`` file); ``"all"`` makes every receiver one. Receivers
+    given as a list are keyed by name (``name#2`` for a repeated one). Call :meth:`start`
+    for the delivery threads, :meth:`flush` to wait for them, :meth:`close` to stop.
     """
 
     def __init__(
@@ -169,15 +170,16 @@ class Outbox:
         notifiers: Mapping[str, Notifier] | Sequence[Notifier],
         *,
         dispatcher: Dispatcher | None = None,
-        audit: Iterable[str] = (),
+        audit: Iterable[str] | Literal["all"] = (),
         config: DeliveryConfig | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         if not isinstance(notifiers, Mapping):
-            notifiers = {n.name: n for n in notifiers}
+            notifiers = _unique_names(notifiers)
         self.notifiers: dict[str, Notifier] = dict(notifiers)
-        self.audit = [a for a in audit if a in self.notifiers]
+        wanted = self.notifiers if audit == "all" else audit
+        self.audit = [a for a in wanted if a in self.notifiers]
         routed = [n for n in self.notifiers if n not in self.audit]
         self.dispatcher = dispatcher or Dispatcher(routed)
         self.config = config or DeliveryConfig()
@@ -526,12 +528,22 @@ class Outbox:
         return list(self._conn().execute("SELECT alert_id, silenced FROM alerts ORDER BY seq"))
 
 
+def _unique_names(notifiers: Iterable[Notifier]) -> dict[str, Notifier]:
+    named: dict[str, Notifier] = {}
+    for notifier in notifiers:
+        key, index = notifier.name, 2
+        while key in named:
+            key, index = f"{notifier.name}#{index}", index + 1
+        named[key] = notifier
+    return named
+
+
 def build_outbox(
     config: Any,
     *,
     path: str | None = None,
     extra: Sequence[Notifier] = (),
-    audit: Iterable[str] = (),
+    audit: Iterable[str] | Literal["all"] = (),
     deliver: bool = True,
 ) -> Outbox:
     """The outbox of a :class:`~spendwatch.config.SpendwatchConfig`: receivers, routes, owners.
@@ -543,7 +555,7 @@ def build_outbox(
 
     delivery: DeliveryConfig = getattr(config, "delivery", None) or DeliveryConfig()
     configured = [build_notifier(r) for r in config.receivers] if deliver else []
-    notifiers = {n.name: n for n in [*extra, *configured]}
+    notifiers = _unique_names([*extra, *configured])
     names = [n.name for n in configured]
     dispatcher = Dispatcher.from_config(config, names) if deliver else Dispatcher([])
     return Outbox(

@@ -137,3 +137,24 @@ def test_backtest_delivers_each_alert_once_despite_failures(planted_file, tmp_pa
         for test in condition.get("or", [condition]):
             actual.setdefault(test["=="][1], variant)
     assert actual == expected
+
+
+def test_get_flow_with_explicit_receivers_has_delivered_when_the_run_returns(
+    detection_config, planted_file, tmp_path
+):
+    from bytewax.testing import run_main
+
+    from spendwatch.dataflows.flow import get_flow
+    from spendwatch.notifiers.file import FileConfig, FileNotifier
+
+    config, _ = detection_config
+    source = config.source.model_copy(update={"path": str(planted_file)})
+    out = tmp_path / "direct.jsonl"
+    run_main(
+        get_flow(
+            config.model_copy(update={"source": source}),
+            receivers=lambda: [FileNotifier(FileConfig(path=str(out)))],
+        )
+    )
+    ids = [a["alert_id"] for a in read_alerts(out)]
+    assert len(ids) >= 5 and len(ids) == len(set(ids))

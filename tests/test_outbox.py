@@ -316,3 +316,13 @@ def test_the_receiver_is_told_when_an_earlier_attempt_may_have_landed(tmp_path):
     assert again.drain(timeout=2)
     assert [attempt for _, attempt in rec.calls] == [1, 2]
     again.close()
+
+
+def test_receivers_with_the_same_name_are_kept_apart(tmp_path):
+    first, second = Recorder("file"), Recorder("file")
+    outbox = Outbox(str(tmp_path / "o.db"), [first, second], audit="all", config=FAST)
+    assert list(outbox.notifiers) == ["file", "file#2"]
+    outbox.put(anomaly_alert())
+    assert outbox.drain(timeout=2)
+    assert first.effects == second.effects == [anomaly_alert().alert_id]
+    outbox.close()
