@@ -28,8 +28,14 @@ def corpus() -> NabCorpus:
     return NabCorpus.load(NAB)
 
 
+_REFERENCE: dict[str, dict[str, np.ndarray]] = {}
+
+
 def reference(corpus: NabCorpus, detector: str) -> dict[str, np.ndarray]:
-    return read_scores(NAB / "reference" / detector, corpus.keys)
+    """Published per-row scores, parsed once per test session."""
+    if detector not in _REFERENCE:
+        _REFERENCE[detector] = read_scores(NAB / "reference" / detector, corpus.keys)
+    return _REFERENCE[detector]
 
 
 def published_table(detector: str, profile: str) -> list[dict[str, str]]:
