@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--events", action="store_true", help="the usage-event schema instead")
     schema.set_defaults(handler=_cmd_schema)
 
+    reference = commands.add_parser(
+        "config-reference", help="print the configuration reference (Markdown)"
+    )
+    reference.set_defaults(handler=_cmd_config_reference)
+
     demo = commands.add_parser("demo", help="write the bundled synthetic demo stream")
     demo.add_argument("--out", required=True)
     demo.add_argument("--days", type=float, default=4.0)
@@ -99,6 +104,13 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     else:
         schema = config_json_schema()
     print(json.dumps(schema, indent=2))
+    return 0
+
+
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from spendwatch.configdoc import render
+
+    print(render())
     return 0
 
 

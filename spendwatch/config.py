@@ -71,6 +71,8 @@ class EngineConfig(StrictModel):
 
 
 class DeadLetterConfig(StrictModel):
+    """Rejected events, one JSON object per line: reason, source and the raw line."""
+
     path: str | None = Field(
         default="out/dead_letter.jsonl", description="JSONL of rejected events; null to discard"
     )
@@ -83,19 +85,32 @@ class SpendwatchConfig(BaseSettings):
         env_prefix="SPENDWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    source: SourceConfig = Field(default_factory=JsonlSourceConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    source: SourceConfig = Field(
+        default_factory=JsonlSourceConfig, description="where usage events come from"
+    )
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig, description="windowing, lateness, dedup and state"
+    )
+    dead_letter: DeadLetterConfig = Field(
+        default_factory=DeadLetterConfig, description="where rejected events go, with reasons"
+    )
     dimensions: list[Dimension] | None = Field(
         default=None,
         description="if set, the only dimensions rules may key on (default: any standard "
         "dimension or labels.KEY)",
     )
-    pricing: PricingConfig = Field(default_factory=PricingConfig)
-    detectors: list[DetectorConfig] = Field(default_factory=list)  # type: ignore[valid-type]
-    budgets: list[BudgetConfig] = Field(default_factory=list)
+    pricing: PricingConfig = Field(
+        default_factory=PricingConfig, description="model prices for events without cost_usd"
+    )
+    detectors: list[DetectorConfig] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="anomaly rules, each keyed by its `type`"
+    )
+    budgets: list[BudgetConfig] = Field(
+        default_factory=list, description="spend budgets with percent thresholds per period"
+    )
     receivers: list[ReceiverConfig] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: [ConsoleConfig()]
+        default_factory=lambda: [ConsoleConfig()],
+        description="where alerts are delivered, each keyed by its `type`",
     )
 
     @model_validator(mode="after")

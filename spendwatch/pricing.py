@@ -42,7 +42,9 @@ class ModelPrice(StrictModel):
 class PricingConfig(StrictModel):
     """Model → price catalog, with an optional fallback for models missing from it."""
 
-    models: dict[str, ModelPrice] = Field(default_factory=dict)
+    models: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="model name → prices (USD per million tokens)"
+    )
     fallback: ModelPrice | None = Field(
         default=None,
         description="price for models missing from the catalog; such events are counted "
