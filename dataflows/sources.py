@@ -19,9 +19,11 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from spendwatch import stats
 from spendwatch.events import EventParser, ParsedBatch
+from spendwatch.logging import get_logger
 from spendwatch.pricing import PriceTable
 
 STDIN = "-"
+log = get_logger("spendwatch.source")
 
 
 def record_batch(batch: ParsedBatch) -> None:
@@ -32,6 +34,9 @@ def record_batch(batch: ParsedBatch) -> None:
     counters.dead_lettered += len(batch.dead)
     for dead in batch.dead:
         counters.dead_reasons[dead.reason.split(":", 1)[0]] += 1
+    for model in batch.fallback_priced:
+        if model not in counters.fallback_priced:
+            log.warning("model priced by the fallback price", model=model)
     counters.fallback_priced.update(batch.fallback_priced)
 
 
