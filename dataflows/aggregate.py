@@ -130,7 +130,9 @@ class PreAggregator:
             group_dim_codes = [sorted_rows[starts, i] for i in range(len(dim_codes))]
         sums = [
             np.add.reduceat(pick(values)[order], starts)
-            for values in (batch.spend_nanos, batch.requests, batch.input_tokens, batch.output_tokens)
+            for values in (
+                batch.spend_nanos, batch.requests, batch.input_tokens, batch.output_tokens
+            )
         ]
         counts = np.diff(np.r_[starts, order.shape[0]])
         uniques = [column(d)[1] for d in aggregation.dims]

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from spendwatch.detectors.base import Aggregation
 from spendwatch.alerts import Alert, make_alert
 from spendwatch.configtypes import Dimension, Duration, Severity, StrictModel
+from spendwatch.detectors.base import Aggregation
 from spendwatch.pricing import NANOS_PER_USD
 
 Period = Literal["hour", "day", "week", "month"]

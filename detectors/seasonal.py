@@ -17,9 +17,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 from river import stats
 
-from spendwatch.detectors.base import DetectorBase, Totals, metric_value, register_detector
 from spendwatch.alerts import Alert, make_alert
 from spendwatch.configtypes import Dimension, Duration, Metric, Severity, StrictModel
+from spendwatch.detectors.base import DetectorBase, Totals, metric_value, register_detector
 
 Seasonality = Literal["none", "hour_of_day", "hour_of_week"]
 _HOUR = 3600
@@ -151,7 +151,8 @@ class SeasonalZScore(DetectorBase):
                 week_slot = state.week_slots.get((hour + _EPOCH_WEEKDAY_OFFSET_HOURS) % 168)
                 if week_slot is not None:
                     expected = week_slot.get()
-        relative_var = max(state.noise.get() if state.noise else 0.0, self.config.min_relative_std**2)
+        noise = state.noise.get() if state.noise else 0.0
+        relative_var = max(noise, self.config.min_relative_std**2)
         scale = max(expected, 0.0)
         std = scale * math.sqrt(relative_var)
         if self.config.metric == "requests":

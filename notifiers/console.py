@@ -7,9 +7,9 @@ from typing import Literal, TextIO
 
 from pydantic import Field
 
-from spendwatch.notifiers.base import Notifier, register_notifier
 from spendwatch.alerts import Alert
 from spendwatch.configtypes import StrictModel
+from spendwatch.notifiers.base import Notifier, register_notifier
 
 
 class ConsoleConfig(StrictModel):

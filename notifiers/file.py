@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from spendwatch.notifiers.base import Notifier, NotifyError, register_notifier
 from spendwatch.alerts import Alert
 from spendwatch.configtypes import StrictModel
+from spendwatch.notifiers.base import Notifier, NotifyError, register_notifier
 
 
 class FileConfig(StrictModel):
@@ -35,7 +35,8 @@ class FileNotifier(Notifier):
             if self.config.fsync:
                 os.fsync(self._fd)
         except OSError as error:
-            raise NotifyError(f"cannot write {self.config.path}: {error}", retryable=True) from error
+            message = f"cannot write {self.config.path}: {error}"
+            raise NotifyError(message, retryable=True) from error
 
     def close(self) -> None:
         os.close(self._fd)

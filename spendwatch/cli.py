@@ -126,7 +126,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stats.reset()
     log.info("starting", config=args.config, source=config.source.path, workers=args.workers)
     finished = run_flow(get_flow(config), workers=args.workers, recovery_dir=args.state_dir)
-    log.info("stopped", reason="end of input" if finished else "signal", **stats.current().summary())
+    reason = "end of input" if finished else "signal"
+    log.info("stopped", reason=reason, **stats.current().summary())
     return 0
 
 

@@ -136,7 +136,7 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def load_config(path: str | os.PathLike[str]) -> SpendwatchConfig:
-    """Load and validate a YAML config file; raise :class:`ConfigError` naming file, key, problem."""
+    """Load and validate a YAML config; raise :class:`ConfigError` naming file, key, problem."""
     file = str(path)
     try:
         text = Path(file).read_text(encoding="utf-8")
@@ -205,10 +205,9 @@ def _data_path(data: Any, loc: list[Any]) -> list[Any]:
     path: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
             node = node[part]
             path.append(part)
         elif isinstance(node, dict) and isinstance(part, str) and part not in DETECTOR_TYPES and (

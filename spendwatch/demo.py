@@ -5,8 +5,8 @@ a daily cycle (night trough, afternoon peak), a quieter weekend, one noisy-but-n
 tenant, unattributed events and billing credits, and three planted incidents whose
 exact onsets are returned so tests can check the alerts against them:
 
-* ``spend_spike``: one tenant's request rate jumps ×8 (an agent loop) for two hours;
-* ``token_regression``: one prompt's output tokens grow ×5 (a prompt edit) for the rest
+* ``spend_spike``: one tenant's request rate jumps x8 (an agent loop) for two hours;
+* ``token_regression``: one prompt's output tokens grow x5 (a prompt edit) for the rest
   of the stream, its request rate unchanged;
 * the demo budget (``config/demo.yaml``) is sized so the biggest tenant crosses it.
 """
@@ -118,7 +118,7 @@ def generate(
     tenant_names = list(TENANTS)
     feature_names = list(FEATURES)
     for tenant_index, (tenant, (peak_rate, dispersion)) in enumerate(TENANTS.items()):
-        for feature_index, (feature, spec) in enumerate(FEATURES.items()):
+        for feature_index, (_feature, spec) in enumerate(FEATURES.items()):
             _, prompt_id, _, mean_in, mean_out, share = spec
             rate = peak_rate * share * scale * load
             if dispersion:

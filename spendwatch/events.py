@@ -33,7 +33,8 @@ class UsageEvent(msgspec.Struct, gc=False):
     """One usage event: an LLM call (tokens + model) or a billing line (cost)."""
 
     event_id: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=512, description="unique id; repeats are duplicates")
+        str,
+        msgspec.Meta(min_length=1, max_length=512, description="unique id; repeats are duplicates"),
     ]
     ts: Annotated[
         datetime, msgspec.Meta(tz=True, description="event time, RFC 3339 with offset or Z")
@@ -196,7 +197,8 @@ class EventParser:
             if len(stripped) > self.max_event_bytes:
                 dead.append(
                     DeadLetter(
-                        f"event is {len(stripped)} bytes, over the {self.max_event_bytes}-byte limit",
+                        f"event is {len(stripped)} bytes, "
+                        f"over the {self.max_event_bytes}-byte limit",
                         stripped,
                         self.source,
                     )
