@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from operator import attrgetter
 from typing import Annotated, Any
@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from spendwatch.genai import MARKER, apply_aliases
 from spendwatch.pricing import PriceTable
 
 UNATTRIBUTED = "unattributed"
@@ -190,6 +191,7 @@ class EventParser:
     def parse(self, lines: Sequence[bytes]) -> ParsedBatch:
         dead: list[DeadLetter] = []
         accepted: list[bytes] = []
+        aliased: dict[bytes, bytes] = {}  # rewritten line -> original, for dead letters
         for line in lines:
             stripped = line.strip()
             if not stripped:
@@ -204,9 +206,15 @@ class EventParser:
                     )
                 )
                 continue
+            if MARKER in stripped:  # OpenTelemetry GenAI attribute names: the rare, slow path
+                original, stripped = stripped, apply_aliases(stripped)
+                aliased[stripped] = original
             accepted.append(stripped)
         events, raws = self._decode(accepted, dead)
-        return self._columns(events, raws, dead)
+        batch = self._columns(events, raws, dead)
+        if aliased and batch.dead:
+            batch.dead = [replace(d, raw=aliased.get(d.raw, d.raw)) for d in batch.dead]
+        return batch
 
     def _decode(
         self, lines: list[bytes], dead: list[DeadLetter]
