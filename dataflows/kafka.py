@@ -112,6 +112,7 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
             self._offset, dedup = resume
             self._parser.restore(dedup)
         self._committed = self._offset
+        self._snapshotted = self._offset  # offset in the previous snapshot
         self._consumer = Consumer(
             source.settings(
                 **{
@@ -169,18 +170,20 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
     def snapshot(self) -> Any:
         if self._publisher is not None:
             self._publisher.flush()
-        self._commit(asynchronous=True)
+        # The group offset trails the recovery store by one snapshot: a restart that finds
+        # no recovery state (crash before the first snapshot was stored) re-reads a little
+        # instead of skipping events whose effect was never stored.
+        self._commit(self._snapshotted, asynchronous=True)
+        self._snapshotted = self._offset
         return (self._offset, self._parser.snapshot())
 
-    def _commit(self, *, asynchronous: bool) -> None:
-        if not self._source.commit_offsets or self._offset is None:
+    def _commit(self, offset: int | None, *, asynchronous: bool) -> None:
+        if not self._source.commit_offsets or offset is None or offset == self._committed:
             return
-        if self._offset == self._committed:
-            return
-        offsets = [TopicPartition(self._topic, self._partition, self._offset)]
+        offsets = [TopicPartition(self._topic, self._partition, offset)]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
-            self._committed = self._offset
+            self._committed = offset
         except Exception as error:
             where = part_name(self._topic, self._partition)
             log.warning("offset commit failed", partition=where, error=str(error))
@@ -189,7 +192,8 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
         try:
             if self._publisher is not None:
                 self._publisher.flush()
-            self._commit(asynchronous=False)
+            # at the end of the input everything read was processed; otherwise stay behind
+            self._commit(self._offset if self._eof else self._snapshotted, asynchronous=False)
         finally:
             self._consumer.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import orjson
@@ -14,6 +15,7 @@ from spendwatch.config import DeadLetterConfig, JsonlSourceConfig, SpendwatchCon
 from spendwatch.dataflows.flow import get_flow
 from spendwatch.dataflows.kafka import ORIGIN_HEADER, REASON_HEADER, KafkaSource
 from spendwatch.notifiers.file import FileConfig, FileNotifier
+from spendwatch.notifiers.registry import build_notifier
 
 PARTITIONS = 3
 
@@ -56,11 +58,16 @@ def config_for(
     )
 
 
-def run(config: SpendwatchConfig, alerts_path: Path, source=None) -> list[dict]:
-    """Run the flow to the end of the input; the alerts it wrote to a file."""
+def run(config: SpendwatchConfig, alerts_path: Path, *, configured: bool = False) -> list[dict]:
+    """Run the flow to the end of the input; the alerts it wrote to a file (and, with
+    ``configured``, to the receivers of the config as well)."""
     stats.reset()
-    receivers = lambda: [FileNotifier(FileConfig(path=str(alerts_path)))]  # noqa: E731
-    run_main(get_flow(config, source=source, receivers=receivers))
+
+    def receivers() -> list:
+        extra = [build_notifier(r) for r in config.receivers] if configured else []
+        return [FileNotifier(FileConfig(path=str(alerts_path))), *extra]
+
+    run_main(get_flow(config, receivers=receivers))
     if not alerts_path.exists():
         return []
     return [json.loads(line) for line in alerts_path.read_text().splitlines()]
@@ -189,10 +196,56 @@ def test_several_topics_feed_one_flow(broker: str, topic_name: str, tmp_path: Pa
     create_topic(broker, second, 1)
     produce(broker, topic_name, keyed(valid[:15]))
     produce(broker, second, keyed(valid[15:]))
+    create_topic(broker, f"{topic_name}-alerts", 1)
     config = config_for(broker, [topic_name, second], tmp_path)
+    kafka_receiver = {"type": "kafka", "brokers": [broker], "topic": f"{topic_name}-alerts"}
+    config = SpendwatchConfig.model_validate(
+        {**config.model_dump(), "receivers": [kafka_receiver]}
+    )
     assert KafkaSource(config).list_parts() == [f"{topic_name}/0", f"{topic_name}/1", f"{second}/0"]
-    alerts = run(config, tmp_path / "alerts.jsonl")
+    alerts = run(config, tmp_path / "alerts.jsonl", configured=True)
     assert stats.current().events == len(valid)
     assert sorted((a["scope"]["tenant"], a["threshold"]) for a in alerts) == [
         ("acme", 50.0), ("acme", 100.0)
     ]
+    published = consume_all(broker, f"{topic_name}-alerts")
+    assert sorted(json.loads(m.value())["alert_id"] for m in published) == sorted(
+        a["alert_id"] for a in alerts
+    )
+
+
+
+def test_tailing_waits_for_messages_and_group_offsets_trail_snapshots(
+    broker: str, topic_name: str, tmp_path: Path
+) -> None:
+    valid, _ = stream()
+    create_topic(broker, topic_name, 1)
+    config = config_for(broker, [topic_name], tmp_path, tail=True, batch_size=5)
+    group = config.source.group_id
+    part = KafkaSource(config).build_part("events", f"{topic_name}/0", None)
+    assert part.next_batch() == []
+    assert part.next_awake() is not None  # asks to be woken later instead of spinning
+    produce(broker, topic_name, keyed(valid[:10]))
+
+    def read(count: int) -> None:
+        seen = 0
+        while seen < count:
+            seen += sum(batch.size for batch in part.next_batch())
+
+    def committed_soon(expected: int) -> int:
+        for _ in range(100):
+            (offset,) = committed_offsets(broker, group, topic_name, 1)
+            if offset == expected:
+                break
+            time.sleep(0.1)
+        return offset
+
+    read(5)
+    assert part.snapshot()[0] == 5
+    read(5)
+    assert part.snapshot()[0] == 10
+    # the group's offset is the previous snapshot's, never ahead of stored state
+    assert committed_soon(5) == 5
+    part.snapshot()
+    assert committed_soon(10) == 10
+    part.close()
