@@ -9,7 +9,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kafka_helpers import start_broker, stop_broker
+
+from spendwatch.devbroker import start_broker, stop_broker
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,11 @@ import json
 import time
 
 import pytest
-from kafka_helpers import consume_all, create_topic, free_port
+from kafka_helpers import consume_all, create_topic
 
 from spendwatch.alerts import make_alert
 from spendwatch.config import SpendwatchConfig
+from spendwatch.devbroker import free_port
 from spendwatch.notifiers.base import NotifyError
 from spendwatch.notifiers.registry import build_notifier
 
