@@ -38,6 +38,7 @@ log = get_logger("spendwatch.kafka")
 REASON_HEADER = "spendwatch-reason"
 ORIGIN_HEADER = "spendwatch-origin"  # topic/partition@offset of the rejected message
 _FLUSH_TIMEOUT = 30.0
+_MIN_IDLE = 0.001
 
 
 def part_name(topic: str, partition: int) -> str:
@@ -126,7 +127,8 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
         start = OFFSET_STORED if self._offset is None else self._offset
         self._consumer.assign([TopicPartition(topic, partition, start)])
         self._publisher = DeadLetterPublisher(source) if source.dead_letter_topic else None
-        self._poll = timedelta(seconds=source.poll_interval)
+        self._poll = source.poll_interval
+        self._idle = _MIN_IDLE
         self._awake: datetime | None = None
         self._eof = False
 
@@ -149,8 +151,12 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
             values.append(message.value() or b"")
         if last is None:
             if not self._eof:
-                self._awake = datetime.now(timezone.utc) + self._poll
+                # Back off from a millisecond (a fetch is probably in flight) to poll_interval
+                # (the topic is quiet): never spin, never sleep through a busy stream.
+                self._awake = datetime.now(timezone.utc) + timedelta(seconds=self._idle)
+                self._idle = min(self._idle * 2, self._poll)
             return []
+        self._idle = _MIN_IDLE
         self._offset = last + 1
         batch = self._parser.parse(values)
         record_batch(batch)
