@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from spendwatch.cli import main
-from spendwatch.config import load_config
+from spendwatch.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "real" / "focus_1.0_sample.csv"
@@ -33,3 +35,11 @@ def test_the_focus_example_backtests_the_sample_export_from_the_command_line(
     # the sample's largest application spends about $16 in September, under its $500 budget
     assert all(json.loads(line)["rule"] != "application-monthly"
                for line in alerts.read_text().splitlines())
+
+
+def test_source_errors_name_the_key_under_the_source_type(tmp_path: Path) -> None:
+    path = tmp_path / "kafka.yaml"
+    path.write_text("source:\n  type: kafka\n  brokers: [b:9092]\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert error.value.problems == [f"{path}:2: source.topics: Field required"]
