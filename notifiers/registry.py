@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import spendwatch.notifiers.kafka  # noqa: F401 - registration side effect
 from spendwatch.notifiers import console, file  # noqa: F401 - registration side effect
 from spendwatch.notifiers.base import NOTIFIER_TYPES, Notifier
 

@@ -133,14 +133,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     from spendwatch.dataflows.flow import get_flow
+    from spendwatch.dataflows.inputs import describe_source
     from spendwatch.dataflows.runner import run_flow
 
     stats.reset()
-    log.info("starting", config=args.config, source=config.source.path, workers=args.workers)
+    source = describe_source(config.source)
+    log.info("starting", config=args.config, source=source, workers=args.workers)
     finished = run_flow(get_flow(config), workers=args.workers, recovery_dir=args.state_dir)
-    log.info(
-        "stopped", reason="end of input" if finished else "signal", **stats.current().summary()
-    )
+    reason = "end of input" if finished else "signal"
+    log.info("stopped", reason=reason, **stats.current().summary())
     return 0
 
 
@@ -159,8 +160,7 @@ def backtest(
     from spendwatch.notifiers.file import FileConfig, FileNotifier
     from spendwatch.notifiers.registry import build_notifier
 
-    source = config.source.model_copy(update={"path": input_path, "follow": False})
-    update: dict[str, Any] = {"source": source}
+    update: dict[str, Any] = {"source": replay_source(config, input_path)}
     if dead_letter is not None:
         update["dead_letter"] = config.dead_letter.model_copy(update={"path": dead_letter})
     replay = config.model_copy(update=update)
@@ -179,6 +179,18 @@ def backtest(
     summary = stats.current().summary()
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
+
+
+def replay_source(config: SpendwatchConfig, input_path: str) -> Any:
+    """The source a backtest reads: a FOCUS export stays FOCUS, anything else is JSONL."""
+    from spendwatch.config import JsonlSourceConfig
+
+    source = config.source
+    if source.type == "focus":
+        return source.model_copy(update={"path": input_path})
+    if source.type == "jsonl":
+        return source.model_copy(update={"path": input_path, "follow": False})
+    return JsonlSourceConfig(path=input_path, follow=False)
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from spendwatch.configtypes import Dimension, Duration, StrictModel
 from spendwatch.detectors.base import DETECTOR_TYPES
 from spendwatch.detectors.budget import BudgetConfig
 from spendwatch.detectors.registry import build_detector  # noqa: F401 - registers detectors
+from spendwatch.focus import FocusSourceConfig
+from spendwatch.kafkaconf import KafkaSourceConfig
 from spendwatch.notifiers.base import NOTIFIER_TYPES
 from spendwatch.notifiers.console import ConsoleConfig
 from spendwatch.notifiers.registry import build_notifier  # noqa: F401 - registers notifiers
@@ -49,7 +51,11 @@ class JsonlSourceConfig(StrictModel):
     poll_interval: float = Field(default=0.5, gt=0, description="seconds between polls at EOF")
 
 
-SourceConfig = JsonlSourceConfig
+SOURCE_TYPES = frozenset({"jsonl", "kafka", "focus"})
+SourceConfig = Annotated[
+    Union[JsonlSourceConfig, KafkaSourceConfig, FocusSourceConfig],  # noqa: UP007
+    Field(discriminator="type"),
+]
 
 
 class EngineConfig(StrictModel):
@@ -230,16 +236,16 @@ def _data_path(data: Any, loc: list[Any]) -> list[Any]:
     path: list[Any] = []
     node = data
     for part in loc:
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
             node = node[part]
             path.append(part)
         elif (
             isinstance(node, dict)
             and isinstance(part, str)
             and part not in DETECTOR_TYPES
-            and (part not in NOTIFIER_TYPES)
+            and (part not in NOTIFIER_TYPES and part not in SOURCE_TYPES)
         ):
             path.append(part)  # a missing key: still worth naming
             node = None

@@ -12,7 +12,7 @@ import base64
 import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from operator import attrgetter
 from typing import Annotated, Any
@@ -21,6 +21,7 @@ import msgspec
 import numpy as np
 
 from spendwatch.columns import Categorical, factorize
+from spendwatch.genai import MARKER, apply_aliases
 from spendwatch.pricing import PriceTable
 
 UNATTRIBUTED = "unattributed"
@@ -205,12 +206,14 @@ class EventParser:
         dead: list[DeadLetter] = []
         lines = list(filter(None, lines))
         if lines and max(map(len, lines)) <= self.max_event_bytes:
-            try:  # fast path: the whole batch as one JSON array, decoded in C
-                events = _batch_decoder.decode(b"[" + b",".join(lines) + b"]")
-                return self._columns(events, lines, dead)
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-                pass  # some line is bad (or blank): find which, one by one
+            joined = b"[" + b",".join(lines) + b"]"
+            if MARKER not in joined:  # aliased attribute names take the line-by-line path
+                try:  # fast path: the whole batch as one JSON array, decoded in C
+                    return self._columns(_batch_decoder.decode(joined), lines, dead)
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                    pass  # some line is bad (or blank): find which, one by one
         accepted: list[bytes] = []
+        aliased: dict[bytes, bytes] = {}  # rewritten line -> original, for dead letters
         for line in lines:
             stripped = line.strip()
             if not stripped:
@@ -221,9 +224,15 @@ class EventParser:
                 )
                 dead.append(DeadLetter(reason, stripped, self.source))
                 continue
+            if MARKER in stripped:  # OpenTelemetry GenAI attribute names: the rare, slow path
+                original, stripped = stripped, apply_aliases(stripped)
+                aliased[stripped] = original
             accepted.append(stripped)
         events, raws = self._decode_each(accepted, dead)
-        return self._columns(events, raws, dead)
+        batch = self._columns(events, raws, dead)
+        if aliased and batch.dead:
+            batch.dead = [replace(d, raw=aliased.get(d.raw, d.raw)) for d in batch.dead]
+        return batch
 
     def _decode_each(
         self, lines: list[bytes], dead: list[DeadLetter]
