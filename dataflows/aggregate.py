@@ -30,15 +30,6 @@ def shard_of(scope: tuple[str, ...], shards: int) -> int:
     return zlib.crc32(_SEPARATOR.join(scope).encode("utf-8")) % shards
 
 
-def factorize(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Integer codes for a column of strings, and the distinct strings in code order."""
-    index: dict[str, int] = {}
-    codes = np.fromiter(
-        (index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values)
-    )
-    return codes, list(index)
-
-
 class PreAggregator:
     """Sums a batch per (aggregation, scope, window) and routes the rows to shards."""
 
@@ -51,12 +42,10 @@ class PreAggregator:
         """All partial rows of one batch."""
         if batch.size == 0:
             return []
-        factorized: dict[str, tuple[np.ndarray, list[str]]] = {}
 
         def column(dim: str) -> tuple[np.ndarray, list[str]]:
-            if dim not in factorized:
-                factorized[dim] = factorize(batch.dims[dim])
-            return factorized[dim]
+            categorical = batch.dims[dim]
+            return categorical.codes, categorical.values
 
         out: list[PartialRow] = []
         for index, aggregation in enumerate(self.aggregations):

@@ -3,7 +3,7 @@
 One ``ShardEngine`` owns every scope that hashes to its shard. It receives partial
 sums (never raw events) together with the max event time of each input batch,
 so its watermark advances even for quiet scopes. A window closes when the
-watermark (max event time − allowed lateness) passes its end; closed windows are
+watermark (max event time - allowed lateness) passes its end; closed windows are
 judged scope by scope in window order, which makes the outcome independent of
 batching and of arrival order within the lateness. Events later than that still
 count toward budgets; detectors count them as late. The wall clock is never read.

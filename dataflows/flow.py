@@ -23,8 +23,8 @@ from spendwatch import stats
 from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
+from spendwatch.dataflows.inputs import build_source
 from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
-from spendwatch.dataflows.sources import JsonlSource
 from spendwatch.notifiers.base import Notifier
 from spendwatch.notifiers.outbox import Outbox, build_outbox
 
@@ -80,7 +80,7 @@ def get_flow(
     plan = EnginePlan.from_config(config)
     aggregator = PreAggregator(plan.aggregations, config.engine.shards)
     flow = Dataflow("spendwatch")
-    batches = op.input("events", flow, source or JsonlSource(config))
+    batches = op.input("events", flow, source or build_source(config))
     dead = op.flat_map("dead_letters", batches, lambda batch: batch.dead)
     op.output("dead_letter_out", dead, DeadLetterSink(config.dead_letter.path))
     partials = op.flat_map("pre_aggregate", batches, aggregator.route)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import select
 import sys
+from abc import abstractmethod
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -19,9 +20,11 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from spendwatch import stats
 from spendwatch.events import EventParser, ParsedBatch
+from spendwatch.logging import get_logger
 from spendwatch.pricing import PriceTable
 
 STDIN = "-"
+log = get_logger("spendwatch.source")
 
 
 def record_batch(batch: ParsedBatch) -> None:
@@ -32,6 +35,9 @@ def record_batch(batch: ParsedBatch) -> None:
     counters.dead_lettered += len(batch.dead)
     for dead in batch.dead:
         counters.dead_reasons[dead.reason.split(":", 1)[0]] += 1
+    for model in batch.fallback_priced:
+        if model not in counters.fallback_priced:
+            log.warning("model priced by the fallback price", model=model)
     counters.fallback_priced.update(batch.fallback_priced)
 
 
@@ -45,37 +51,37 @@ def make_parser(config: Any, source: str) -> EventParser:
     )
 
 
-class _FilePartition(StatefulSourcePartition[ParsedBatch, Any]):
-    def __init__(self, config: Any, path: str, resume: Any) -> None:
-        source = config.source
-        self._parser = make_parser(config, path)
-        self._follow = source.follow
-        self._batch_bytes = source.batch_bytes
-        self._poll = timedelta(seconds=source.poll_interval)
-        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._offset = 0
-        if resume is not None:
-            self._offset, dedup = resume
-            self._parser.restore(dedup)
-        self._file.seek(self._offset)
+class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
+    """Splits a byte stream into complete lines and parses them a block at a time.
+
+    Subclasses only say how to read: ``_read`` returns bytes, ``b""`` at end of input, or
+    ``None`` when nothing is available yet (the partition then sleeps for a poll interval).
+    ``_offset`` counts the bytes of complete lines consumed: where a restart resumes.
+    """
+
+    def __init__(self, config: Any, name: str) -> None:
+        self._parser = make_parser(config, name)
+        self._batch_bytes = config.source.batch_bytes
+        self._poll = timedelta(seconds=config.source.poll_interval)
         self._pending = b""
+        self._offset = 0
         self._awake: datetime | None = None
-        counters = stats.current()
-        counters.bytes_total += os.fstat(self._file.fileno()).st_size
-        counters.bytes_read += self._offset
+
+    @abstractmethod
+    def _read(self) -> bytes | None:
+        """The next block of bytes, ``b""`` at end of input, ``None`` if none yet."""
 
     def next_batch(self) -> list[ParsedBatch]:
         self._awake = None
-        data = self._file.read(self._batch_bytes)
+        data = self._read()
+        if data is None:
+            self._awake = datetime.now(timezone.utc) + self._poll
+            return []
         if not data:
-            if self._follow:
-                self._awake = datetime.now(timezone.utc) + self._poll
-                return []
-            if self._pending:
+            if self._pending:  # a last line without its newline
                 lines, self._pending = [self._pending], b""
                 return [self._parse(lines, len(lines[0]))]
             raise StopIteration
-        stats.current().bytes_read += len(data)
         data = self._pending + data
         cut = data.rfind(b"\n")
         if cut < 0:
@@ -93,6 +99,29 @@ class _FilePartition(StatefulSourcePartition[ParsedBatch, Any]):
     def next_awake(self) -> datetime | None:
         return self._awake
 
+
+class _FilePartition(_LinePartition):
+    """A JSONL file, resumable from its byte offset; ``follow`` waits for it to grow."""
+
+    def __init__(self, config: Any, path: str, resume: Any) -> None:
+        super().__init__(config, path)
+        self._follow = config.source.follow
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        if resume is not None:
+            self._offset, dedup = resume
+            self._parser.restore(dedup)
+        self._file.seek(self._offset)
+        counters = stats.current()
+        counters.bytes_total += os.fstat(self._file.fileno()).st_size
+        counters.bytes_read += self._offset
+
+    def _read(self) -> bytes | None:
+        data = self._file.read(self._batch_bytes)
+        if not data and self._follow:
+            return None
+        stats.current().bytes_read += len(data)
+        return data
+
     def snapshot(self) -> Any:
         return (self._offset, self._parser.snapshot())
 
@@ -100,44 +129,17 @@ class _FilePartition(StatefulSourcePartition[ParsedBatch, Any]):
         self._file.close()
 
 
-class _StdinPartition(StatefulSourcePartition[ParsedBatch, Any]):
+class _StdinPartition(_LinePartition):
     """Reads whatever stdin has without blocking the worker; not resumable (no offsets)."""
 
     def __init__(self, config: Any) -> None:
-        self._parser = make_parser(config, STDIN)
-        self._batch_bytes = config.source.batch_bytes
-        self._poll = timedelta(seconds=min(config.source.poll_interval, 0.1))
+        super().__init__(config, STDIN)
+        self._poll = min(self._poll, timedelta(seconds=0.1))
         self._fd = sys.stdin.buffer.fileno()
-        self._pending = b""
-        self._awake: datetime | None = None
 
-    def next_batch(self) -> list[ParsedBatch]:
-        self._awake = None
+    def _read(self) -> bytes | None:
         ready, _, _ = select.select([self._fd], [], [], 0)
-        if not ready:
-            self._awake = datetime.now(timezone.utc) + self._poll
-            return []
-        data = os.read(self._fd, self._batch_bytes)
-        if not data:
-            if self._pending:
-                lines, self._pending = [self._pending], b""
-                return [self._parse(lines)]
-            raise StopIteration
-        data = self._pending + data
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._pending = data
-            return []
-        self._pending = data[cut + 1 :]
-        return [self._parse(data[:cut].split(b"\n"))]
-
-    def _parse(self, lines: list[bytes]) -> ParsedBatch:
-        batch = self._parser.parse(lines)
-        record_batch(batch)
-        return batch
-
-    def next_awake(self) -> datetime | None:
-        return self._awake
+        return os.read(self._fd, self._batch_bytes) if ready else None
 
     def snapshot(self) -> Any:
         return None

@@ -28,7 +28,7 @@ Period = Literal["hour", "day", "week", "month"]
 class BudgetConfig(StrictModel):
     """A spend budget: fixed ``scope`` values and/or one budget per value of ``scope_by``."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="rule name, unique; appears in alerts")
     scope: dict[Dimension, str] = Field(
         default_factory=dict, description="fixed dimension values, e.g. {tenant: acme}"
     )
@@ -40,9 +40,13 @@ class BudgetConfig(StrictModel):
         default_factory=dict,
         description="amount per scope_by value (values joined by '/' for several dimensions)",
     )
-    period: Period = "month"
-    thresholds: list[float] = Field(default_factory=lambda: [70.0, 85.0, 100.0], min_length=1)
-    timezone: str = "UTC"
+    period: Period = Field(default="month", description="budget period; resets at its start")
+    thresholds: list[float] = Field(
+        default_factory=lambda: [70.0, 85.0, 100.0],
+        min_length=1,
+        description="percent of the amount at which to alert, each once per period",
+    )
+    timezone: str = Field(default="UTC", description="IANA timezone the periods follow")
     window: Duration = Field(
         default=300, description="resolution of the crossing window reported in alerts"
     )

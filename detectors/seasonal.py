@@ -30,12 +30,14 @@ _EPOCH_WEEKDAY_OFFSET_HOURS = 3 * 24  # 1970-01-01 was a Thursday; make Monday 0
 class SeasonalZScoreConfig(StrictModel):
     """``type: seasonal_zscore``: alert when a window is far above its seasonal baseline."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="rule name, unique; appears in alerts")
     type: Literal["seasonal_zscore"] = "seasonal_zscore"
     scope: list[Dimension] = Field(default_factory=list, description="dimensions to key on")
-    metric: Metric = "spend_usd"
+    metric: Metric = Field(default="spend_usd", description="what is summed or divided per window")
     window: Duration = Field(default=3600, description="tumbling event-time window")
-    seasonality: Seasonality = "hour_of_day"
+    seasonality: Seasonality = Field(
+        default="hour_of_day", description="which slot a window's baseline comes from"
+    )
     threshold: float = Field(default=4.0, gt=0, description="z-score needed to fire")
     min_ratio: float = Field(
         default=1.2, ge=1.0, description="observed/expected must also reach this (1.2 = +20 %)"
@@ -58,7 +60,7 @@ class SeasonalZScoreConfig(StrictModel):
     min_relative_std: float = Field(
         default=0.05, ge=0, description="noise floor, as a fraction of the expected value"
     )
-    severity: Severity = "warning"
+    severity: Severity = Field(default="warning", description="severity of its alerts")
 
     @model_validator(mode="after")
     def _window_positive(self) -> SeasonalZScoreConfig:

@@ -13,8 +13,10 @@ from spendwatch.notifiers.base import Notifier, register_notifier
 
 
 class ConsoleConfig(StrictModel):
+    """Print alerts on stdout: one readable line each, or the JSON object."""
+
     type: Literal["console"] = "console"
-    name: str = "console"
+    name: str = Field(default="console", description="receiver name used by routes")
     format: Literal["text", "json"] = Field(default="text", description="text: one line each")
 
 

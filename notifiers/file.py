@@ -13,8 +13,10 @@ from spendwatch.notifiers.base import Delivery, Notifier, NotifyError, register_
 
 
 class FileConfig(StrictModel):
+    """Append alerts to a JSONL file, one contract object per line."""
+
     type: Literal["file"] = "file"
-    name: str = "file"
+    name: str = Field(default="file", description="receiver name used by routes")
     path: str = Field(description="JSONL file the alerts are appended to")
     fsync: bool = Field(default=False, description="fsync after each alert (durable, slower)")
 

@@ -9,6 +9,7 @@ from spendwatch.notifiers import (  # noqa: F401 - registration side effect
     file,
     flags,
     jira,
+    kafka,
     slack,
 )
 from spendwatch.notifiers.base import NOTIFIER_TYPES, Notifier

@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("--events", action="store_true", help="the usage-event schema instead")
     schema.set_defaults(handler=_cmd_schema)
 
+    reference = commands.add_parser(
+        "config-reference", help="print the configuration reference (Markdown)"
+    )
+    reference.set_defaults(handler=_cmd_config_reference)
+
     demo = commands.add_parser("demo", help="write the bundled synthetic demo stream")
     demo.add_argument("--out", required=True)
     demo.add_argument("--days", type=float, default=4.0)
@@ -104,6 +109,13 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from spendwatch.configdoc import render
+
+    print(render())
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from spendwatch.demo import generate
 
@@ -123,11 +135,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     from spendwatch.dataflows.flow import get_flow
+    from spendwatch.dataflows.inputs import describe_source
     from spendwatch.dataflows.runner import run_flow
     from spendwatch.notifiers.outbox import build_outbox
 
     stats.reset()
-    log.info("starting", config=args.config, source=config.source.path, workers=args.workers)
+    source = describe_source(config.source)
+    log.info("starting", config=args.config, source=source, workers=args.workers)
     outbox = build_outbox(config).start()
     try:
         finished = run_flow(
@@ -136,9 +150,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         outbox.flush(config.delivery.flush_timeout)  # what is left resumes on the next start
     finally:
         outbox.close()
-    log.info(
-        "stopped", reason="end of input" if finished else "signal", **stats.current().summary()
-    )
+    reason = "end of input" if finished else "signal"
+    log.info("stopped", reason=reason, **stats.current().summary())
     return 0
 
 
@@ -157,8 +170,7 @@ def backtest(
     from spendwatch.notifiers.file import FileConfig, FileNotifier
     from spendwatch.notifiers.outbox import build_outbox
 
-    source = config.source.model_copy(update={"path": input_path, "follow": False})
-    update: dict[str, Any] = {"source": source}
+    update: dict[str, Any] = {"source": replay_source(config, input_path)}
     if dead_letter is not None:
         update["dead_letter"] = config.dead_letter.model_copy(update={"path": dead_letter})
     replay = config.model_copy(update=update)
@@ -189,6 +201,18 @@ def backtest(
     summary["undelivered"] = undelivered
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
+
+
+def replay_source(config: SpendwatchConfig, input_path: str) -> Any:
+    """The source a backtest reads: a FOCUS export stays FOCUS, anything else is JSONL."""
+    from spendwatch.config import JsonlSourceConfig
+
+    source = config.source
+    if source.type == "focus":
+        return source.model_copy(update={"path": input_path})
+    if source.type == "jsonl":
+        return source.model_copy(update={"path": input_path, "follow": False})
+    return JsonlSourceConfig(path=input_path, follow=False)
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ from spendwatch.configtypes import Dimension, Duration, StrictModel
 from spendwatch.detectors.base import DETECTOR_TYPES
 from spendwatch.detectors.budget import BudgetConfig
 from spendwatch.detectors.registry import build_detector  # noqa: F401 - registers detectors
+from spendwatch.focus import FocusSourceConfig
+from spendwatch.kafkaconf import KafkaSourceConfig
 from spendwatch.notifiers.base import NOTIFIER_TYPES
 from spendwatch.notifiers.console import ConsoleConfig
 from spendwatch.notifiers.outbox import DeliveryConfig
@@ -51,7 +53,11 @@ class JsonlSourceConfig(StrictModel):
     poll_interval: float = Field(default=0.5, gt=0, description="seconds between polls at EOF")
 
 
-SourceConfig = JsonlSourceConfig
+SOURCE_TYPES = frozenset({"jsonl", "kafka", "focus"})
+SourceConfig = Annotated[
+    Union[JsonlSourceConfig, KafkaSourceConfig, FocusSourceConfig],  # noqa: UP007
+    Field(discriminator="type"),
+]
 
 
 class EngineConfig(StrictModel):
@@ -73,6 +79,8 @@ class EngineConfig(StrictModel):
 
 
 class DeadLetterConfig(StrictModel):
+    """Rejected events, one JSON object per line: reason, source and the raw line."""
+
     path: str | None = Field(
         default="out/dead_letter.jsonl", description="JSONL of rejected events; null to discard"
     )
@@ -85,19 +93,32 @@ class SpendwatchConfig(BaseSettings):
         env_prefix="SPENDWATCH_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    source: SourceConfig = Field(default_factory=JsonlSourceConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    source: SourceConfig = Field(
+        default_factory=JsonlSourceConfig, description="where usage events come from"
+    )
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig, description="windowing, lateness, dedup and state"
+    )
+    dead_letter: DeadLetterConfig = Field(
+        default_factory=DeadLetterConfig, description="where rejected events go, with reasons"
+    )
     dimensions: list[Dimension] | None = Field(
         default=None,
         description="if set, the only dimensions rules may key on (default: any standard "
         "dimension or labels.KEY)",
     )
-    pricing: PricingConfig = Field(default_factory=PricingConfig)
-    detectors: list[DetectorConfig] = Field(default_factory=list)  # type: ignore[valid-type]
-    budgets: list[BudgetConfig] = Field(default_factory=list)
+    pricing: PricingConfig = Field(
+        default_factory=PricingConfig, description="model prices for events without cost_usd"
+    )
+    detectors: list[DetectorConfig] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="anomaly rules, each keyed by its `type`"
+    )
+    budgets: list[BudgetConfig] = Field(
+        default_factory=list, description="spend budgets with percent thresholds per period"
+    )
     receivers: list[ReceiverConfig] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: [ConsoleConfig()]
+        default_factory=lambda: [ConsoleConfig()],
+        description="where alerts are delivered, each keyed by its `type`",
     )
     routes: list[RouteConfig] = Field(
         default_factory=list, description="ordered; empty: every alert to every receiver"
@@ -227,16 +248,16 @@ def _data_path(data: Any, loc: list[Any]) -> list[Any]:
     path: list[Any] = []
     node = data
     for part in loc:
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
             node = node[part]
             path.append(part)
         elif (
             isinstance(node, dict)
             and isinstance(part, str)
             and part not in DETECTOR_TYPES
-            and (part not in NOTIFIER_TYPES)
+            and (part not in NOTIFIER_TYPES and part not in SOURCE_TYPES)
         ):
             path.append(part)  # a missing key: still worth naming
             node = None

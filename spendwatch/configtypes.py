@@ -42,7 +42,8 @@ Dimension = Annotated[
     WithJsonSchema(
         {
             "type": "string",
-            "anyOf": [{"enum": list(STANDARD_DIMENSIONS)}, {"pattern": r"^labels\..+$"}],
+            "title": "dimension",
+            "pattern": "^(" + "|".join(STANDARD_DIMENSIONS) + r")$|^labels\..+$",
         }
     ),
 ]

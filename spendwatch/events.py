@@ -9,9 +9,10 @@ lists of strings), so everything after it runs per batch, not per event.
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from operator import attrgetter
 from typing import Annotated, Any
@@ -19,6 +20,8 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from spendwatch.columns import Categorical, factorize
+from spendwatch.genai import MARKER, apply_aliases
 from spendwatch.pricing import PriceTable
 
 UNATTRIBUTED = "unattributed"
@@ -65,12 +68,16 @@ class UsageEvent(msgspec.Struct, gc=False):
 
 _one_decoder = msgspec.json.Decoder(UsageEvent)
 _batch_decoder = msgspec.json.Decoder(list[UsageEvent])
-_numbers = attrgetter("input_tokens", "output_tokens", "cached_input_tokens", "requests")
+_NUMBER_GETTERS = tuple(
+    attrgetter(name)
+    for name in ("input_tokens", "output_tokens", "cached_input_tokens", "requests")
+)
 _get_ts = attrgetter("ts")
 _get_event_id = attrgetter("event_id")
 _get_category = attrgetter("charge_category")
 _get_cost = attrgetter("cost_usd")
 _get_model = attrgetter("model")
+_get_labels = attrgetter("labels")
 
 
 def event_json_schema() -> dict[str, Any]:
@@ -105,7 +112,7 @@ class ParsedBatch:
     input_tokens: np.ndarray  # int64
     output_tokens: np.ndarray  # int64
     anomaly_input: np.ndarray  # bool: credits/adjustments count for budgets only
-    dims: dict[str, list[str]]
+    dims: dict[str, Categorical]
     dead: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0
     fallback_priced: dict[str, int] = field(default_factory=dict)
@@ -128,7 +135,7 @@ class ParsedBatch:
             input_tokens=zeros,
             output_tokens=zeros,
             anomaly_input=np.zeros(0, dtype=bool),
-            dims={d: [] for d in dims},
+            dims={d: Categorical(zeros, []) for d in dims},
         )
 
 
@@ -199,12 +206,14 @@ class EventParser:
         dead: list[DeadLetter] = []
         lines = list(filter(None, lines))
         if lines and max(map(len, lines)) <= self.max_event_bytes:
-            try:  # fast path: the whole batch as one JSON array, decoded in C
-                events = _batch_decoder.decode(b"[" + b",".join(lines) + b"]")
-                return self._columns(events, lines, dead)
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-                pass  # some line is bad (or blank): find which, one by one
+            joined = b"[" + b",".join(lines) + b"]"
+            if MARKER not in joined:  # aliased attribute names take the line-by-line path
+                try:  # fast path: the whole batch as one JSON array, decoded in C
+                    return self._columns(_batch_decoder.decode(joined), lines, dead)
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                    pass  # some line is bad (or blank): find which, one by one
         accepted: list[bytes] = []
+        aliased: dict[bytes, bytes] = {}  # rewritten line -> original, for dead letters
         for line in lines:
             stripped = line.strip()
             if not stripped:
@@ -215,9 +224,15 @@ class EventParser:
                 )
                 dead.append(DeadLetter(reason, stripped, self.source))
                 continue
+            if MARKER in stripped:  # OpenTelemetry GenAI attribute names: the rare, slow path
+                original, stripped = stripped, apply_aliases(stripped)
+                aliased[stripped] = original
             accepted.append(stripped)
         events, raws = self._decode_each(accepted, dead)
-        return self._columns(events, raws, dead)
+        batch = self._columns(events, raws, dead)
+        if aliased and batch.dead:
+            batch.dead = [replace(d, raw=aliased.get(d.raw, d.raw)) for d in batch.dead]
+        return batch
 
     def _decode_each(
         self, lines: list[bytes], dead: list[DeadLetter]
@@ -245,55 +260,50 @@ class EventParser:
             map(datetime.timestamp, map(_get_ts, events)), dtype=np.float64, count=count
         )
         self.dedup.advance(float(ts.max()))
-        keep = self.dedup.filter_new(list(map(_get_event_id, events)))
-        duplicates = 0
-        if keep is not None:
-            duplicates = count - len(keep)
-            events = [events[i] for i in keep]
-            raws = [raws[i] for i in keep]
-            ts = ts[keep]
-            count = len(events)
-        numbers = np.array(list(map(_numbers, events)), dtype=np.int64).reshape(count, 4)
-        input_tokens, output_tokens, cached = numbers[:, 0], numbers[:, 1], numbers[:, 2]
-        categories = [(c or "usage").lower() for c in map(_get_category, events)]
+        first_seen = self.dedup.filter_new(list(map(_get_event_id, events)))
+        valid = np.ones(count, dtype=bool)
+        if first_seen is not None:
+            valid[:] = False
+            valid[first_seen] = True
+        numbers = np.empty((count, 4), dtype=np.int64)
+        for column, getter in enumerate(_NUMBER_GETTERS):
+            numbers[:, column] = np.fromiter(map(getter, events), dtype=np.int64, count=count)
+        categories = factorize(map(_get_category, events), count, missing="usage")
+        credit_codes = np.array([v.lower() in NON_ANOMALY_CATEGORIES for v in categories.values])
+        credit_like = credit_codes[categories.codes]
         given = np.array(list(map(_get_cost, events)), dtype=np.float64)  # None -> nan
         has_cost = ~np.isnan(given)
-        credit_like = np.fromiter(
-            map(NON_ANOMALY_CATEGORIES.__contains__, categories), dtype=bool, count=count
-        )
-        bad = np.zeros(count, dtype=bool)
-        reasons: dict[int, str] = {}
-        negative = has_cost & (given < 0) & ~credit_like
-        for i in np.flatnonzero(negative):
-            reasons[int(i)] = (
-                f"negative cost_usd {given[i]} on a {categories[i]!r} line "
-                "(only credit/adjustment lines may be negative)"
-            )
-        bad |= negative
-        models = list(map(_get_model, events))
+        models = factorize(map(_get_model, events), count)
         priced, fallback_used, unknown = self.prices.price_nanos(
-            models, input_tokens, cached, output_tokens, needed=~has_cost
+            models, numbers[:, 0], numbers[:, 2], numbers[:, 1], needed=~has_cost
         )
-        for i in np.flatnonzero(unknown):
-            reasons[int(i)] = (
-                f"unknown model {models[i]!r}: not in the pricing catalog and no "
-                "pricing.fallback is configured (or send cost_usd)"
-            )
-        bad |= unknown
+        negative = has_cost & (given < 0) & ~credit_like & valid
+        unknown &= valid
+        for i in np.flatnonzero(negative | unknown).tolist():
+            if negative[i]:
+                reason = (
+                    f"negative cost_usd {given[i]} on a {categories.values[categories.codes[i]]!r}"
+                    " line (only credit/adjustment lines may be negative)"
+                )
+            else:
+                reason = (
+                    f"unknown model {models.values[models.codes[i]]!r}: not in the pricing "
+                    "catalog and no pricing.fallback is configured (or send cost_usd)"
+                )
+            dead.append(DeadLetter(reason, raws[i], self.source))
+        keep = valid & ~negative & ~unknown
         spend = np.where(has_cost, np.round(np.nan_to_num(given) * 1e9), priced).astype(np.int64)
-        if bad.any():
-            for i in np.flatnonzero(bad):
-                dead.append(DeadLetter(reasons[int(i)], raws[i], self.source))
-            good = ~bad
-            index = np.flatnonzero(good)
-            events = [events[i] for i in index]
-            models = [models[i] for i in index]
-            ts, spend, numbers = ts[good], spend[good], numbers[good]
-            credit_like, fallback_used = credit_like[good], fallback_used[good]
-        fallback_priced: dict[str, int] = {}
-        for i in np.flatnonzero(fallback_used):
-            name = models[i] or UNATTRIBUTED
-            fallback_priced[name] = fallback_priced.get(name, 0) + 1
+        dims = {
+            d: _attributed(models) if d == "model" else dimension_column(events, d)
+            for d in self.dimensions
+        }
+        if not keep.all():
+            positions = np.flatnonzero(keep)
+            ts, spend, numbers = ts[positions], spend[positions], numbers[positions]
+            credit_like, fallback_used = credit_like[positions], fallback_used[positions]
+            models = models.take(positions)
+            dims = {d: column.take(positions) for d, column in dims.items()}
+        fallback_counts = np.bincount(models.codes[fallback_used], minlength=len(models.values))
         return ParsedBatch(
             ts=ts,
             spend_nanos=spend,
@@ -301,10 +311,14 @@ class EventParser:
             input_tokens=numbers[:, 0].copy(),
             output_tokens=numbers[:, 1].copy(),
             anomaly_input=~credit_like,
-            dims={d: dimension_column(events, d) for d in self.dimensions},
+            dims=dims,
             dead=dead,
-            duplicates=duplicates,
-            fallback_priced=fallback_priced,
+            duplicates=int(count - valid.sum()),
+            fallback_priced={
+                str(models.values[code] or UNATTRIBUTED): int(n)
+                for code, n in enumerate(fallback_counts.tolist())
+                if n
+            },
         )
 
     def snapshot(self) -> tuple[float | None, list[str], list[str]]:
@@ -315,9 +329,18 @@ class EventParser:
             self.dedup.restore(state)
 
 
-def dimension_column(events: Sequence[UsageEvent], dimension: str) -> list[str]:
-    """Values of one dimension (``labels.KEY`` included); missing values are ``unattributed``."""
+def _attributed(column: Categorical) -> Categorical:
+    """Reuse an already factorised column as a dimension (missing → ``unattributed``)."""
+    if UNATTRIBUTED in column.values:  # rare clash with a literal value: merge properly
+        return factorize(column.tolist(), len(column), missing=UNATTRIBUTED)
+    return Categorical(column.codes, [UNATTRIBUTED if v is None else v for v in column.values])
+
+
+def dimension_column(events: Sequence[UsageEvent], dimension: str) -> Categorical:
+    """One dimension (``labels.KEY`` included) as codes; missing values are ``unattributed``."""
     if dimension.startswith("labels."):
         key = dimension[len("labels.") :]
-        return [e.labels.get(key) or UNATTRIBUTED for e in events]
-    return [value or UNATTRIBUTED for value in map(attrgetter(dimension), events)]
+        values = map(dict.get, map(_get_labels, events), itertools.repeat(key))
+    else:
+        values = map(attrgetter(dimension), events)
+    return factorize(values, len(events), missing=UNATTRIBUTED)

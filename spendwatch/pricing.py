@@ -6,11 +6,12 @@ exact whatever the batching or order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from spendwatch.columns import Categorical
 from spendwatch.configtypes import StrictModel
 
 NANOS_PER_USD = 1_000_000_000
@@ -41,7 +42,9 @@ class ModelPrice(StrictModel):
 class PricingConfig(StrictModel):
     """Model → price catalog, with an optional fallback for models missing from it."""
 
-    models: dict[str, ModelPrice] = Field(default_factory=dict)
+    models: dict[str, ModelPrice] = Field(
+        default_factory=dict, description="model name → prices (USD per million tokens)"
+    )
     fallback: ModelPrice | None = Field(
         default=None,
         description="price for models missing from the catalog; such events are counted "
@@ -60,7 +63,7 @@ class PriceTable:
 
     def price_nanos(
         self,
-        models: Sequence[str | None],
+        models: Categorical,
         input_tokens: np.ndarray,
         cached_input_tokens: np.ndarray,
         output_tokens: np.ndarray,
@@ -70,15 +73,11 @@ class PriceTable:
 
         Returns (nanos, priced_by_fallback, unknown_without_fallback) arrays.
         """
-        count = len(models)
-        codes: dict[str | None, int] = {}
-        model_codes = np.fromiter(
-            (codes.setdefault(m, len(codes)) for m in models), dtype=np.int64, count=count
-        )
-        table = np.zeros((len(codes), 3))
-        is_fallback = np.zeros(len(codes), dtype=bool)
-        is_unknown = np.zeros(len(codes), dtype=bool)
-        for name, code in codes.items():
+        distinct = len(models.values)
+        table = np.zeros((distinct, 3))
+        is_fallback = np.zeros(distinct, dtype=bool)
+        is_unknown = np.zeros(distinct, dtype=bool)
+        for code, name in enumerate(models.values):
             row = self._rows.get(name) if name is not None else None
             if row is None:
                 if self._fallback is None:
@@ -87,6 +86,7 @@ class PriceTable:
                 row = self._fallback
                 is_fallback[code] = True
             table[code] = row
+        model_codes = models.codes
         prices = table[model_codes]
         uncached = np.maximum(input_tokens - cached_input_tokens, 0)
         cached = np.minimum(cached_input_tokens, input_tokens)

@@ -161,3 +161,26 @@ def test_demo_command_writes_the_bundled_stream(tmp_path):
     assert result.returncode == 0
     assert out.stat().st_size > 0 and "planted" in result.stdout
     assert os.path.getsize(out) == sum(len(x) + 1 for x in out.read_bytes().splitlines())
+
+
+def test_worker_reads_stdin_and_reports_fallback_priced_models(tmp_path):
+    source = "source:\n  type: jsonl\n  path: '-'\n"
+    config, _ = _config(tmp_path, source)
+    text = config.read_text().replace("pricing:\n", "pricing:\n  fallback: {input: 1, output: 2}\n")
+    config.write_text(text)
+    stream = demo.generate(days=0.3, scale=0.1, seed=9, spike_tenant=None, regression_prompt=None)
+    odd = b'{"event_id":"odd","ts":"2026-11-16T01:00:00Z","model":"mystery-model","input_tokens":5}'
+    result = subprocess.run(
+        [*CLI, "run", "--config", str(config)],
+        input=b"\n".join([*stream.lines, odd]) + b"\n",
+        capture_output=True,
+        timeout=120,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr[-2000:]
+    logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    [warning] = [entry for entry in logs if entry.get("model") == "mystery-model"]
+    assert warning["level"] == "warning"
+    [stopped] = [entry for entry in logs if entry["event"] == "stopped"]
+    assert stopped["events"] == len(stream.lines) + 1
+    assert stopped["fallback_priced"] == {"mystery-model": 1}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from spendwatch.cli import backtest
 from spendwatch.timefmt import parse_rfc3339, rfc3339
-from tests.conftest import read_alerts
+from tests.conftest import comparable, read_alerts
 
 
 def _run(detection_config, planted_file: Path, tmp_path: Path) -> list[dict]:
@@ -78,3 +78,12 @@ def test_budget_crossings_fire_each_threshold_once_per_period(
         assert alert["observed"] >= alert["expected"] * alert["threshold"] / 100
         assert alert["score"] >= alert["threshold"]
         assert alert["period"] == alert["window_start"][:10]
+
+
+def test_two_worker_threads_raise_the_same_alerts_as_one(detection_config, planted_file, tmp_path):
+    config, _ = detection_config
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    backtest(config, str(planted_file), str(one))
+    summary = backtest(config, str(planted_file), str(two), workers=2)
+    assert summary["events"] > 0
+    assert comparable(read_alerts(one)) == comparable(read_alerts(two))

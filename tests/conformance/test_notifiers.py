@@ -120,7 +120,41 @@ def _flags(tmp: Path) -> Iterator[Harness]:
     )
 
 
+def _kafka(tmp: Path) -> Iterator[Harness]:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from spendwatch.config import SpendwatchConfig
+    from spendwatch.devbroker import start_broker, stop_broker
+
+    process, broker = start_broker(tmp / "broker.log")
+    try:
+        admin = AdminClient({"bootstrap.servers": broker})  # must outlive its futures
+        new = NewTopic("alerts", num_partitions=1, replication_factor=1)
+        admin.create_topics([new])["alerts"].result(timeout=30)
+
+        def build(_: str | None) -> Notifier:
+            config = SpendwatchConfig(
+                receivers=[{"type": "kafka", "brokers": [broker], "topic": "alerts"}]
+            )
+            return build_notifier(config.receivers[0])
+
+        def messages() -> int:
+            from confluent_kafka import Consumer, TopicPartition
+
+            consumer = Consumer({"bootstrap.servers": broker, "group.id": "conformance"})
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition("alerts", 0), timeout=10)
+            finally:
+                consumer.close()
+            return high
+
+        yield Harness(build, messages, budget_alert)
+    finally:
+        stop_broker(process)
+
+
 HARNESSES = {
+    "kafka": _kafka,
     "slack": _slack,
     "jira": _jira,
     "file": _file,
@@ -207,9 +241,14 @@ def test_the_secret_is_never_in_what_is_sent_or_logged(harness, capsys, caplog):
     assert harness.secret not in repr(receiver.config)  # SecretStr masks it
 
 
-@pytest.mark.parametrize(
-    "harness", sorted(t for t in NOTIFIER_TYPES if t != "console"), indirect=True
-)
+IDEMPOTENT = sorted(t for t, kind in NOTIFIER_TYPES.items() if kind.build.idempotent)
+
+
+def test_the_receivers_that_must_be_exactly_once_say_so():
+    assert {"slack", "jira", "file", "feature_flag"} <= set(IDEMPOTENT)
+
+
+@pytest.mark.parametrize("harness", IDEMPOTENT, indirect=True)
 def test_redelivering_the_same_row_after_a_crash_has_one_effect(harness):
     """The outbox's row was sent, then the process died before recording it: send again."""
     receiver = harness.build(None)
@@ -238,5 +277,6 @@ def test_lost_response_then_retry_has_one_effect(harness):
     assert harness.effects() == 1
 
 
-def test_console_is_declared_at_least_once():
-    assert ConsoleNotifier.idempotent is False  # stdout cannot be checked; documented
+def test_console_and_kafka_are_declared_at_least_once():
+    # stdout cannot be checked; Kafka consumers deduplicate on the fingerprint key and alert_id
+    assert set(NOTIFIER_TYPES) - set(IDEMPOTENT) == {"console", "kafka"}

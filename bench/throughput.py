@@ -1,0 +1,106 @@
+"""Throughput of `spendwatch backtest` against the floor of merely parsing each line with orjson.
+
+Generates N events (default 1 M) of the demo stream, then alternates, three times each:
+(a) the floor: read the file and `orjson.loads` every line; (b) a full backtest with four
+detectors and one budget. Prints medians; the last line is one JSON object.
+
+    .venv/bin/python bench/throughput.py [--events N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from spendwatch import demo
+from spendwatch.cli import backtest
+from spendwatch.config import load_config
+
+CONFIG = """
+engine:
+  allowed_lateness: 2m
+dead_letter:
+  path: {dir}/dead.jsonl
+{pricing}
+detectors:
+  - {{name: tenant-spend, type: seasonal_zscore, scope: [tenant], metric: spend_usd, window: 1h}}
+  - {{name: feature-spend, type: seasonal_zscore, scope: [tenant, feature], window: 5m}}
+  - name: prompt-tokens
+    type: seasonal_zscore
+    scope: [prompt_id]
+    metric: output_tokens_per_request
+    window: 1h
+  - name: model-unit-cost
+    type: seasonal_zscore
+    scope: [model]
+    metric: cost_per_request_usd
+    window: 15m
+budgets:
+  - {{name: tenant-daily, scope_by: [tenant], amount_usd: 500, period: day}}
+receivers: []
+"""
+
+
+def floor(path: Path) -> float:
+    started = time.perf_counter()
+    loads = orjson.loads
+    count = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            loads(line)
+            count += 1
+    return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        events = directory / "events.jsonl"
+        scale = args.events / 386_000 * 1.02
+        stream = demo.generate(days=4, scale=scale, seed=1)
+        lines = sorted(stream.lines[: args.events], key=lambda raw: raw[25:50])[: args.events]
+        events.write_bytes(b"".join(line + b"\n" for line in lines))
+        count = len(lines)
+        size = events.stat().st_size
+        print(f"{count:,} events, {size / count:.0f} bytes each", file=sys.stderr)
+        config_path = directory / "config.yaml"
+        config_path.write_text(CONFIG.format(dir=directory, pricing=demo.pricing_yaml()))
+        config = load_config(config_path)
+        floors, rates = [], []
+        for run in range(args.runs):
+            floors.append(floor(events))
+            summary = backtest(config, str(events), str(directory / "alerts.jsonl"))
+            assert summary["events"] == count, summary
+            rates.append(count / summary["seconds"])
+            print(
+                f"run {run + 1}: floor {floors[-1]:,.0f}/s  backtest {rates[-1]:,.0f}/s "
+                f"({summary['alerts']} alerts)",
+                file=sys.stderr,
+            )
+    events_per_s = statistics.median(rates)
+    floor_per_s = statistics.median(floors)
+    print(
+        json.dumps(
+            {
+                "events": count,
+                "events_per_s": round(events_per_s),
+                "parse_floor_events_per_s": round(floor_per_s),
+                "ratio": round(events_per_s / floor_per_s, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

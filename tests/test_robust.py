@@ -1,0 +1,91 @@
+"""The robust median/MAD record scorer: building blocks and behaviour on small streams."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from spendwatch.detectors.robust import (
+    RobustConfig,
+    RobustRecordScorer,
+    SlidingMax,
+    SortedWindow,
+)
+
+
+def test_sorted_window_median_matches_statistics() -> None:
+    rng = random.Random(7)
+    window = SortedWindow(25)
+    recent: list[float] = []
+    for _ in range(300):
+        value = rng.gauss(0, 1) if rng.random() < 0.9 else rng.choice([1.0, 2.0])
+        window.push(value)
+        recent = [*recent, value][-25:]
+        assert window.median() == statistics.median(recent)
+    assert len(window) == 25
+
+
+def test_sliding_max_forgets_old_values() -> None:
+    tracker = SlidingMax(3)
+    seen = []
+    for value in [5.0, 1.0, 2.0, 3.0, 0.5, 0.25, 0.1]:
+        tracker.push(value)
+        seen.append(tracker.get())
+    assert seen == [5.0, 5.0, 5.0, 3.0, 3.0, 3.0, 0.5]
+
+
+def _noisy(n: int, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    return [100.0 + rng.gauss(0, 2) for _ in range(n)]
+
+
+def test_quiet_until_calibrated_then_flags_an_unprecedented_spike() -> None:
+    config = RobustConfig(window=50, memory=400, min_history=50, calibration=100)
+    scorer = RobustRecordScorer(config)
+    scores = [scorer.update(v) for v in _noisy(400)]
+    assert all(s == 0.0 for s in scores[:150])
+    spike = scorer.update(160.0)  # about 30 sigma
+    assert spike > 0.5
+    assert max(scores[150:]) < spike
+
+
+def test_a_repeat_of_the_same_spike_is_not_news() -> None:
+    config = RobustConfig(window=50, memory=400, min_history=50, calibration=100)
+    scorer = RobustRecordScorer(config)
+    for v in _noisy(300):
+        scorer.update(v)
+    first = scorer.update(160.0)
+    for v in _noisy(20, seed=2):
+        scorer.update(v)
+    assert first > 0.5
+    assert scorer.update(160.0) == 0.0
+    assert scorer.update(250.0) > 0.0  # a bigger one is
+
+
+def test_records_expire_after_memory() -> None:
+    config = RobustConfig(window=50, memory=100, min_history=50, calibration=50)
+    scorer = RobustRecordScorer(config)
+    for v in _noisy(200):
+        scorer.update(v)
+    assert scorer.update(160.0) > 0.5
+    for v in _noisy(150, seed=3):
+        scorer.update(v)
+    assert scorer.update(160.0) > 0.5
+
+
+def test_drops_score_like_spikes() -> None:
+    config = RobustConfig(window=50, memory=400, min_history=50, calibration=100)
+    scorer = RobustRecordScorer(config)
+    for v in _noisy(300):
+        scorer.update(v)
+    assert scorer.update(40.0) > 0.5
+
+
+def test_flat_stream_uses_the_floor_not_zero_division() -> None:
+    scorer = RobustRecordScorer(RobustConfig(window=20, min_history=20, calibration=10))
+    scores = [scorer.update(45.0) for _ in range(100)]
+    assert scores == [0.0] * 100
+    z = scorer.z(45.1)
+    assert z is not None and z == pytest.approx(0.1 / (45.0 * 1e-6 + 1e-9))
