@@ -43,15 +43,15 @@ class FlagConfig(StrictModel):
     """One flagd flag whose variants throttle spend per scope."""
 
     type: Literal["feature_flag"] = "feature_flag"
-    name: str = "flags"
-    provider: Literal["flagd"] = "flagd"
+    name: str = Field(default="flags", description="receiver name used by routes")
+    provider: Literal["flagd"] = Field(default="flagd", description="flag file format")
     path: str = Field(description="flagd flag-definition JSON file the services read")
     flag: str = Field(default="llm-spend-throttle", min_length=1, description="flag key")
     variants: dict[str, str] = Field(
         default_factory=lambda: {"normal": "normal", "degrade": "degrade", "block": "block"},
         description="variant name: value the service receives",
     )
-    default_variant: str = "normal"
+    default_variant: str = Field(default="normal", description="variant when not throttled")
     thresholds: dict[float, str] = Field(
         default_factory=lambda: {85.0: "degrade", 100.0: "block"},
         description="budget percent: variant from that threshold on",

@@ -39,7 +39,7 @@ class JiraConfig(StrictModel):
     """A Jira project that receives issues (Cloud: email + API token; Server/DC: token)."""
 
     type: Literal["jira"] = "jira"
-    name: str = "jira"
+    name: str = Field(default="jira", description="receiver name used by routes")
     url: str = Field(description="Jira base URL, e.g. https://example.atlassian.net")
     email: str | None = Field(default=None, description="Cloud: account email (basic auth)")
     token: SecretStr = Field(description="API token or personal access token; never logged")
@@ -49,7 +49,9 @@ class JiraConfig(StrictModel):
         default_factory=lambda: {"info": "Low", "warning": "Medium", "critical": "High"},
         description="Jira priority name per alert severity",
     )
-    labels: list[str] = Field(default_factory=lambda: ["spendwatch"])
+    labels: list[str] = Field(
+        default_factory=lambda: ["spendwatch"], description="added beside the fingerprint label"
+    )
     resolve_transition: str | None = Field(
         default=None, description="transition to apply on resolved (e.g. Done); none: comment only"
     )
@@ -57,7 +59,7 @@ class JiraConfig(StrictModel):
         default=None, description="link to the rule, '{rule}' is replaced by its name"
     )
     assign_owner: bool = Field(default=True, description="make the alert's owner the assignee")
-    timeout: float = Field(default=15.0, gt=0)
+    timeout: float = Field(default=15.0, gt=0, description="seconds per HTTP request")
 
 
 @register_notifier("jira", JiraConfig)

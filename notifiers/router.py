@@ -113,7 +113,7 @@ class SilenceConfig(StrictModel):
     start: datetime = Field(description="event time the silence starts (RFC 3339; UTC if naive)")
     end: datetime = Field(description="event time it ends (exclusive)")
     reason: str = Field(min_length=1, description="why (shown in logs and the outbox)")
-    created_by: str | None = None
+    created_by: str | None = Field(default=None, description="who asked for it")
 
     @field_validator("start", "end")
     @classmethod

@@ -57,7 +57,7 @@ class SlackConfig(StrictModel):
     """A Slack channel reached with a bot token (scopes: chat:write, channels:history)."""
 
     type: Literal["slack"] = "slack"
-    name: str = "slack"
+    name: str = Field(default="slack", description="receiver name used by routes")
     token: SecretStr = Field(description="bot token, e.g. ${SLACK_BOT_TOKEN}; never logged")
     channel: str = Field(min_length=1, description="channel id (C...), needed to update messages")
     base_url: str = Field(default="https://slack.com/api/", description="Web API base URL")

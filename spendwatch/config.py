@@ -123,9 +123,15 @@ class SpendwatchConfig(BaseSettings):
     routes: list[RouteConfig] = Field(
         default_factory=list, description="ordered; empty: every alert to every receiver"
     )
-    owners: list[OwnerConfig] = Field(default_factory=list)
-    silences: list[SilenceConfig] = Field(default_factory=list)
-    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    owners: list[OwnerConfig] = Field(
+        default_factory=list, description="first match fills an alert's owner"
+    )
+    silences: list[SilenceConfig] = Field(
+        default_factory=list, description="planned spend: recorded in the outbox, not sent"
+    )
+    delivery: DeliveryConfig = Field(
+        default_factory=DeliveryConfig, description="the durable outbox and its retries"
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SpendwatchConfig:
