@@ -96,3 +96,13 @@ def detection_config(tmp_path: Path) -> tuple[SpendwatchConfig, Path]:
         ),
     )
     return load_config(path), path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog():
+    """Tests that call ``spendwatch.logging.configure`` bind structlog to the stderr of
+    that moment (pytest's capture, closed later); give every test the defaults again."""
+    import structlog
+
+    structlog.reset_defaults()
+    yield

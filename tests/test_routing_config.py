@@ -38,13 +38,14 @@ def test_example_config_routing_does_what_its_comments_say(monkeypatch):
         monkeypatch.setenv(key, value)
     dispatcher = Dispatcher.from_config(load_config(REPO / "config" / "example.yaml"))
     prompt = dispatcher.plan(anomaly_alert(prompt="summarize@v9"))
-    assert prompt.receivers == ["prompt-jira", "oncall-slack", "file"]
+    assert prompt.receivers == ["prompt-jira", "oncall-slack", "file"]  # stops at its route
     assert prompt.alert.owner == "docs-team@example.com"
     assert prompt.alert.owner_ids == {"slack": "U0123ABCDEF", "jira": "5b10ac8d82e05b22cc7d4ef5"}
     assert dispatcher.route(budget_alert(70.0).model_copy(update={"severity": "info"})) == [
         "throttle",
         "file",
         "console",
+        "alert-topic",
     ]
 
 
