@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	@test -s demo-data/events.jsonl || $(BIN)/spendwatch demo --out demo-data/events.jsonl
+	@rm -rf out/demo  # a fresh demo each time: its outbox would otherwise remember what was sent
 	$(BIN)/spendwatch run --config config/demo.yaml
 
 lint: $(STAMP)
