@@ -22,6 +22,7 @@ import orjson
 from spendwatch import demo
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
+from spendwatch.logging import configure
 
 CONFIG = """
 engine:
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    configure("warning")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         events = directory / "events.jsonl"
