@@ -134,7 +134,11 @@ class RobustSeasonal(DetectorBase):
             "value": value,
             "expected": expected,
             "std": std,
-            "upper": expected + self.config.threshold * std,
+            "upper": max(  # every condition must hold: the band is the strictest
+                expected + self.config.threshold * std,
+                expected * self.config.min_ratio,
+                expected + self.config.min_impact,
+            ),
             "z": z,
             "warm": float(state.history.seen >= self.warmup_windows),
         }
