@@ -146,7 +146,7 @@ class ShardEngine:
             for scope in list(states):
                 scope_map = _scope_map(rule.aggregation, scope)
                 alerts.extend(rule.expire(states[scope], scope_map, watermark))
-                if not states[scope].periods:
+                if rule.disposable(states[scope], watermark, self.plan.scope_idle_ttl):
                     del states[scope]
         return alerts
 
