@@ -242,6 +242,8 @@ class ShardEngine:
         bound: int,
         breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]],
     ) -> list[Alert]:
+        if getattr(detector, "peer_group", False):
+            return self._judge_peers(detector, by_scope)
         aggregation = detector.aggregation
         window = aggregation.window
         states = self.detector_states.setdefault(detector.name, {})
@@ -305,6 +307,30 @@ class ShardEngine:
                 self.driver_states.get(detector.name, {}).pop(scope, None)
             else:
                 progress[scope] = (judged, last_data)
+        return alerts
+
+    def _judge_peers(
+        self, detector: Any, by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]]
+    ) -> list[Alert]:
+        """Peer-group detectors see all members of a group per window, in window order."""
+        k = detector.peer_dims
+        groups: dict[tuple[str, ...], dict[int, dict[tuple[str, ...], Totals]]] = {}
+        for scope, windows in by_scope.items():
+            per_window = groups.setdefault(scope[:k], {})
+            for window_start, totals in windows:
+                per_window.setdefault(window_start, {})[scope[k:]] = totals
+        states = self.detector_states.setdefault(detector.name, {})
+        alerts: list[Alert] = []
+        peer_names = detector.aggregation.dims[:k]
+        for group in sorted(set(groups) | set(states)):
+            state = states.get(group)
+            if state is None:
+                state = states[group] = detector.new_state()
+            peers = dict(zip(peer_names, group, strict=True))
+            for window_start, members in sorted(groups.get(group, {}).items()):
+                alerts.extend(detector.observe_group(state, peers, window_start, members))
+            if not state.firing:
+                del states[group]
         return alerts
 
     def _late(

@@ -3,7 +3,7 @@
 The stream (bench/precision.py) starts on a Thursday, so the detectors meet a weekend
 and Monday-morning surges with at most one week of history, and it holds a
 noisy-but-normal tenant. Planted: ×5 output tokens on one prompt, ×8 requests on one
-tenant, a silent model switch on one tenant's feature.
+tenant, a silent model switch on one tenant's feature, one session looping ×8.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from spendwatch.evaluation import dump_incidents, load_incidents, score_rules
 from spendwatch.timefmt import parse_rfc3339
 from tests.conftest import REPO, read_alerts
 
-PRODUCTION = ("tenant-spend", "feature-unit-cost", "prompt-output-tokens")
+PRODUCTION = ("tenant-spend", "feature-unit-cost", "prompt-output-tokens", "agent-loop")
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,7 @@ def test_the_naive_hourly_z3_floods_and_ours_stay_quiet(scored):
         ("token_regression", "prompt-output-tokens"),
         ("token_regression", "feature-unit-cost"),
         ("model_switch", "feature-unit-cost"),
+        ("session_loop", "agent-loop"),
     ],
 )
 def test_each_incident_is_caught_within_30_minutes(scored, incident, rule):
@@ -81,3 +82,11 @@ def test_incident_file_round_trips(tmp_path: Path, scored):
     incidents, start, end = load_incidents(tmp_path / "i.json")
     assert [i.kind for i in incidents] == [i.kind for i in stream.incidents]
     assert (start, end) == (stream.start, stream.end)
+
+
+def test_the_looping_session_is_named_among_thousands(scored):
+    stream, alerts, _ = scored
+    loop = next(i for i in stream.incidents if i.kind == "session_loop")
+    firing = [a for a in alerts if a["rule"] == "agent-loop" and a["status"] == "firing"]
+    assert firing and {a["scope"]["session"] for a in firing} == {loop.scope["session"]}
+    assert firing[0]["scope"]["tenant"] == loop.scope["tenant"]
