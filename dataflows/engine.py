@@ -87,6 +87,7 @@ class EngineCounters:
 
     windows_closed: int = 0
     late_events: int = 0
+    evicted_scopes: int = 0
 
 
 class ShardEngine:
@@ -186,6 +187,7 @@ class ShardEngine:
                 scope_map = _scope_map(aggregation, scope)
                 for window_start, totals in windows:
                     alerts.extend(rule.add(state, scope_map, window_start, totals.spend_nanos))
+            self.counters.evicted_scopes += rule.bound(states)
         return alerts
 
     def _close_breakdowns(

@@ -14,6 +14,7 @@ model of the scope's hourly spend (``detectors/forecast.py``) and fires one
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -54,6 +55,12 @@ class BudgetConfig(StrictModel):
     )
     severity: Severity | None = Field(
         default=None, description="default: info below 85 %, warning below 100 %, else critical"
+    )
+    max_scopes: int = Field(
+        default=500_000,
+        ge=1,
+        description="per shard: beyond this many scope_by values (users, sessions…) the "
+        "lowest spenders of the open period are forgotten (bounded memory)",
     )
     forecast: bool = Field(
         default=False,
@@ -240,6 +247,27 @@ class BudgetRule:
                 confidence=config.forecast_confidence,
             )
         ]
+
+    def bound(self, states: dict[tuple[str, ...], BudgetState]) -> int:
+        """Keep at most ``max_scopes`` states: evict the lowest spenders, down to 90 %.
+
+        Caps per user or session see hundreds of thousands of values a day, most of them
+        spending cents; forgetting those (they restart from zero if they return) costs
+        little, while the few near their cap are the highest spenders and always kept.
+        Short periods also free everything at each rollover.
+        """
+        limit = self.config.max_scopes
+        if len(states) <= limit:
+            return 0
+        keep = max(int(limit * 0.9), 1)
+
+        def spent(scope: tuple[str, ...]) -> int:
+            return sum(p.total_nanos for p in states[scope].periods.values())
+
+        victims = heapq.nsmallest(len(states) - keep, states, key=spent)
+        for scope in victims:
+            del states[scope]
+        return len(victims)
 
     def disposable(self, state: BudgetState, watermark: float, idle: int) -> bool:
         """Whether a scope's state can go: no open period and no recent spend model."""
