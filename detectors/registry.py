@@ -6,6 +6,7 @@ from typing import Any
 
 from spendwatch.detectors import (  # noqa: F401 - registration side effects
     peers,
+    river_model,
     robust_seasonal,
     seasonal,
     unit_cost,
