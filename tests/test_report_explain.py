@@ -97,3 +97,25 @@ def test_explain_prints_baseline_value_and_z(planted, planted_file, tmp_path, ca
         )
         == 1
     )
+
+
+def test_demo_writes_its_incidents_for_the_backtest(tmp_path: Path, capsys):
+    out = tmp_path / "events.jsonl"
+    incidents = tmp_path / "incidents.json"
+    code = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--days",
+            "0.2",
+            "--scale",
+            "0.1",
+            "--incidents-out",
+            str(incidents),
+        ]
+    )
+    assert code == 0
+    written = json.loads(incidents.read_text())
+    assert [i["kind"] for i in written["incidents"]] == ["spend_spike", "token_regression"]
+    assert written["end"] - written["start"] == 0.2 * 86400
