@@ -4,7 +4,9 @@ This is the step that makes throughput independent of the number of rules: all
 per-event work is numpy over the batch's columns (factorise, combine codes,
 sort, reduce); Python only touches one row per (scope, window) group. Only these
 partials cross the keyed exchange, routed to ``crc32(scope) % shards`` so a scope
-always lands on the same shard in every process.
+always lands on the same shard in every process. Breakdown and peer-group rows are
+routed by their parent scope (``Aggregation.route_dims``), so the shard judging a
+scope also holds its breakdown.
 """
 
 from __future__ import annotations
@@ -58,8 +60,10 @@ class PreAggregator:
         cache = self._shard_cache
         if len(cache) > 200_000:
             cache.clear()
+        route_dims = [a.route_dims for a in self.aggregations]
         for row in self.rows(batch):
-            scope = row[1]
+            prefix = route_dims[row[0]]
+            scope = row[1] if prefix is None else row[1][:prefix]
             shard = cache.get(scope)
             if shard is None:
                 shard = cache[scope] = shard_of(scope, self.shards)

@@ -13,14 +13,24 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PartialRow
-from spendwatch.detectors.base import ZERO, Aggregation, Totals, WindowDetector
+from spendwatch.detectors import drivers as driver_mix
+from spendwatch.detectors.base import (
+    ZERO,
+    Aggregation,
+    Totals,
+    WindowDetector,
+    driver_aggregation,
+)
 from spendwatch.detectors.budget import BudgetRule, BudgetState
+
+Tracer = Callable[[WindowDetector, Mapping[str, str], int, Totals, Any], None]
+"""Called before a detector observes a window (``explain`` and reports record with it)."""
 
 
 @dataclass
@@ -37,6 +47,21 @@ class EnginePlan:
         for rule in [*self.detectors, *self.budgets]:
             if rule.aggregation not in self.aggregations:
                 self.aggregations.append(rule.aggregation)
+        # parent aggregation -> breakdown aggregations (closed together with their parent)
+        self.breakdowns: dict[Aggregation, list[Aggregation]] = {}
+        for detector in self.detectors:
+            for dimension in detector.drivers:
+                child = driver_aggregation(detector.aggregation, dimension)
+                children = self.breakdowns.setdefault(detector.aggregation, [])
+                if child not in children:
+                    children.append(child)
+                if child not in self.aggregations:
+                    self.aggregations.append(child)
+        self.judged = [
+            a
+            for a in self.aggregations
+            if any(r.aggregation == a for r in [*self.detectors, *self.budgets])
+        ]
         self.detectors_by_aggregation = {
             a: [d for d in self.detectors if d.aggregation == a] for a in self.aggregations
         }
@@ -62,13 +87,17 @@ class EngineCounters:
 
     windows_closed: int = 0
     late_events: int = 0
+    evicted_scopes: int = 0
 
 
 class ShardEngine:
     """Windows, watermark and rule state of one shard; pure apart from its own state."""
 
-    def __init__(self, plan: EnginePlan, snapshot: bytes | None = None) -> None:
+    def __init__(
+        self, plan: EnginePlan, snapshot: bytes | None = None, tracer: Tracer | None = None
+    ) -> None:
         self.plan = plan
+        self.tracer = tracer
         self.max_ts = -math.inf
         # aggregation -> {(scope, window start): totals}
         self.open: dict[Aggregation, dict[tuple[tuple[str, ...], int], Totals]] = {}
@@ -78,6 +107,8 @@ class ShardEngine:
         self.detector_states: dict[str, dict[tuple[str, ...], Any]] = {}
         self.detector_progress: dict[str, dict[tuple[str, ...], tuple[int, int]]] = {}
         self.budget_states: dict[str, dict[tuple[str, ...], BudgetState]] = {}
+        # rule name -> scope -> breakdown mix (drivers)
+        self.driver_states: dict[str, dict[tuple[str, ...], driver_mix.MixState]] = {}
         self.counters = EngineCounters()
         if snapshot is not None:
             self._restore(snapshot)
@@ -108,7 +139,7 @@ class ShardEngine:
         if watermark == -math.inf:
             return []
         alerts: list[Alert] = []
-        for aggregation in self.plan.aggregations:
+        for aggregation in self.plan.judged:
             bound = math.floor(watermark / aggregation.window) * aggregation.window
             alerts.extend(self._close(aggregation, bound))
         for rule in self.plan.budgets:
@@ -116,7 +147,7 @@ class ShardEngine:
             for scope in list(states):
                 scope_map = _scope_map(rule.aggregation, scope)
                 alerts.extend(rule.expire(states[scope], scope_map, watermark))
-                if not states[scope].periods:
+                if rule.disposable(states[scope], watermark, self.plan.scope_idle_ttl):
                     del states[scope]
         return alerts
 
@@ -125,7 +156,7 @@ class ShardEngine:
         if self.max_ts == -math.inf:
             return []
         alerts: list[Alert] = []
-        for aggregation in self.plan.aggregations:
+        for aggregation in self.plan.judged:
             bound = (math.floor(self.max_ts / aggregation.window) + 1) * aggregation.window
             alerts.extend(self._close(aggregation, bound))
         return alerts
@@ -143,9 +174,10 @@ class ShardEngine:
         for windows in by_scope.values():
             windows.sort()
         self.counters.windows_closed += sum(len(w) for w in by_scope.values())
+        breakdowns = self._close_breakdowns(aggregation, bound)
         alerts: list[Alert] = []
         for detector in self.plan.detectors_by_aggregation[aggregation]:
-            alerts.extend(self._judge(detector, by_scope, bound))
+            alerts.extend(self._judge(detector, by_scope, bound, breakdowns))
         for rule in self.plan.budgets_by_aggregation[aggregation]:
             states = self.budget_states.setdefault(rule.name, {})
             for scope, windows in by_scope.items():
@@ -155,6 +187,54 @@ class ShardEngine:
                 scope_map = _scope_map(aggregation, scope)
                 for window_start, totals in windows:
                     alerts.extend(rule.add(state, scope_map, window_start, totals.spend_nanos))
+            self.counters.evicted_scopes += rule.bound(states)
+        return alerts
+
+    def _close_breakdowns(
+        self, parent: Aggregation, bound: int
+    ) -> dict[tuple[tuple[str, ...], int], dict[str, dict[str, Totals]]]:
+        """Pop the breakdown rows of windows the parent closes: (scope, window) -> dim -> value."""
+        found: dict[tuple[tuple[str, ...], int], dict[str, dict[str, Totals]]] = {}
+        for child in self.plan.breakdowns.get(parent, ()):
+            self.closed_before[child] = bound
+            bucket = self.open.get(child, {})
+            dimension = child.dims[-1]
+            for key in [k for k in bucket if k[1] < bound]:
+                scope, window_start = key
+                parts = found.setdefault((scope[:-1], window_start), {})
+                parts.setdefault(dimension, {})[scope[-1]] = bucket.pop(key)
+        return found
+
+    def _observe(
+        self,
+        detector: WindowDetector,
+        state: Any,
+        scope: tuple[str, ...],
+        scope_map: Mapping[str, str],
+        window_start: int,
+        totals: Totals,
+        breakdown: Mapping[str, Mapping[str, Totals]] | None,
+    ) -> list[Alert]:
+        """One detector call, with tracing and driver attribution around it."""
+        if self.tracer is not None:
+            self.tracer(detector, scope_map, window_start, totals, state)
+        alerts = detector.observe(state, scope_map, window_start, totals)
+        if not detector.drivers or not breakdown:
+            return alerts
+        mixes = self.driver_states.setdefault(detector.name, {})
+        mix = mixes.get(scope)
+        if mix is None:
+            mix = mixes[scope] = driver_mix.MixState()
+        metric = detector.config.metric
+        firing = False
+        for index, alert in enumerate(alerts):
+            if alert.kind == "anomaly" and alert.status == "firing":
+                firing = True
+                found = driver_mix.attribute(mix, breakdown, metric, alert.expected, totals)
+                alerts[index] = alert.model_copy(update={"drivers": found})
+        if not firing and detector.learning(state):
+            alpha = 1.0 / getattr(detector.config, "history", 8)
+            driver_mix.learn(mix, breakdown, metric, alpha)
         return alerts
 
     def _judge(
@@ -162,7 +242,10 @@ class ShardEngine:
         detector: WindowDetector,
         by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]],
         bound: int,
+        breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]],
     ) -> list[Alert]:
+        if getattr(detector, "peer_group", False):
+            return self._judge_peers(detector, by_scope)
         aggregation = detector.aggregation
         window = aggregation.window
         states = self.detector_states.setdefault(detector.name, {})
@@ -179,7 +262,17 @@ class ShardEngine:
             scope_map = _scope_map(aggregation, scope)
             if not detector.zero_fill:
                 for window_start, totals in windows:
-                    alerts.extend(detector.observe(state, scope_map, window_start, totals))
+                    alerts.extend(
+                        self._observe(
+                            detector,
+                            state,
+                            scope,
+                            scope_map,
+                            window_start,
+                            totals,
+                            breakdowns.get((scope, window_start)),
+                        )
+                    )
                     judged = last_data = window_start
             else:
                 cursor = None if judged is None else judged + window
@@ -189,18 +282,57 @@ class ShardEngine:
                             state = states[scope] = detector.new_state()  # idle: start afresh
                         else:
                             for empty_start in range(cursor, window_start, window):
-                                alerts.extend(detector.observe(state, scope_map, empty_start, ZERO))
+                                alerts.extend(
+                                    self._observe(
+                                        detector, state, scope, scope_map, empty_start, ZERO, None
+                                    )
+                                )
                                 judged = empty_start
                     if totals is None:
                         break
-                    alerts.extend(detector.observe(state, scope_map, window_start, totals))
+                    alerts.extend(
+                        self._observe(
+                            detector,
+                            state,
+                            scope,
+                            scope_map,
+                            window_start,
+                            totals,
+                            breakdowns.get((scope, window_start)),
+                        )
+                    )
                     judged = last_data = window_start
                     cursor = window_start + window
             if last_data is not None and bound - last_data > ttl:
                 del states[scope]
                 progress.pop(scope, None)
+                self.driver_states.get(detector.name, {}).pop(scope, None)
             else:
                 progress[scope] = (judged, last_data)
+        return alerts
+
+    def _judge_peers(
+        self, detector: Any, by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]]
+    ) -> list[Alert]:
+        """Peer-group detectors see all members of a group per window, in window order."""
+        k = detector.peer_dims
+        groups: dict[tuple[str, ...], dict[int, dict[tuple[str, ...], Totals]]] = {}
+        for scope, windows in by_scope.items():
+            per_window = groups.setdefault(scope[:k], {})
+            for window_start, totals in windows:
+                per_window.setdefault(window_start, {})[scope[k:]] = totals
+        states = self.detector_states.setdefault(detector.name, {})
+        alerts: list[Alert] = []
+        peer_names = detector.aggregation.dims[:k]
+        for group in sorted(set(groups) | set(states)):
+            state = states.get(group)
+            if state is None:
+                state = states[group] = detector.new_state()
+            peers = dict(zip(peer_names, group, strict=True))
+            for window_start, members in sorted(groups.get(group, {}).items()):
+                alerts.extend(detector.observe_group(state, peers, window_start, members))
+            if not state.firing:
+                del states[group]
         return alerts
 
     def _late(
@@ -233,6 +365,7 @@ class ShardEngine:
                 "detector_states": self.detector_states,
                 "detector_progress": self.detector_progress,
                 "budget_states": self.budget_states,
+                "driver_states": self.driver_states,
             },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
@@ -245,6 +378,7 @@ class ShardEngine:
         self.detector_states = state["detector_states"]
         self.detector_progress = state["detector_progress"]
         self.budget_states = state["budget_states"]
+        self.driver_states = state.get("driver_states", {})
 
 
 def _scope_map(aggregation: Aggregation, scope: tuple[str, ...]) -> dict[str, str]:

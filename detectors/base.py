@@ -63,6 +63,12 @@ class Aggregation:
     window: int
     match: tuple[tuple[str, str], ...] = ()
     include_credits: bool = False
+    route_dims: int | None = None
+    """Route rows by their first ``route_dims`` values only (default: all), so breakdown
+    rows (scope + a driver dimension) and peer groups land on their parent's shard."""
+
+    def routing_key(self, scope: tuple[str, ...]) -> tuple[str, ...]:
+        return scope if self.route_dims is None else scope[: self.route_dims]
 
 
 class WindowDetector(ABC):
@@ -72,6 +78,8 @@ class WindowDetector(ABC):
     aggregation: Aggregation
     zero_fill: bool
     """Whether a window without events counts as zero (sums) or is skipped (ratios)."""
+    drivers: tuple[str, ...] = ()
+    """Dimensions whose breakdown explains an alert (see ``detectors/drivers.py``)."""
 
     @abstractmethod
     def new_state(self) -> Any:
@@ -82,6 +90,15 @@ class WindowDetector(ABC):
         self, state: Any, scope: Mapping[str, str], window_start: int, totals: Totals
     ) -> list[Alert]:
         """Judge one closed window of one scope (windows arrive in order)."""
+
+    def learning(self, state: Any) -> bool:
+        """Whether the scope is in its normal regime (breakdown baselines may learn)."""
+        return True
+
+    def explain(self, state: Any, window_start: int, totals: Totals) -> dict[str, float] | None:
+        """Value, expected, band and score of a window *before* it is observed (for
+        ``explain`` and reports); ``None`` when the detector cannot tell yet."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -118,3 +135,16 @@ class DetectorBase(WindowDetector):
         self.name = config.name
         self.aggregation = Aggregation(dims=tuple(config.scope), window=config.window)
         self.zero_fill = zero_fills(config.metric)
+        scope = set(config.scope)
+        self.drivers = tuple(d for d in getattr(config, "drivers", ()) if d not in scope)
+
+
+def driver_aggregation(parent: Aggregation, dimension: str) -> Aggregation:
+    """The breakdown of ``parent`` by one more dimension, routed with its parent scope."""
+    return Aggregation(
+        dims=(*parent.dims, dimension),
+        window=parent.window,
+        match=parent.match,
+        include_credits=parent.include_credits,
+        route_dims=len(parent.dims),
+    )

@@ -5,10 +5,16 @@ the state, and totals are integer nano-dollars, so neither batching nor ordering
 nor a restore from a snapshot can make a threshold fire twice. When a period ends
 (the watermark passes it) its crossed thresholds are resolved, which lets
 throttling receivers restore normal service for the new period.
+
+With ``forecast: true`` a budget also projects its period-end spend from a seasonal
+model of the scope's hourly spend (``detectors/forecast.py``) and fires one
+``kind: forecast`` alert per period when the projection's lower bound at
+``forecast_confidence`` reaches the budget while actual spend is still below it.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -20,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from spendwatch.alerts import Alert, make_alert
 from spendwatch.configtypes import Dimension, Duration, Severity, StrictModel
 from spendwatch.detectors.base import Aggregation
+from spendwatch.detectors.forecast import SpendModel
 from spendwatch.pricing import NANOS_PER_USD
 
 Period = Literal["hour", "day", "week", "month"]
@@ -52,6 +59,25 @@ class BudgetConfig(StrictModel):
     )
     severity: Severity | None = Field(
         default=None, description="default: info below 85 %, warning below 100 %, else critical"
+    )
+    max_scopes: int = Field(
+        default=500_000,
+        ge=1,
+        description="per shard: beyond this many scope_by values (users, sessions…) the "
+        "lowest spenders of the open period are forgotten (bounded memory)",
+    )
+    forecast: bool = Field(
+        default=False,
+        description="alert (kind: forecast) when the period-end projection crosses the budget",
+    )
+    forecast_confidence: float = Field(
+        default=0.9, gt=0.5, lt=1.0, description="probability the projection must reach 100 %"
+    )
+    forecast_min_history: Duration = Field(
+        default=86400, description="hours of spend learned before forecasting"
+    )
+    forecast_history: int = Field(
+        default=7, ge=1, description="effective memory, in samples, of each hourly slot"
     )
 
     @field_validator("thresholds")
@@ -94,34 +120,37 @@ class BudgetConfig(StrictModel):
 class PeriodState:
     """Spend and crossed thresholds of one scope in one period."""
 
-    __slots__ = ("crossed", "end", "start", "total_nanos")
+    __slots__ = ("crossed", "end", "forecast", "start", "total_nanos")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
         self.end = end
         self.total_nanos = 0
         self.crossed: list[float] = []
+        self.forecast = False
 
     def __getstate__(self) -> tuple:
-        return (self.start, self.end, self.total_nanos, self.crossed)
+        return (self.start, self.end, self.total_nanos, self.crossed, self.forecast)
 
     def __setstate__(self, state: tuple) -> None:
-        self.start, self.end, self.total_nanos, self.crossed = state
+        self.start, self.end, self.total_nanos, self.crossed = state[:4]
+        self.forecast = state[4] if len(state) > 4 else False
 
 
 class BudgetState:
     """Open periods of one budget scope, keyed by period key."""
 
-    __slots__ = ("periods",)
+    __slots__ = ("model", "periods")
 
     def __init__(self) -> None:
         self.periods: dict[str, PeriodState] = {}
+        self.model: SpendModel | None = None
 
-    def __getstate__(self) -> dict:
-        return self.periods
+    def __getstate__(self) -> tuple:
+        return (self.periods, self.model)
 
-    def __setstate__(self, state: dict) -> None:
-        self.periods = state
+    def __setstate__(self, state: dict | tuple) -> None:
+        self.periods, self.model = state if isinstance(state, tuple) else (state, None)
 
 
 class BudgetRule:
@@ -167,7 +196,89 @@ class BudgetRule:
                 alerts.append(
                     self._alert(scope, "firing", key, period, threshold, amount, window_start)
                 )
+        if self.config.forecast:
+            alerts.extend(self._forecast(state, scope, key, period, window_start, spend_nanos))
         return alerts
+
+    def _forecast(
+        self,
+        state: BudgetState,
+        scope: Mapping[str, str],
+        key: str,
+        period: PeriodState,
+        window_start: int,
+        spend_nanos: int,
+    ) -> list[Alert]:
+        """Learn the window's spend; once per period, alert when the projection crosses."""
+        config = self.config
+        if state.model is None:
+            state.model = SpendModel()
+        model = state.model
+        if not model.add(window_start, spend_nanos, 1.0 / config.forecast_history):
+            return []
+        if period.forecast or model.hours * 3600 < config.forecast_min_history:
+            return []
+        amount = self.amount_usd(scope)
+        amount_nanos = amount * NANOS_PER_USD
+        if period.total_nanos >= amount_nanos:
+            return []
+        assert model.hour_start is not None
+        before_hour = period.total_nanos - model.hour_nanos
+        projected = model.lower_bound(
+            before_hour, model.hour_start, period.end, config.forecast_confidence
+        )
+        if projected < amount_nanos:
+            return []
+        period.forecast = True
+        spend = period.total_nanos / NANOS_PER_USD
+        return [
+            make_alert(
+                kind="forecast",
+                rule=self.name,
+                status="firing",
+                severity=config.severity or "warning",
+                scope=scope,
+                metric="spend_usd",
+                window_start=window_start,
+                window_end=window_start + config.window,
+                observed=spend,
+                expected=amount,
+                score=100.0 * projected / amount_nanos,
+                threshold=100.0,
+                period=key,
+                episode_start=period.start,
+                projected_usd=round(projected / NANOS_PER_USD, 6),
+                confidence=config.forecast_confidence,
+            )
+        ]
+
+    def bound(self, states: dict[tuple[str, ...], BudgetState]) -> int:
+        """Keep at most ``max_scopes`` states: evict the lowest spenders, down to 90 %.
+
+        Caps per user or session see hundreds of thousands of values a day, most of them
+        spending cents; forgetting those (they restart from zero if they return) costs
+        little, while the few near their cap are the highest spenders and always kept.
+        Short periods also free everything at each rollover.
+        """
+        limit = self.config.max_scopes
+        if len(states) <= limit:
+            return 0
+        keep = max(int(limit * 0.9), 1)
+
+        def spent(scope: tuple[str, ...]) -> int:
+            return sum(p.total_nanos for p in states[scope].periods.values())
+
+        victims = heapq.nsmallest(len(states) - keep, states, key=spent)
+        for scope in victims:
+            del states[scope]
+        return len(victims)
+
+    def disposable(self, state: BudgetState, watermark: float, idle: int) -> bool:
+        """Whether a scope's state can go: no open period and no recent spend model."""
+        if state.periods:
+            return False
+        model = state.model
+        return model is None or model.hour_start is None or watermark - model.hour_start > idle
 
     def expire(self, state: BudgetState, scope: Mapping[str, str], watermark: float) -> list[Alert]:
         """Close periods that ended before the watermark; resolve their crossed thresholds."""
@@ -175,6 +286,8 @@ class BudgetRule:
         for key in [k for k, p in state.periods.items() if p.end <= watermark]:
             period = state.periods.pop(key)
             amount = self.amount_usd(scope)
+            if period.forecast:
+                alerts.append(self._forecast_resolved(scope, key, period, amount))
             for threshold in period.crossed:
                 alerts.append(
                     self._alert(
@@ -188,6 +301,26 @@ class BudgetRule:
                     )
                 )
         return alerts
+
+    def _forecast_resolved(
+        self, scope: Mapping[str, str], key: str, period: PeriodState, amount: float
+    ) -> Alert:
+        return make_alert(
+            kind="forecast",
+            rule=self.name,
+            status="resolved",
+            severity=self.config.severity or "warning",
+            scope=scope,
+            metric="spend_usd",
+            window_start=period.end - self.config.window,
+            window_end=period.end,
+            observed=period.total_nanos / NANOS_PER_USD,
+            expected=amount,
+            score=100.0 * period.total_nanos / (amount * NANOS_PER_USD),
+            threshold=100.0,
+            period=key,
+            episode_start=period.start,
+        )
 
     def total_usd(self, state: BudgetState, period_key: str) -> float:
         period = state.periods.get(period_key)

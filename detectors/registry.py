@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from spendwatch.detectors import seasonal  # noqa: F401 - registration side effect
+from spendwatch.detectors import (  # noqa: F401 - registration side effects
+    peers,
+    river_model,
+    robust_seasonal,
+    seasonal,
+    unit_cost,
+)
 from spendwatch.detectors.base import DETECTOR_TYPES, WindowDetector
 
 

@@ -61,6 +61,9 @@ class SeasonalZScoreConfig(StrictModel):
         default=0.05, ge=0, description="noise floor, as a fraction of the expected value"
     )
     severity: Severity = Field(default="warning", description="severity of its alerts")
+    drivers: list[Dimension] = Field(
+        default_factory=list, description="dimensions whose breakdown explains each alert"
+    )
 
     @model_validator(mode="after")
     def _window_positive(self) -> SeasonalZScoreConfig:
@@ -161,6 +164,25 @@ class SeasonalZScore(DetectorBase):
         if self.config.metric == "requests":
             std = math.sqrt(std * std + scale)  # counts carry at least Poisson noise
         return Baseline(expected, std)
+
+    def learning(self, state: SeasonalState) -> bool:
+        return state.episode_start is None
+
+    def explain(
+        self, state: SeasonalState, window_start: int, totals: Totals
+    ) -> dict[str, float] | None:
+        value = metric_value(self.config.metric, totals)
+        baseline = self.baseline(state, window_start)
+        if value is None or baseline is None:
+            return None
+        return {
+            "value": value,
+            "expected": baseline.expected,
+            "std": baseline.std,
+            "upper": baseline.expected + self.config.threshold * baseline.std,
+            "z": baseline.z(value),
+            "warm": float(state.seen >= self.warmup),
+        }
 
     def observe(
         self, state: SeasonalState, scope: Mapping[str, str], window_start: int, totals: Totals

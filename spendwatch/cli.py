@@ -1,4 +1,4 @@
-"""The ``spendwatch`` command: run, backtest, check-config, schema, demo."""
+"""The ``spendwatch`` command: run, backtest, explain, check-config, schema, demo."""
 
 from __future__ import annotations
 
@@ -51,7 +51,23 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument("--workers", type=int, default=1)
     backtest.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     backtest.add_argument("--log-level", default="warning")
+    backtest.add_argument(
+        "--incidents", help="JSON of known incidents (demo --incidents-out): false alerts/day"
+    )
+    backtest.add_argument("--report", metavar="DIR", help="write an HTML report with timelines")
     backtest.set_defaults(handler=_cmd_backtest)
+
+    explain = commands.add_parser(
+        "explain", help="baseline, window value and z of one scope at one time"
+    )
+    explain.add_argument("--config", required=True)
+    explain.add_argument("--input", required=True, help="JSONL usage events")
+    explain.add_argument(
+        "--scope", required=True, help="e.g. tenant=acme or tenant=acme,feature=chat"
+    )
+    explain.add_argument("--at", required=True, help="RFC 3339 time inside the window")
+    explain.add_argument("--rule", help="only this rule")
+    explain.set_defaults(handler=_cmd_explain)
 
     check = commands.add_parser("check-config", help="validate config files")
     check.add_argument("files", nargs="+")
@@ -71,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=float, default=4.0)
     demo.add_argument("--scale", type=float, default=1.0)
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--incidents-out", help="also write the planted incidents as JSON")
     demo.set_defaults(handler=_cmd_demo)
     return parser
 
@@ -125,6 +142,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"wrote {len(stream.lines)} events to {args.out}")
     for incident in stream.incidents:
         print(f"planted {incident.kind} on {incident.scope} x{incident.factor:g}")
+    if args.incidents_out:
+        from spendwatch.evaluation import dump_incidents
+
+        dump_incidents(args.incidents_out, stream.incidents, stream.start, stream.end)
     return 0
 
 
@@ -241,6 +262,76 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
             progress.stop()
     if not args.quiet:
         _print_summary(summary, args.alerts_out)
+    scores = None
+    if args.incidents:
+        scores = _score(config, args.incidents, args.alerts_out)
+    if args.report:
+        from spendwatch.replay import replay
+        from spendwatch.report import write_report
+
+        page = write_report(args.report, config, replay(config, args.input), scores)
+        print(f"report -> {page}", file=sys.stderr)
+    return 0
+
+
+def _score(config: SpendwatchConfig, incidents_path: str, alerts_out: str) -> dict[str, Any]:
+    """Print false alerts/day and detection delays per detector against known incidents."""
+    from spendwatch.evaluation import load_incidents, score_rules
+
+    incidents, start, end = load_incidents(incidents_path)
+    with open(alerts_out, "rb") as handle:
+        alerts = [json.loads(line) for line in handle if line.strip()]
+    scores = score_rules(alerts, incidents, start, end, [d.name for d in config.detectors])
+    print(f"against {len(incidents)} known incidents over {(end - start) / 86400:g} days:")
+    for score in scores.values():
+        delays = ", ".join(
+            f"{kind} {'missed' if minutes is None else f'{minutes:g} min'}"
+            for kind, minutes in score.delays_minutes.items()
+        )
+        print(
+            f"  {score.rule}: {score.firing} fired, {score.false_alerts} false "
+            f"({score.false_per_day:.2f}/day); first alert after onset: {delays}"
+        )
+    return scores
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from spendwatch.replay import replay
+    from spendwatch.timefmt import parse_rfc3339, rfc3339
+
+    config = _load(args.config)
+    if config is None:
+        return 2
+    try:
+        wanted = dict(part.split("=", 1) for part in args.scope.split(",") if part)
+        at = parse_rfc3339(args.at)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    def keep(detector: Any, scope: Any, start: int) -> bool:
+        return (
+            (args.rule is None or detector.name == args.rule)
+            and dict(scope) == wanted
+            and start <= at < start + detector.aggregation.window
+        )
+
+    points = replay(config, args.input, keep).points
+    if not points:
+        print(f"no detector judged a window of {args.scope} at {args.at}", file=sys.stderr)
+        return 1
+    for point in points:
+        fields = {
+            "rule": point.rule,
+            "scope": dict(point.scope),
+            "window_start": rfc3339(point.window_start),
+            "value": point.value,
+            "expected": point.expected,
+            "upper": point.upper,
+            "z": point.z,
+            "warm": point.warm,
+        }
+        print(json.dumps(fields))
     return 0
 
 

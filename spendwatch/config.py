@@ -142,7 +142,7 @@ class SpendwatchConfig(BaseSettings):
         kept = set(self.dimensions) if self.dimensions is not None else None
         for kind, rules in (("detectors", self.detectors), ("budgets", self.budgets)):
             for index, rule in enumerate(rules):
-                used = list(getattr(rule, "scope", [])) + list(getattr(rule, "scope_by", []))
+                used = _rule_dimensions(rule)
                 missing = [d for d in used if kept is not None and d not in kept]
                 if missing:
                     raise ValueError(
@@ -162,7 +162,7 @@ class SpendwatchConfig(BaseSettings):
         """Dimensions some rule keys on: the only ones worth extracting from each event."""
         used: list[str] = []
         for rule in [*self.detectors, *self.budgets]:
-            for dim in [*getattr(rule, "scope", []), *getattr(rule, "scope_by", [])]:
+            for dim in _rule_dimensions(rule):
                 if dim not in used:
                     used.append(dim)
         return used
@@ -171,6 +171,17 @@ class SpendwatchConfig(BaseSettings):
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, *_, **__):
         # YAML (passed as init kwargs) wins over the environment; no .env or secrets dirs.
         return (init_settings, env_settings)
+
+
+def _rule_dimensions(rule: Any) -> list[str]:
+    """Every dimension a rule reads: its scope, per-value budgets, drivers and peers."""
+    scope = getattr(rule, "scope", [])
+    return [
+        *(scope if isinstance(scope, list) else scope.keys()),
+        *getattr(rule, "scope_by", []),
+        *getattr(rule, "drivers", []),
+        *getattr(rule, "peers", []),
+    ]
 
 
 class ConfigError(ValueError):

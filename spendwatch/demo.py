@@ -8,6 +8,9 @@ exact onsets are returned so tests can check the alerts against them:
 * ``spend_spike``: one tenant's request rate jumps ×8 (an agent loop) for two hours;
 * ``token_regression``: one prompt's output tokens grow ×5 (a prompt edit) for the rest
   of the stream, its request rate unchanged;
+* optionally ``model_switch``: one tenant's feature silently moves to a pricier model
+  (same tokens, same volume, higher unit cost), and ``session_loop``: one user session
+  of one tenant calls ×N as often as usual (an agent stuck in a loop);
 * the demo budget (``config/demo.yaml``) is sized so the biggest tenant crosses it.
 """
 
@@ -40,6 +43,9 @@ PRICES = {  # USD per million tokens: input, cached input, output
     "claude-3-5-sonnet": (3.0, 0.30, 15.0),
 }
 DEFAULT_START = datetime(2026, 11, 16, tzinfo=timezone.utc)  # a Monday
+USERS_PER_TENANT = 40
+SESSION_HOURS = 4
+"""A user's session id changes every four hours of event time."""
 
 
 @dataclass
@@ -90,6 +96,15 @@ def generate(
     regression_at_hours: float = 2 * 24 + 16,
     regression_factor: float = 5.0,
     shuffle_seconds: float = 20.0,
+    monday_surge: float = 1.0,
+    switch_tenant: str | None = None,
+    switch_feature: str = "chat",
+    switch_model: str = "gpt-4o",
+    switch_at_hours: float = 0.0,
+    loop_tenant: str | None = None,
+    loop_at_hours: float = 0.0,
+    loop_hours: float = 2.0,
+    loop_factor: float = 8.0,
 ) -> DemoStream:
     """Generate ``days`` of usage; ``scale`` multiplies every rate (1.0 ≈ 60 k events/day)."""
     rng = np.random.default_rng(seed)
@@ -99,6 +114,8 @@ def generate(
     hours = (minute_starts // 3600) % 24
     weekday = ((minute_starts // 86400).astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
     load = diurnal(hours, weekday)
+    if monday_surge != 1.0:  # people back at work: Monday mornings run hot
+        load = np.where((weekday == 0) & (hours >= 7) & (hours < 12), load * monday_surge, load)
     incidents: list[Incident] = []
     spike = None
     if spike_tenant:
@@ -116,6 +133,31 @@ def generate(
             regression_factor,
         )
         incidents.append(regression)
+    switch = None
+    if switch_tenant:
+        w0 = t0 + switch_at_hours * 3600
+        switch = Incident(
+            "model_switch",
+            {"tenant": switch_tenant, "feature": switch_feature, "model": switch_model},
+            w0,
+            t0 + days * 86400,
+            PRICES[switch_model][2] / PRICES[FEATURES[switch_feature][2]][2],
+        )
+        incidents.append(switch)
+    extras = rng_extra = None
+    loop_session = ""
+    if loop_tenant:
+        rng_extra = np.random.default_rng(seed + 1)
+        l0 = t0 + loop_at_hours * 3600
+        loop_session = _session(loop_tenant, 0, l0)
+        extras = Incident(
+            "session_loop",
+            {"tenant": loop_tenant, "session": loop_session},
+            l0,
+            l0 + loop_hours * 3600,
+            loop_factor,
+        )
+        incidents.append(extras)
 
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ("ts", "tenant", "feature", "in", "out")}
     tenant_names = list(TENANTS)
@@ -140,6 +182,21 @@ def generate(
             columns["feature"].append(np.full(total, feature_index))
             columns["in"].append(np.maximum(rng.lognormal(np.log(mean_in), 0.4, total), 1))
             columns["out"].append(np.maximum(rng.lognormal(np.log(out_mean), 0.4), 1))
+    if extras is not None and rng_extra is not None:  # the looping session's extra calls
+        peak_rate, _ = TENANTS[extras.scope["tenant"]]
+        inside = (minute_starts >= extras.start) & (minute_starts < extras.end)
+        rate = (extras.factor - 1) * peak_rate * scale * load / USERS_PER_TENANT
+        counts = rng_extra.poisson(np.where(inside, rate, 0.0))
+        total = int(counts.sum())
+        feature_index = list(FEATURES).index("agent")
+        _, _, _, mean_in, mean_out, _ = FEATURES["agent"]
+        columns["ts"].append(np.repeat(minute_starts, counts) + rng_extra.uniform(0, 60, total))
+        columns["tenant"].append(np.full(total, tenant_names.index(extras.scope["tenant"])))
+        columns["feature"].append(np.full(total, feature_index))
+        columns["in"].append(np.maximum(rng_extra.lognormal(np.log(mean_in), 0.4, total), 1))
+        columns["out"].append(np.maximum(rng_extra.lognormal(np.log(mean_out), 0.4, total), 1))
+        looping = np.concatenate([np.zeros(len(c), dtype=bool) for c in columns["ts"][:-1]])
+        looping = np.r_[looping, np.ones(total, dtype=bool)]
     ts = np.concatenate(columns["ts"])
     order = np.argsort(ts + rng.uniform(0, shuffle_seconds, ts.shape[0]))
     ts = ts[order]
@@ -149,16 +206,37 @@ def generate(
     output_tokens = np.concatenate(columns["out"])[order].astype(np.int64)
     unattributed = rng.random(ts.shape[0]) < 0.02
     cached = (rng.random(ts.shape[0]) < 0.3) * (input_tokens // 2)
+    # Users come from their own generator, so adding them changed no other draw.
+    users = np.random.default_rng(seed + 2).integers(0, USERS_PER_TENANT, ts.shape[0])
+    if extras is not None:
+        looped = looping[order]
+        users[looped] = 0
     lines = []
     dumps = orjson.dumps
     stamp = _timestamps(ts)
     for i in range(ts.shape[0]):
         feature = feature_names[features[i]]
         team, prompt_id, model, *_ = FEATURES[feature]
+        tenant = tenant_names[tenants[i]]
+        if (
+            switch is not None
+            and tenant == switch_tenant
+            and feature == switch_feature
+            and ts[i] >= switch.start
+        ):
+            model = switch_model
+        session = _session(tenant, int(users[i]), ts[i])
+        if extras is not None:  # the looping session is the agent's alone
+            if looped[i]:
+                session = loop_session
+            elif session == loop_session:
+                session = f"{session}-b"
         event = {
             "event_id": f"d{seed}-{i:x}",
             "ts": stamp[i],
-            "tenant": tenant_names[tenants[i]],
+            "tenant": tenant,
+            "user": f"{tenant}-u{users[i]}",
+            "session": session,
             "team": team,
             "environment": "prod",
             "model": model,
@@ -174,6 +252,10 @@ def generate(
         lines.append(dumps(event))
     lines.extend(_billing_credits(t0, days, seed))
     return DemoStream(lines, incidents, t0, t0 + days * 86400)
+
+
+def _session(tenant: str, user: int, ts: float) -> str:
+    return f"{tenant}-u{user}-{int(ts // (SESSION_HOURS * 3600))}"
 
 
 def _timestamps(ts: np.ndarray) -> list[str]:

@@ -1,0 +1,102 @@
+"""Period-end spend projection for budgets: the seasonal spend model behind ``kind: forecast``.
+
+A budget learns, per scope, the mean spend of each hour of the day separately for
+weekdays and weekends (exponentially weighted, like the seasonal detector's slots), and
+the relative noise of an hour's spend. The projection of a period is what was spent so
+far plus the expected spend of every hour left in it; its lower bound at the configured
+confidence subtracts ``z × relative noise × remaining`` (errors of the hours are treated
+as fully correlated: a slow week tends to stay slow, so this is the cautious bound). A
+forecast alert fires when that lower bound reaches the budget, which for a monthly
+budget spending 30 % too fast is days before the 100 % threshold is crossed.
+
+Hours without any window count as zero spend (gaps of at most two days are filled;
+longer silences restart the model's clock without teaching it zeros).
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+_HOUR = 3600
+_MAX_GAP_HOURS = 48
+
+
+def _slot(hour_start: int) -> int:
+    weekday = (hour_start // 86400 + 3) % 7  # 1970-01-01 was a Thursday: Monday is 0
+    return (hour_start // _HOUR) % 24 + (24 if weekday >= 5 else 0)
+
+
+class SpendModel:
+    """Hourly spend slots (hour of day × weekday/weekend), relative noise, learning clock."""
+
+    __slots__ = ("first_hour", "hour_nanos", "hour_start", "hours", "noise", "slots")
+
+    def __init__(self) -> None:
+        self.slots: dict[int, float] = {}
+        self.noise = 0.0  # EW mean of squared relative residuals
+        self.hours = 0
+        self.first_hour: int | None = None
+        self.hour_start: int | None = None
+        self.hour_nanos = 0
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+    def expected_hour(self, hour_start: int) -> float | None:
+        """Expected spend (nanos) of one hour, falling back to the other day type's slot."""
+        slot = _slot(hour_start)
+        value = self.slots.get(slot)
+        if value is None:
+            value = self.slots.get(slot - 24 if slot >= 24 else slot + 24)
+        return value
+
+    def add(self, window_start: int, nanos: int, alpha: float) -> bool:
+        """Add an in-order window's spend; ``True`` when an hour was completed and learned."""
+        hour = window_start - window_start % _HOUR
+        if self.hour_start is None:
+            self.hour_start, self.first_hour = hour, hour
+        if hour < self.hour_start:  # late window: its hour is already learned
+            return False
+        learned = False
+        while hour > self.hour_start:
+            self._learn(self.hour_start, self.hour_nanos, alpha)
+            learned = True
+            gap = (hour - self.hour_start) // _HOUR
+            self.hour_nanos = 0
+            self.hour_start = self.hour_start + _HOUR if gap <= _MAX_GAP_HOURS else hour
+        self.hour_nanos += nanos
+        return learned
+
+    def _learn(self, hour_start: int, nanos: int, alpha: float) -> None:
+        slot = _slot(hour_start)
+        mean = self.slots.get(slot)
+        if mean is None:
+            self.slots[slot] = float(nanos)
+        else:
+            if mean > 0:
+                residual = (nanos - mean) / mean
+                self.noise += alpha * (min(residual * residual, 4.0) - self.noise)
+            self.slots[slot] = mean + alpha * (nanos - mean)
+        self.hours += 1
+
+    def remaining(self, now: int, end: int) -> float:
+        """Expected spend (nanos) from ``now`` (an hour boundary) to ``end``."""
+        total = 0.0
+        fallback = sum(self.slots.values()) / len(self.slots) if self.slots else 0.0
+        hour = now
+        while hour < end:
+            expected = self.expected_hour(hour)
+            total += fallback if expected is None else expected
+            hour += _HOUR
+        return total
+
+    def lower_bound(self, spent: int, now: int, end: int, confidence: float) -> float:
+        """Period-end spend (nanos) exceeded with probability ``confidence``."""
+        ahead = self.remaining(now, end)
+        z = NormalDist().inv_cdf(confidence)
+        return spent + max(ahead * (1.0 - z * math.sqrt(self.noise)), 0.0)

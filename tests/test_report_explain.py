@@ -1,0 +1,121 @@
+"""Operator tooling: the backtest report, false alerts per day, and ``explain``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from spendwatch import demo
+from spendwatch.cli import main
+from spendwatch.evaluation import dump_incidents
+from spendwatch.timefmt import rfc3339
+from tests.conftest import DETECTION_CONFIG, write_config
+
+
+def _config(tmp_path: Path) -> Path:
+    return write_config(
+        tmp_path,
+        DETECTION_CONFIG.format(
+            dead_letter=tmp_path / "dead.jsonl",
+            alerts=tmp_path / "delivered.jsonl",
+            pricing=demo.pricing_yaml(),
+        ),
+    )
+
+
+def test_report_has_a_row_and_a_timeline_per_rule(planted, planted_file, tmp_path, capsys):
+    incidents = tmp_path / "incidents.json"
+    dump_incidents(incidents, planted.incidents, planted.start, planted.end)
+    report = tmp_path / "report"
+    code = main(
+        [
+            "backtest",
+            "--config",
+            str(_config(tmp_path)),
+            "--input",
+            str(planted_file),
+            "--alerts-out",
+            str(tmp_path / "alerts.jsonl"),
+            "--incidents",
+            str(incidents),
+            "--report",
+            str(report),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    page = (report / "index.html").read_text()
+    for rule in ("tenant-spend", "prompt-output-tokens"):
+        png = report / f"{rule}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        row = re.search(rf"<tr><td>{rule}</td>.*?</tr>", page)
+        assert row and f'src="{rule}.png"' in row.group(0)
+    assert "tenant-daily" in page
+    fired = re.search(r"<tr><td>tenant-spend</td>(?:<td>[^<]*</td>){4}<td>(\d+)</td>", page)
+    assert fired and int(fired.group(1)) >= 1
+    out = capsys.readouterr().out
+    assert re.search(r"tenant-spend: \d+ fired, \d+ false \(\d+\.\d\d/day\)", out), out
+    assert "prompt-output-tokens: 1 fired, 0 false (0.00/day)" in out
+    assert "token_regression 60 min" in out, "the 1 h window ends an hour after onset"
+
+
+def test_explain_prints_baseline_value_and_z(planted, planted_file, tmp_path, capsys):
+    spike, _ = planted.incidents
+    code = main(
+        [
+            "explain",
+            "--config",
+            str(_config(tmp_path)),
+            "--input",
+            str(planted_file),
+            "--scope",
+            "tenant=globex",
+            "--at",
+            rfc3339(spike.start + 600),
+        ]
+    )
+    assert code == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    seen = json.loads(line)
+    assert seen["rule"] == "tenant-spend" and seen["scope"] == {"tenant": "globex"}
+    assert seen["window_start"] == rfc3339(spike.start)
+    assert seen["value"] > 4 * seen["expected"] and seen["z"] > 4
+    assert (
+        main(
+            [
+                "explain",
+                "--config",
+                str(_config(tmp_path)),
+                "--input",
+                str(planted_file),
+                "--scope",
+                "tenant=nobody",
+                "--at",
+                rfc3339(spike.start),
+            ]
+        )
+        == 1
+    )
+
+
+def test_demo_writes_its_incidents_for_the_backtest(tmp_path: Path, capsys):
+    out = tmp_path / "events.jsonl"
+    incidents = tmp_path / "incidents.json"
+    code = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--days",
+            "0.2",
+            "--scale",
+            "0.1",
+            "--incidents-out",
+            str(incidents),
+        ]
+    )
+    assert code == 0
+    written = json.loads(incidents.read_text())
+    assert [i["kind"] for i in written["incidents"]] == ["spend_spike", "token_regression"]
+    assert written["end"] - written["start"] == 0.2 * 86400
