@@ -30,21 +30,27 @@ engine:
 dead_letter:
   path: {dir}/dead.jsonl
 {pricing}
-detectors:
-  - {{name: tenant-spend, type: seasonal_zscore, scope: [tenant], metric: spend_usd, window: 1h}}
-  - {{name: feature-spend, type: seasonal_zscore, scope: [tenant, feature], window: 5m}}
-  - name: prompt-tokens
-    type: seasonal_zscore
-    scope: [prompt_id]
-    metric: output_tokens_per_request
-    window: 1h
-  - name: model-unit-cost
-    type: seasonal_zscore
-    scope: [model]
+detectors:  # the production set of config/demo.yaml
+  - name: tenant-spend
+    type: robust_seasonal
+    scope: [tenant]
+    window: 15m
+    min_impact: 0.25
+    drivers: [feature, model, prompt_id]
+  - name: feature-unit-cost
+    type: unit_cost
+    scope: [tenant, feature]
     metric: cost_per_request_usd
     window: 15m
+    drivers: [model, prompt_id]
+  - name: prompt-output-tokens
+    type: unit_cost
+    scope: [prompt_id]
+    metric: output_tokens_per_request
+    window: 15m
+  - {{name: model-spend, type: robust_seasonal, scope: [model], window: 1h}}
 budgets:
-  - {{name: tenant-daily, scope_by: [tenant], amount_usd: 500, period: day}}
+  - {{name: tenant-daily, scope_by: [tenant], amount_usd: 500, period: day, forecast: true}}
 receivers: []
 """
 
