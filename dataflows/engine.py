@@ -44,6 +44,26 @@ class EnginePlan:
             a: [b for b in self.budgets if b.aggregation == a] for a in self.aggregations
         }
 
+    def signatures(self) -> dict[str, tuple]:
+        """What each rule's state depends on, by rule name (compared after a reload).
+
+        Budgets keep their totals when only amounts, thresholds or severity change;
+        a detector keeps its baseline unless its configuration changed beyond severity.
+        """
+        signatures: dict[str, tuple] = {}
+        for detector in self.detectors:
+            config = getattr(detector, "config", None)
+            settings = config.model_dump(exclude={"severity"}) if config is not None else {}
+            signatures[detector.name] = (
+                "detector",
+                detector.aggregation,
+                repr(sorted(settings.items())),
+            )
+        for budget in self.budgets:
+            config = budget.config
+            signatures[budget.name] = ("budget", budget.aggregation, config.period, config.timezone)
+        return signatures
+
     @classmethod
     def from_config(cls, config: Any) -> EnginePlan:
         from spendwatch.detectors.registry import build_detector
@@ -227,6 +247,7 @@ class ShardEngine:
         """An immutable copy of the whole shard state (pickled bytes)."""
         return pickle.dumps(
             {
+                "rules": self.plan.signatures(),
                 "max_ts": self.max_ts,
                 "open": self.open,
                 "closed_before": self.closed_before,
@@ -245,6 +266,24 @@ class ShardEngine:
         self.detector_states = state["detector_states"]
         self.detector_progress = state["detector_progress"]
         self.budget_states = state["budget_states"]
+        self._reconcile(state.get("rules"))
+
+    def _reconcile(self, saved: dict[str, tuple] | None) -> None:
+        """Drop state the current plan cannot use, keep every unchanged rule's state.
+
+        A config reload restores the snapshot of the previous config: removed rules and
+        aggregations nobody uses any more are dropped, a rule whose state-relevant
+        settings changed starts afresh, and added rules start empty.
+        """
+        current = self.plan.signatures()
+        for states in (self.detector_states, self.detector_progress, self.budget_states):
+            for name in list(states):
+                if name not in current or (saved is not None and saved.get(name) != current[name]):
+                    del states[name]
+        for aggregation in [a for a in self.open if a not in self.plan.aggregations]:
+            del self.open[aggregation]
+        for aggregation in [a for a in self.closed_before if a not in self.plan.aggregations]:
+            del self.closed_before[aggregation]
 
 
 def _scope_map(aggregation: Aggregation, scope: tuple[str, ...]) -> dict[str, str]:

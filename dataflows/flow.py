@@ -9,6 +9,7 @@ Step ids are stable: they name the recovery state.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,19 +18,27 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 
-from spendwatch import stats
+from spendwatch import liveview, stats
 from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
 from spendwatch.dataflows.sources import JsonlSource
+from spendwatch.dataflows.view import describe
 from spendwatch.notifiers.base import Notifier
 from spendwatch.notifiers.registry import build_notifier
 
 
 class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
+    # Wall-clock seconds between copies of the shard state into the live view (the
+    # query API and metrics read those copies; the engine itself never reads a clock).
+    PUBLISH_INTERVAL = 1.0
+
     def __init__(self, plan: EnginePlan, resume: bytes | None) -> None:
         self.engine = ShardEngine(plan, resume)
+        self._key = f"shard-{id(self):x}"
+        self._published = 0.0
+        self._publish(force=True)
 
     def on_batch(self, values: list[ShardMessage]) -> tuple[list[Alert], bool]:
         alerts: list[Alert] = []
@@ -37,16 +46,24 @@ class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
         for max_ts, rows in values:
             alerts.extend(self.engine.on_message(max_ts, rows))
         self._count(before)
+        self._publish()
         return alerts, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Alert], bool]:
         before = self.engine.counters.windows_closed, self.engine.counters.late_events
         alerts = self.engine.flush()
         self._count(before)
+        self._publish(force=True)
         return alerts, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         return self.engine.snapshot()
+
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._published >= self.PUBLISH_INTERVAL:
+            self._published = now
+            liveview.current().publish_shard(self._key, describe(self.engine))
 
     def _count(self, before: tuple[int, int]) -> None:
         counters = stats.current()
@@ -63,8 +80,13 @@ def get_flow(
     *,
     source: Source | None = None,
     receivers: Callable[[], list[Notifier]] | None = None,
+    ledger: str | None = None,
 ) -> Dataflow:
-    """Build the dataflow for ``config``; ``source``/``receivers`` override the configured ones."""
+    """Build the dataflow for ``config``; ``source``/``receivers`` override the configured ones.
+
+    ``ledger``: SQLite file of delivered notifications, so replays after a restart
+    deliver nothing twice (see ``spendwatch.dataflows.ledger``).
+    """
     plan = EnginePlan.from_config(config)
     aggregator = PreAggregator(plan.aggregations, config.engine.shards)
     flow = Dataflow("spendwatch")
@@ -74,5 +96,5 @@ def get_flow(
     partials = op.flat_map("pre_aggregate", batches, aggregator.route)
     keyed_alerts = op.stateful_batch("engine", partials, lambda resume: _ShardLogic(plan, resume))
     alerts = op.map("drop_shard_key", keyed_alerts, lambda item: item[1])
-    op.output("alerts_out", alerts, AlertSink(receivers or default_receivers(config)))
+    op.output("alerts_out", alerts, AlertSink(receivers or default_receivers(config), ledger))
     return flow

@@ -10,26 +10,40 @@ from typing import Any
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from spendwatch import stats
+from spendwatch import liveview, stats
 from spendwatch.alerts import Alert
+from spendwatch.dataflows.ledger import DeliveryLedger, identities_in_file
 from spendwatch.events import DeadLetter
 from spendwatch.logging import get_logger
 from spendwatch.notifiers.base import Notifier, NotifyError
+from spendwatch.notifiers.file import FileNotifier
 
 log = get_logger("spendwatch.sink")
 
 
 class _AlertPartition(StatelessSinkPartition[Alert]):
-    def __init__(self, notifiers: list[Notifier]) -> None:
+    def __init__(self, notifiers: list[Notifier], ledger: DeliveryLedger | None = None) -> None:
         self._notifiers = notifiers
+        self._ledger = ledger
+        if ledger is not None:
+            for notifier in notifiers:
+                if isinstance(notifier, FileNotifier):
+                    ledger.record(notifier.name, identities_in_file(notifier.config.path))
 
     def write_batch(self, items: Sequence[Alert]) -> None:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         counters = stats.current()
+        fresh: list[dict] = []
         for alert in items:
+            targets = self._pending(alert)
+            if not targets:
+                counters.alerts_replayed += 1  # delivered before a restart: not again
+                continue
             if alert.detected_at is None:
                 alert.detected_at = now
             counters.alerts_by_rule[alert.rule] += 1
+            counters.alerts_by_kind_rule[(alert.kind, alert.rule)] += 1
+            fresh.append(alert.model_dump(mode="json", exclude_none=True))
             log.info(
                 "alert",
                 status=alert.status,
@@ -42,25 +56,46 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
                 expected=alert.expected,
                 score=alert.score,
             )
-            for notifier in self._notifiers:
+            for notifier in targets:
                 try:
                     notifier.notify(alert)
                 except NotifyError as error:
+                    stats.record_delivery(notifier.name, "failed")
                     log.error("delivery failed", receiver=notifier.name, error=str(error))
+                else:
+                    stats.record_delivery(notifier.name, "ok")
+                    if self._ledger is not None:
+                        self._ledger.record(notifier.name, [alert.identity()])
+        liveview.current().add_alerts(fresh)
+
+    def _pending(self, alert: Alert) -> list[Notifier]:
+        """The receivers that have not had this notification yet."""
+        if self._ledger is None:
+            return self._notifiers
+        identity = alert.identity()
+        return [n for n in self._notifiers if not self._ledger.delivered(n.name, identity)]
 
     def close(self) -> None:
         for notifier in self._notifiers:
             notifier.close()
+        if self._ledger is not None:
+            self._ledger.close()
 
 
 class AlertSink(DynamicSink[Alert]):
-    """Delivers alerts directly to the receivers built by ``build`` (one set per worker)."""
+    """Delivers alerts directly to the receivers built by ``build`` (one set per worker).
 
-    def __init__(self, build: Callable[[], list[Notifier]]) -> None:
+    With a ``ledger`` path, a notification already delivered to a receiver (same
+    fingerprint, status and episode) is skipped: replays after a restart page nobody twice.
+    """
+
+    def __init__(self, build: Callable[[], list[Notifier]], ledger: str | None = None) -> None:
         self._build = build
+        self._ledger = ledger
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _AlertPartition:
-        return _AlertPartition(self._build())
+        ledger = DeliveryLedger(self._ledger) if self._ledger else None
+        return _AlertPartition(self._build(), ledger)
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):

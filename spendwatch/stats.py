@@ -22,6 +22,12 @@ class RunStats:
     fallback_priced: Counter = field(default_factory=Counter)
     alerts_by_rule: Counter = field(default_factory=Counter)
     dead_reasons: Counter = field(default_factory=Counter)
+    alerts_by_kind_rule: Counter = field(default_factory=Counter)
+    alerts_replayed: int = 0
+    # (receiver, outcome) -> count; outcome is "ok", "failed" or "retrying"
+    deliveries: Counter = field(default_factory=Counter)
+    # source partition -> bytes (or messages) not read yet
+    lag: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def summary(self) -> dict:
@@ -49,3 +55,13 @@ def reset() -> RunStats:
 
 def current() -> RunStats:
     return STATS
+
+
+DELIVERY_OUTCOMES = ("ok", "failed", "retrying")
+
+
+def record_delivery(receiver: str, outcome: str, count: int = 1) -> None:
+    """Count a delivery attempt's outcome; the delivery layer calls this per attempt."""
+    if outcome not in DELIVERY_OUTCOMES:
+        raise ValueError(f"unknown delivery outcome {outcome!r}")
+    STATS.deliveries[(receiver, outcome)] += count
