@@ -57,6 +57,9 @@ class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
         return alerts, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
+        # Bytewax snapshots every key it changed at the end of each epoch: the natural
+        # moment to refresh the live view too, even when no further batch arrives.
+        self._publish(force=True)
         return self.engine.snapshot()
 
     def _publish(self, force: bool = False) -> None:
