@@ -32,6 +32,9 @@ class EnginePlan:
     allowed_lateness: int
     scope_idle_ttl: int
     aggregations: list[Aggregation] = field(default_factory=list)
+    # Input partitions known in advance (e.g. the files of the source): the watermark
+    # waits until each has been heard from. Empty: only partitions seen so far count.
+    partitions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for rule in [*self.detectors, *self.budgets]:
@@ -65,7 +68,7 @@ class EnginePlan:
         return signatures
 
     @classmethod
-    def from_config(cls, config: Any) -> EnginePlan:
+    def from_config(cls, config: Any, partitions: Sequence[str] = ()) -> EnginePlan:
         from spendwatch.detectors.registry import build_detector
 
         return cls(
@@ -73,6 +76,7 @@ class EnginePlan:
             budgets=[BudgetRule(b) for b in config.budgets],
             allowed_lateness=config.engine.allowed_lateness,
             scope_idle_ttl=config.engine.scope_idle_ttl,
+            partitions=tuple(partitions),
         )
 
 
@@ -90,6 +94,8 @@ class ShardEngine:
     def __init__(self, plan: EnginePlan, snapshot: bytes | None = None) -> None:
         self.plan = plan
         self.max_ts = -math.inf
+        # input partition -> max event time seen from it (several files or topics)
+        self.partition_max: dict[str, float] = {}
         # aggregation -> {(scope, window start): totals}
         self.open: dict[Aggregation, dict[tuple[tuple[str, ...], int], Totals]] = {}
         # aggregation -> every window starting before this is closed
@@ -104,8 +110,16 @@ class ShardEngine:
 
     # -- input -------------------------------------------------------------------------------
 
-    def on_message(self, max_ts: float | None, rows: Sequence[PartialRow]) -> list[Alert]:
-        """Add one batch's partial rows, advance the watermark, judge the windows it closes."""
+    def on_message(
+        self, max_ts: float | None, rows: Sequence[PartialRow], partition: str | None = None
+    ) -> list[Alert]:
+        """Add one batch's partial rows, advance the watermark, judge the windows it closes.
+
+        With several input partitions the watermark follows the *slowest* one, so a
+        file or topic partition read ahead of another cannot make the other's events
+        late: which windows close, and with what in them, is then the same whatever
+        the interleaving (and so whatever the number of processes).
+        """
         alerts: list[Alert] = []
         aggregations = self.plan.aggregations
         for index, scope, window_start, *values in rows:
@@ -120,8 +134,21 @@ class ShardEngine:
             bucket[key] = totals if previous is None else previous.add(totals)
         if max_ts is not None and max_ts > self.max_ts:
             self.max_ts = max_ts
-        alerts.extend(self.advance(self.max_ts - self.plan.allowed_lateness))
+        if (
+            partition is not None
+            and max_ts is not None
+            and max_ts > self.partition_max.get(partition, -math.inf)
+        ):
+            self.partition_max[partition] = max_ts
+        alerts.extend(self.advance(self.event_time() - self.plan.allowed_lateness))
         return alerts
+
+    def event_time(self) -> float:
+        """Event time every input partition has reached (the watermark before lateness)."""
+        if not self.partition_max:
+            return self.max_ts
+        known = set(self.plan.partitions) | set(self.partition_max)
+        return min(self.partition_max.get(p, -math.inf) for p in known)
 
     def advance(self, watermark: float) -> list[Alert]:
         """Close every window that ends at or before ``watermark``."""
@@ -249,6 +276,7 @@ class ShardEngine:
             {
                 "rules": self.plan.signatures(),
                 "max_ts": self.max_ts,
+                "partition_max": self.partition_max,
                 "open": self.open,
                 "closed_before": self.closed_before,
                 "detector_states": self.detector_states,
@@ -261,6 +289,7 @@ class ShardEngine:
     def _restore(self, snapshot: bytes) -> None:
         state = pickle.loads(snapshot)
         self.max_ts = state["max_ts"]
+        self.partition_max = state.get("partition_max", {})
         self.open = state["open"]
         self.closed_before = state["closed_before"]
         self.detector_states = state["detector_states"]

@@ -24,12 +24,16 @@ from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
 from spendwatch.dataflows.sources import JsonlSource
+from spendwatch.dataflows.tagging import tagged
 from spendwatch.dataflows.view import describe
 from spendwatch.notifiers.base import Notifier
 from spendwatch.notifiers.registry import build_notifier
 
+# (input partition or None, (max event time, partial rows))
+TaggedMessage = tuple[str | None, ShardMessage]
 
-class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
+
+class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
     # Wall-clock seconds between copies of the shard state into the live view (the
     # query API and metrics read those copies; the engine itself never reads a clock).
     PUBLISH_INTERVAL = 1.0
@@ -40,11 +44,11 @@ class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
         self._published = 0.0
         self._publish(force=True)
 
-    def on_batch(self, values: list[ShardMessage]) -> tuple[list[Alert], bool]:
+    def on_batch(self, values: list[TaggedMessage]) -> tuple[list[Alert], bool]:
         alerts: list[Alert] = []
         before = self.engine.counters.windows_closed, self.engine.counters.late_events
-        for max_ts, rows in values:
-            alerts.extend(self.engine.on_message(max_ts, rows))
+        for partition, (max_ts, rows) in values:
+            alerts.extend(self.engine.on_message(max_ts, rows, partition))
         self._count(before)
         self._publish()
         return alerts, StatefulBatchLogic.RETAIN
@@ -90,13 +94,24 @@ def get_flow(
     ``ledger``: SQLite file of delivered notifications, so replays after a restart
     deliver nothing twice (see ``spendwatch.dataflows.ledger``).
     """
-    plan = EnginePlan.from_config(config)
+    if source is None:
+        source = JsonlSource(config)
+        partitions = source.list_parts()
+    else:
+        partitions = []
+    source, is_tagged = tagged(source)
+    plan = EnginePlan.from_config(config, partitions if is_tagged else ())
     aggregator = PreAggregator(plan.aggregations, config.engine.shards)
+
+    def route(item: Any) -> list[tuple[str, TaggedMessage]]:
+        partition, batch = item if is_tagged else (None, item)
+        return [(shard, (partition, message)) for shard, message in aggregator.route(batch)]
+
     flow = Dataflow("spendwatch")
-    batches = op.input("events", flow, source or JsonlSource(config))
-    dead = op.flat_map("dead_letters", batches, lambda batch: batch.dead)
+    batches = op.input("events", flow, source)
+    dead = op.flat_map("dead_letters", batches, lambda item: (item[1] if is_tagged else item).dead)
     op.output("dead_letter_out", dead, DeadLetterSink(config.dead_letter.path))
-    partials = op.flat_map("pre_aggregate", batches, aggregator.route)
+    partials = op.flat_map("pre_aggregate", batches, route)
     keyed_alerts = op.stateful_batch("engine", partials, lambda resume: _ShardLogic(plan, resume))
     alerts = op.map("drop_shard_key", keyed_alerts, lambda item: item[1])
     op.output("alerts_out", alerts, AlertSink(receivers or default_receivers(config), ledger))

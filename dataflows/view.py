@@ -20,6 +20,7 @@ def describe(engine: ShardEngine) -> dict[str, Any]:
     """Budgets, detector baselines and the watermark of one shard, as plain JSON values."""
     plan = engine.plan
     max_ts = engine.max_ts if engine.max_ts != -math.inf else None
+    reached = engine.event_time()
     budgets: list[dict[str, Any]] = []
     for rule in plan.budgets:
         for scope, state in engine.budget_states.get(rule.name, {}).items():
@@ -51,7 +52,7 @@ def describe(engine: ShardEngine) -> dict[str, Any]:
             rows.append(_baseline(detector, scope, state, judged, last_data))
     return {
         "max_event_time": max_ts,
-        "watermark": None if max_ts is None else max_ts - plan.allowed_lateness,
+        "watermark": None if reached == -math.inf else reached - plan.allowed_lateness,
         "budgets": budgets,
         "scopes": scopes,
     }
