@@ -147,7 +147,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.processes > 1 and options.addresses is None:
         from spendwatch.cluster import Supervisor
 
-        return Supervisor(config, options, args.processes).run()
+        return Supervisor(config, options, args.processes, args.log_level).run()
     return Worker(config, options).run()
 
 

@@ -28,6 +28,11 @@ from spendwatch.worker import WorkerOptions, reload_config
 
 log = get_logger("spendwatch.cluster")
 
+# Consecutive failed cluster runs before giving up. Timely's network threads can panic
+# while a cluster tears down at the end of input ("Send thread panic"), and any process
+# may die; a restart resumes from the last committed snapshot and delivers nothing twice.
+MAX_RESTARTS = 3
+
 
 def free_ports(count: int) -> list[int]:
     """Ports the OS says are free right now (bound together so they are distinct)."""
@@ -44,8 +49,15 @@ def free_ports(count: int) -> list[int]:
 class Supervisor:
     """Starts, signals and restarts the processes of a local cluster."""
 
-    def __init__(self, config: SpendwatchConfig, options: WorkerOptions, processes: int) -> None:
+    def __init__(
+        self,
+        config: SpendwatchConfig,
+        options: WorkerOptions,
+        processes: int,
+        log_level: str = "info",
+    ) -> None:
         self.config = config
+        self.log_level = log_level
         self.options = options
         self.processes = processes
         self._children: list[subprocess.Popen] = []
@@ -63,11 +75,20 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         try:
             ensure_partitions(state_dir, self.processes * self.options.workers)
+            failures = 0
             while True:
                 codes = self._run_once(state_dir)
                 if self._reload and not self._stopping:
                     self._reload = False
                     log.info("reloaded", config=self.options.config_path)
+                    continue
+                if any(codes) and not self._stopping and failures < MAX_RESTARTS:
+                    failures += 1
+                    log.warning(
+                        "cluster process failed, restarting from the last snapshot",
+                        exit_codes=codes,
+                        attempt=failures,
+                    )
                     continue
                 break
         finally:
@@ -99,6 +120,8 @@ class Supervisor:
                 str(index),
                 "--addresses",
                 addresses,
+                "--log-level",
+                self.log_level,
             ]
             if self.options.dump_state:
                 command += ["--dump-state", f"{self.options.dump_state}.{index}"]

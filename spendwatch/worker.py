@@ -22,6 +22,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -35,6 +36,11 @@ from spendwatch.logging import get_logger
 log = get_logger("spendwatch.worker")
 
 LEDGER_FILE = "delivered.sqlite3"
+
+# Seconds a cluster process stays up after its dataflow ended, so its peers' network
+# threads can finish their last sends before our sockets close (Timely panics with
+# "Send thread panic" in the peer otherwise).
+CLUSTER_LINGER = 1.0
 
 
 @dataclass
@@ -160,6 +166,8 @@ class Worker:
             finally:
                 self._running = False
                 view.ready.clear()
+            if self.options.addresses and finished:
+                time.sleep(CLUSTER_LINGER)
             if self._pending is not None and not self._stopping:
                 self.config, self._pending = self._pending, None
                 log.info("reloaded", config=self.options.config_path)
