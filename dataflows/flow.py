@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
@@ -42,6 +43,7 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
         self.engine = ShardEngine(plan, resume)
         self._key = f"shard-{id(self):x}"
         self._published = 0.0
+        self._dirty = False
         self._publish(force=True)
 
     def on_batch(self, values: list[TaggedMessage]) -> tuple[list[Alert], bool]:
@@ -66,11 +68,25 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
         self._publish(force=True)
         return self.engine.snapshot()
 
+    def on_notify(self) -> tuple[list[Alert], bool]:
+        self._publish(force=True)
+        return [], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        # A change not yet published is published within the interval even if no
+        # further batch arrives (an idle follower, the end of a burst).
+        if not self._dirty:
+            return None
+        return datetime.now(timezone.utc) + timedelta(seconds=self.PUBLISH_INTERVAL)
+
     def _publish(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._published >= self.PUBLISH_INTERVAL:
             self._published = now
+            self._dirty = False
             liveview.current().publish_shard(self._key, describe(self.engine))
+        else:
+            self._dirty = True
 
     def _count(self, before: tuple[int, int]) -> None:
         counters = stats.current()

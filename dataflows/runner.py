@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +18,8 @@ class Shutdown(KeyboardInterrupt):
     """Raised inside the worker when SIGTERM/SIGINT (or a reload) asks it to stop."""
 
 
-_stop_requested = threading.Event()
+# A plain flag, not a threading.Event: signal handlers set it and must not take locks.
+_stop_requested = [False]
 
 # Called with the signal number before the dataflow is aborted; returning False
 # ignores the signal (e.g. a SIGHUP whose new config is invalid).
@@ -28,7 +28,7 @@ SignalHook = Callable[[int], bool]
 
 def request_stop(reason: str) -> None:
     """Abort the running dataflow from the main thread (used by signal handlers)."""
-    _stop_requested.set()
+    _stop_requested[0] = True
     raise Shutdown(reason)
 
 
@@ -58,7 +58,7 @@ def run_flow(
             return
         request_stop(signal.Signals(signum).name)
 
-    _stop_requested.clear()
+    _stop_requested[0] = False
     previous = {sig: signal.signal(sig, handle) for sig in signals}
     recovery = RecoveryConfig(str(Path(recovery_dir))) if recovery_dir else None
     interval = timedelta(seconds=epoch_interval)
@@ -75,7 +75,7 @@ def run_flow(
                 worker_count_per_proc=workers,
             )
     except (KeyboardInterrupt, BytewaxRuntimeError):
-        if _stop_requested.is_set():
+        if _stop_requested[0]:
             return False
         raise
     finally:

@@ -64,6 +64,7 @@ class Supervisor:
         self._stopping = False
         self._reload = False
         self._stop_deadline: float | None = None
+        self._signals: list[int] = []
 
     def run(self) -> int:
         from spendwatch.dataflows.recovery import ensure_partitions
@@ -128,6 +129,7 @@ class Supervisor:
             self._children.append(subprocess.Popen(command))
         log.info("cluster started", processes=self.processes, addresses=addresses)
         while any(child.poll() is None for child in self._children):
+            self._handle_signals()
             if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
                 log.warning("grace period over, killing the cluster processes")
                 for child in self._children:
@@ -138,20 +140,26 @@ class Supervisor:
         return [child.returncode for child in self._children]
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            new = reload_config(self.options.config_path, self.config)
-            if new is None:
-                return
-            self.config = new
-            self._reload = True
-            log.info("reloading", config=self.options.config_path)
-        else:
-            self._stopping = True
-            log.info("stopping", signal=signal.Signals(signum).name)
-        self._stop_deadline = time.monotonic() + self.config.engine.shutdown_grace
-        for child in self._children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        # Only note it (no logging or locks in a handler); the polling loop acts on it.
+        self._signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGHUP:
+                new = reload_config(self.options.config_path, self.config)
+                if new is None:
+                    continue
+                self.config = new
+                self._reload = True
+                log.info("reloading", config=self.options.config_path)
+            else:
+                self._stopping = True
+                log.info("stopping", signal=signal.Signals(signum).name)
+            self._stop_deadline = time.monotonic() + self.config.engine.shutdown_grace
+            for child in self._children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
 
 
 def merge_dumps(path: str, processes: int) -> None:

@@ -17,6 +17,7 @@ localhost (see :mod:`spendwatch.cluster`).
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import signal
@@ -76,25 +77,13 @@ def reload_config(path: str, current: SpendwatchConfig) -> SpendwatchConfig | No
     return new
 
 
-class _GraceTimer:
-    """Ends the process if a requested stop takes longer than the grace period."""
-
-    def __init__(self) -> None:
-        self._timer: threading.Timer | None = None
-
-    def start(self, seconds: float) -> None:
-        if self._timer is None:
-            self._timer = threading.Timer(seconds, self._expire, args=(seconds,))
-            self._timer.daemon = True
-            self._timer.start()
-
-    @staticmethod
-    def _expire(seconds: float) -> None:
-        log.warning(
-            "grace period over, exiting; the next start resumes from the last snapshot",
-            grace_seconds=seconds,
-        )
-        os._exit(0)
+def _exit_after_grace(seconds: float) -> None:
+    time.sleep(seconds)
+    log.warning(
+        "grace period over, exiting; the next start resumes from the last snapshot",
+        grace_seconds=seconds,
+    )
+    os._exit(0)
 
 
 class Worker:
@@ -106,7 +95,7 @@ class Worker:
         self._pending: SpendwatchConfig | None = None
         self._stopping = False
         self._running = False
-        self._grace = _GraceTimer()
+        self._signals_r, self._signals_w = os.pipe()
 
     def run(self) -> int:
         from spendwatch.dataflows.recovery import ensure_partitions
@@ -190,28 +179,49 @@ class Worker:
         return OpsServer(self.config.server.host, port).start()
 
     def _install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # `kill -USR1` prints every thread's stack to stderr: how to see where a stuck
+        # worker is without a debugger.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(sig, self._on_signal)
+        threading.Thread(target=self._control, name="spendwatch-control", daemon=True).start()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Signal handler: no locks, no logging (the interrupted code may hold them).
+
+        It only notes the signal on a pipe for the control thread and, to stop, aborts
+        the dataflow. A reload is aborted by the control thread (through SIGUSR2) once
+        the new config has been validated.
+        """
         from spendwatch.dataflows.runner import request_stop
 
-        name = signal.Signals(signum).name
-        if signum == signal.SIGHUP:
-            if self.options.addresses:
-                log.warning("reload ignored: restart every process of a cluster to reload")
-                return
-            new = reload_config(self.options.config_path, self.config)
-            if new is None:
-                return
-            self._pending = new
-            log.info("reloading", config=self.options.config_path)
-        else:
+        if signum != signal.SIGUSR2:
+            os.write(self._signals_w, bytes([signum]))
+        if signum in (signal.SIGTERM, signal.SIGINT):
             self._stopping = True
-            log.info("stopping", signal=name, grace_seconds=self.config.engine.shutdown_grace)
-            self._grace.start(self.config.engine.shutdown_grace)
+        elif signum != signal.SIGUSR2:
+            return
         if self._running:
-            request_stop(name)
+            request_stop(signal.Signals(signum).name)
+
+    def _control(self) -> None:
+        """Acts on signals outside the handler: logs, validates reloads, enforces the grace."""
+        while True:
+            signum = os.read(self._signals_r, 1)[0]
+            if signum == signal.SIGHUP:
+                if self.options.addresses:
+                    log.warning("reload ignored: restart every process of a cluster to reload")
+                    continue
+                new = reload_config(self.options.config_path, self.config)
+                if new is None or self._stopping:
+                    continue
+                self._pending = new
+                log.info("reloading", config=self.options.config_path)
+                os.kill(os.getpid(), signal.SIGUSR2)
+            else:
+                grace = self.config.engine.shutdown_grace
+                log.info("stopping", signal=signal.Signals(signum).name, grace_seconds=grace)
+                threading.Thread(target=_exit_after_grace, args=(grace,), daemon=True).start()
 
 
 def dump_state(path: str) -> None:
