@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=4)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="spendwatch-scale-"))
-    scale = args.events / 60_000 / 4.0
+    scale = args.events / 97_000 / 4.0  # the demo makes about 97 k events a day at scale 1
     stream = demo.generate(days=4.0, scale=scale, seed=3)
     lines = sorted(stream.lines, key=lambda line: orjson.loads(line)["ts"])
     for index in range(args.files):
