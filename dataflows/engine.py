@@ -42,6 +42,9 @@ class EnginePlan:
     allowed_lateness: int
     scope_idle_ttl: int
     aggregations: list[Aggregation] = field(default_factory=list)
+    # Input partitions known in advance (e.g. the files of the source): the watermark
+    # waits until each has been heard from. Empty: only partitions seen so far count.
+    partitions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for rule in [*self.detectors, *self.budgets]:
@@ -69,8 +72,28 @@ class EnginePlan:
             a: [b for b in self.budgets if b.aggregation == a] for a in self.aggregations
         }
 
+    def signatures(self) -> dict[str, tuple]:
+        """What each rule's state depends on, by rule name (compared after a reload).
+
+        Budgets keep their totals when only amounts, thresholds or severity change;
+        a detector keeps its baseline unless its configuration changed beyond severity.
+        """
+        signatures: dict[str, tuple] = {}
+        for detector in self.detectors:
+            config = getattr(detector, "config", None)
+            settings = config.model_dump(exclude={"severity"}) if config is not None else {}
+            signatures[detector.name] = (
+                "detector",
+                detector.aggregation,
+                repr(sorted(settings.items())),
+            )
+        for budget in self.budgets:
+            config = budget.config
+            signatures[budget.name] = ("budget", budget.aggregation, config.period, config.timezone)
+        return signatures
+
     @classmethod
-    def from_config(cls, config: Any) -> EnginePlan:
+    def from_config(cls, config: Any, partitions: Sequence[str] = ()) -> EnginePlan:
         from spendwatch.detectors.registry import build_detector
 
         return cls(
@@ -78,6 +101,7 @@ class EnginePlan:
             budgets=[BudgetRule(b) for b in config.budgets],
             allowed_lateness=config.engine.allowed_lateness,
             scope_idle_ttl=config.engine.scope_idle_ttl,
+            partitions=tuple(partitions),
         )
 
 
@@ -99,6 +123,8 @@ class ShardEngine:
         self.plan = plan
         self.tracer = tracer
         self.max_ts = -math.inf
+        # input partition -> max event time seen from it (several files or topics)
+        self.partition_max: dict[str, float] = {}
         # aggregation -> {(scope, window start): totals}
         self.open: dict[Aggregation, dict[tuple[tuple[str, ...], int], Totals]] = {}
         # aggregation -> every window starting before this is closed
@@ -115,8 +141,16 @@ class ShardEngine:
 
     # -- input -------------------------------------------------------------------------------
 
-    def on_message(self, max_ts: float | None, rows: Sequence[PartialRow]) -> list[Alert]:
-        """Add one batch's partial rows, advance the watermark, judge the windows it closes."""
+    def on_message(
+        self, max_ts: float | None, rows: Sequence[PartialRow], partition: str | None = None
+    ) -> list[Alert]:
+        """Add one batch's partial rows, advance the watermark, judge the windows it closes.
+
+        With several input partitions the watermark follows the *slowest* one, so a
+        file or topic partition read ahead of another cannot make the other's events
+        late: which windows close, and with what in them, is then the same whatever
+        the interleaving (and so whatever the number of processes).
+        """
         alerts: list[Alert] = []
         aggregations = self.plan.aggregations
         for index, scope, window_start, *values in rows:
@@ -131,8 +165,21 @@ class ShardEngine:
             bucket[key] = totals if previous is None else previous.add(totals)
         if max_ts is not None and max_ts > self.max_ts:
             self.max_ts = max_ts
-        alerts.extend(self.advance(self.max_ts - self.plan.allowed_lateness))
+        if (
+            partition is not None
+            and max_ts is not None
+            and max_ts > self.partition_max.get(partition, -math.inf)
+        ):
+            self.partition_max[partition] = max_ts
+        alerts.extend(self.advance(self.event_time() - self.plan.allowed_lateness))
         return alerts
+
+    def event_time(self) -> float:
+        """Event time every input partition has reached (the watermark before lateness)."""
+        if not self.partition_max:
+            return self.max_ts
+        known = set(self.plan.partitions) | set(self.partition_max)
+        return min(self.partition_max.get(p, -math.inf) for p in known)
 
     def advance(self, watermark: float) -> list[Alert]:
         """Close every window that ends at or before ``watermark``."""
@@ -359,7 +406,9 @@ class ShardEngine:
         """An immutable copy of the whole shard state (pickled bytes)."""
         return pickle.dumps(
             {
+                "rules": self.plan.signatures(),
                 "max_ts": self.max_ts,
+                "partition_max": self.partition_max,
                 "open": self.open,
                 "closed_before": self.closed_before,
                 "detector_states": self.detector_states,
@@ -373,12 +422,36 @@ class ShardEngine:
     def _restore(self, snapshot: bytes) -> None:
         state = pickle.loads(snapshot)
         self.max_ts = state["max_ts"]
+        self.partition_max = state.get("partition_max", {})
         self.open = state["open"]
         self.closed_before = state["closed_before"]
         self.detector_states = state["detector_states"]
         self.detector_progress = state["detector_progress"]
         self.budget_states = state["budget_states"]
         self.driver_states = state.get("driver_states", {})
+        self._reconcile(state.get("rules"))
+
+    def _reconcile(self, saved: dict[str, tuple] | None) -> None:
+        """Drop state the current plan cannot use, keep every unchanged rule's state.
+
+        A config reload restores the snapshot of the previous config: removed rules and
+        aggregations nobody uses any more are dropped, a rule whose state-relevant
+        settings changed starts afresh, and added rules start empty.
+        """
+        current = self.plan.signatures()
+        for states in (
+            self.detector_states,
+            self.detector_progress,
+            self.driver_states,
+            self.budget_states,
+        ):
+            for name in list(states):
+                if name not in current or (saved is not None and saved.get(name) != current[name]):
+                    del states[name]
+        for aggregation in [a for a in self.open if a not in self.plan.aggregations]:
+            del self.open[aggregation]
+        for aggregation in [a for a in self.closed_before if a not in self.plan.aggregations]:
+            del self.closed_before[aggregation]
 
 
 def _scope_map(aggregation: Aggregation, scope: tuple[str, ...]) -> dict[str, str]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import bytewax.operators as op
@@ -19,36 +21,75 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 
-from spendwatch import stats
+from spendwatch import liveview, stats
 from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.dataflows.inputs import build_source
 from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
+from spendwatch.dataflows.sources import JsonlSource
+from spendwatch.dataflows.tagging import tagged
+from spendwatch.dataflows.view import describe
 from spendwatch.notifiers.base import Notifier
 from spendwatch.notifiers.outbox import Outbox, build_outbox
 
+# (input partition or None, (max event time, partial rows))
+TaggedMessage = tuple[str | None, ShardMessage]
 
-class _ShardLogic(StatefulBatchLogic[ShardMessage, Alert, bytes]):
+
+class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
+    # Wall-clock seconds between copies of the shard state into the live view (the
+    # query API and metrics read those copies; the engine itself never reads a clock).
+    PUBLISH_INTERVAL = 1.0
+
     def __init__(self, plan: EnginePlan, resume: bytes | None) -> None:
         self.engine = ShardEngine(plan, resume)
+        self._key = f"shard-{id(self):x}"
+        self._published = 0.0
+        self._dirty = False
+        self._publish(force=True)
 
-    def on_batch(self, values: list[ShardMessage]) -> tuple[list[Alert], bool]:
+    def on_batch(self, values: list[TaggedMessage]) -> tuple[list[Alert], bool]:
         alerts: list[Alert] = []
         before = self.engine.counters.windows_closed, self.engine.counters.late_events
-        for max_ts, rows in values:
-            alerts.extend(self.engine.on_message(max_ts, rows))
+        for partition, (max_ts, rows) in values:
+            alerts.extend(self.engine.on_message(max_ts, rows, partition))
         self._count(before)
+        self._publish()
         return alerts, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Alert], bool]:
         before = self.engine.counters.windows_closed, self.engine.counters.late_events
         alerts = self.engine.flush()
         self._count(before)
+        self._publish(force=True)
         return alerts, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
+        # Bytewax snapshots every key it changed at the end of each epoch: the natural
+        # moment to refresh the live view too, even when no further batch arrives.
+        self._publish(force=True)
         return self.engine.snapshot()
+
+    def on_notify(self) -> tuple[list[Alert], bool]:
+        self._publish(force=True)
+        return [], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        # A change not yet published is published within the interval even if no
+        # further batch arrives (an idle follower, the end of a burst).
+        if not self._dirty:
+            return None
+        return datetime.now(timezone.utc) + timedelta(seconds=self.PUBLISH_INTERVAL)
+
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._published >= self.PUBLISH_INTERVAL:
+            self._published = now
+            self._dirty = False
+            liveview.current().publish_shard(self._key, describe(self.engine))
+        else:
+            self._dirty = True
 
     def _count(self, before: tuple[int, int]) -> None:
         counters = stats.current()
@@ -74,16 +115,30 @@ def get_flow(
     """Build the dataflow for ``config``; ``source``/``receivers``/``outbox`` override config.
 
     Alerts go to ``outbox`` (the caller starts, flushes and closes it); without one the
-    configured outbox is opened and started here.
+    configured outbox is opened and started here. JSONL files are tagged with their
+    partition so the watermark follows the slowest file (several files or processes
+    then close the same windows with the same contents); other sources keep one
+    watermark for all their partitions, so an idle Kafka partition cannot stall it.
     """
     outbox = outbox or _outbox_for(config, receivers)
-    plan = EnginePlan.from_config(config)
+    source = source or build_source(config)
+    partitions: list[str] = []
+    is_tagged = False
+    if isinstance(source, JsonlSource):
+        partitions = source.list_parts()
+        source, is_tagged = tagged(source)
+    plan = EnginePlan.from_config(config, partitions)
     aggregator = PreAggregator(plan.aggregations, config.engine.shards)
+
+    def route(item: Any) -> list[tuple[str, TaggedMessage]]:
+        partition, batch = item if is_tagged else (None, item)
+        return [(shard, (partition, message)) for shard, message in aggregator.route(batch)]
+
     flow = Dataflow("spendwatch")
-    batches = op.input("events", flow, source or build_source(config))
-    dead = op.flat_map("dead_letters", batches, lambda batch: batch.dead)
+    batches = op.input("events", flow, source)
+    dead = op.flat_map("dead_letters", batches, lambda item: (item[1] if is_tagged else item).dead)
     op.output("dead_letter_out", dead, DeadLetterSink(config.dead_letter.path))
-    partials = op.flat_map("pre_aggregate", batches, aggregator.route)
+    partials = op.flat_map("pre_aggregate", batches, route)
     keyed_alerts = op.stateful_batch("engine", partials, lambda resume: _ShardLogic(plan, resume))
     alerts = op.map("drop_shard_key", keyed_alerts, lambda item: item[1])
     op.output("alerts_out", alerts, AlertSink(outbox))

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from spendwatch import stats
+from spendwatch import liveview, stats
 from spendwatch.alerts import Alert
 from spendwatch.events import DeadLetter
 from spendwatch.logging import get_logger
@@ -30,6 +30,7 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
             if alert.detected_at is None:
                 alert.detected_at = now
             counters.alerts_by_rule[alert.rule] += 1
+            counters.alerts_by_kind_rule[(alert.kind, alert.rule)] += 1
             log.info(
                 "alert",
                 status=alert.status,
@@ -44,6 +45,7 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
             )
         # Stored durably before the batch counts as written; the outbox's threads deliver.
         self._outbox.put_many(items)
+        liveview.current().add_alerts([a.model_dump(mode="json", exclude_none=True) for a in items])
 
     def close(self) -> None:
         # End of input: give pending deliveries the configured time to go out.

@@ -9,6 +9,7 @@ waits for the next read (``follow`` mode) or is parsed at end of file.
 
 from __future__ import annotations
 
+import glob
 import os
 import select
 import sys
@@ -105,6 +106,7 @@ class _FilePartition(_LinePartition):
 
     def __init__(self, config: Any, path: str, resume: Any) -> None:
         super().__init__(config, path)
+        self._path = path
         self._follow = config.source.follow
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         if resume is not None:
@@ -117,6 +119,8 @@ class _FilePartition(_LinePartition):
 
     def _read(self) -> bytes | None:
         data = self._file.read(self._batch_bytes)
+        lag = os.fstat(self._file.fileno()).st_size - self._file.tell()
+        stats.current().lag[self._path] = max(lag, 0)
         if not data and self._follow:
             return None
         stats.current().bytes_read += len(data)
@@ -145,14 +149,28 @@ class _StdinPartition(_LinePartition):
         return None
 
 
+def input_paths(path: str | list[str]) -> list[str]:
+    """The files a ``source.path`` names, in a stable order (patterns expanded, repeats dropped)."""
+    paths: list[str] = []
+    for item in [path] if isinstance(path, str) else path:
+        matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+        paths.extend(m for m in matches if m not in paths)
+    return paths
+
+
 class JsonlSource(FixedPartitionedSource[ParsedBatch, Any]):
-    """One partition per input file (or stdin), emitting :class:`ParsedBatch` items."""
+    """One partition per input file (or stdin), emitting :class:`ParsedBatch` items.
+
+    ``source.path`` may name several files (a list and/or glob patterns): each file is
+    its own partition with its own offset, so the files spread over the workers of
+    every process and each resumes independently after a crash.
+    """
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     def list_parts(self) -> list[str]:
-        return [self.config.source.path]
+        return input_paths(self.config.source.path)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> StatefulSourcePartition:
         if for_part == STDIN:

@@ -37,6 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="YAML config file")
     run.add_argument("--workers", type=int, default=1, help="worker threads in this process")
     run.add_argument("--state-dir", help="directory for recovery snapshots (resume after a crash)")
+    run.add_argument(
+        "--processes", type=int, default=1, help="cluster processes to start on this machine"
+    )
+    run.add_argument(
+        "--process-id", type=int, help="this process's index in a cluster (with --addresses)"
+    )
+    run.add_argument(
+        "--addresses", help="host:port of every cluster process, separated by ';' (Bytewax)"
+    )
+    run.add_argument("--dump-state", help="write budgets and counters as JSON here on exit")
     run.add_argument("--log-level", default="info")
     run.set_defaults(handler=_cmd_run)
 
@@ -155,25 +165,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    from spendwatch.dataflows.flow import get_flow
-    from spendwatch.dataflows.inputs import describe_source
-    from spendwatch.dataflows.runner import run_flow
-    from spendwatch.notifiers.outbox import build_outbox
+    from spendwatch.worker import Worker, WorkerOptions
 
+    if (args.process_id is None) != (args.addresses is None):
+        log.error("--process-id and --addresses go together")
+        return 2
+    options = WorkerOptions(
+        config_path=args.config,
+        state_dir=args.state_dir,
+        workers=args.workers,
+        process_id=args.process_id or 0,
+        addresses=args.addresses.split(";") if args.addresses else None,
+        dump_state=args.dump_state,
+    )
     stats.reset()
-    source = describe_source(config.source)
-    log.info("starting", config=args.config, source=source, workers=args.workers)
-    outbox = build_outbox(config).start()
-    try:
-        finished = run_flow(
-            get_flow(config, outbox=outbox), workers=args.workers, recovery_dir=args.state_dir
-        )
-        outbox.flush(config.delivery.flush_timeout)  # what is left resumes on the next start
-    finally:
-        outbox.close()
-    reason = "end of input" if finished else "signal"
-    log.info("stopped", reason=reason, **stats.current().summary())
-    return 0
+    if args.processes > 1 and options.addresses is None:
+        from spendwatch.cluster import Supervisor
+
+        return Supervisor(config, options, args.processes, args.log_level).run()
+    return Worker(config, options).run()
 
 
 def backtest(

@@ -45,7 +45,11 @@ class JsonlSourceConfig(StrictModel):
     """``type: jsonl``: a JSONL file (``-`` for stdin), optionally followed like ``tail -f``."""
 
     type: Literal["jsonl"] = "jsonl"
-    path: str = Field(default="-", description="JSONL file of usage events, or - for stdin")
+    path: str | list[str] = Field(
+        default="-",
+        description="JSONL file of usage events, - for stdin, or glob pattern(s) / a list "
+        "of files (one input partition per file, spread over the workers)",
+    )
     follow: bool = Field(default=False, description="keep reading as the file grows")
     batch_bytes: int = Field(
         default=4 << 20, ge=1024, description="bytes read per batch (throughput vs latency)"
@@ -76,6 +80,23 @@ class EngineConfig(StrictModel):
     scope_idle_ttl: Duration = Field(
         default=8 * 86400, description="forget a detector scope idle for this long"
     )
+    snapshot_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds of wall time between recovery snapshots (one Bytewax epoch)",
+    )
+    shutdown_grace: float = Field(
+        default=10.0, gt=0, description="seconds SIGTERM may take before the worker exits anyway"
+    )
+
+
+class ServerConfig(StrictModel):
+    """The worker's HTTP endpoints: /metrics, /healthz, /readyz and the read-only query API."""
+
+    host: str = Field(default="127.0.0.1", description="interface to listen on")
+    port: int | None = Field(
+        default=None, ge=0, le=65535, description="null: no HTTP server; process i uses port+i"
+    )
 
 
 class DeadLetterConfig(StrictModel):
@@ -101,6 +122,9 @@ class SpendwatchConfig(BaseSettings):
     )
     dead_letter: DeadLetterConfig = Field(
         default_factory=DeadLetterConfig, description="where rejected events go, with reasons"
+    )
+    server: ServerConfig = Field(
+        default_factory=ServerConfig, description="HTTP metrics, health and query API"
     )
     dimensions: list[Dimension] | None = Field(
         default=None,

@@ -1,0 +1,84 @@
+"""A read-only picture of one shard's state, for the query API and the metrics.
+
+The engine's state lives inside Bytewax and is mutated by the worker thread; the
+HTTP thread must never iterate those dicts. So the worker *copies* what humans
+ask about (budget spend, detector baselines, watermark) into plain values here,
+throttled by the caller, and hands the copy to :mod:`spendwatch.liveview`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from spendwatch.dataflows.engine import ShardEngine
+from spendwatch.pricing import NANOS_PER_USD
+from spendwatch.timefmt import rfc3339
+
+
+def describe(engine: ShardEngine) -> dict[str, Any]:
+    """Budgets, detector baselines and the watermark of one shard, as plain JSON values."""
+    plan = engine.plan
+    max_ts = engine.max_ts if engine.max_ts != -math.inf else None
+    reached = engine.event_time()
+    budgets: list[dict[str, Any]] = []
+    for rule in plan.budgets:
+        for scope, state in engine.budget_states.get(rule.name, {}).items():
+            scope_map = dict(zip(rule.aggregation.dims, scope, strict=True))
+            amount = rule.amount_usd(scope_map)
+            for key, period in sorted(state.periods.items()):
+                spend = period.total_nanos / NANOS_PER_USD
+                budgets.append(
+                    {
+                        "budget": rule.name,
+                        "scope": scope_map,
+                        "period": key,
+                        "period_start": rfc3339(period.start),
+                        "period_end": rfc3339(period.end),
+                        "spend_nanos": period.total_nanos,
+                        "spend_usd": round(spend, 9),
+                        "amount_usd": amount,
+                        "percent": round(100.0 * spend / amount, 4),
+                        "crossed": sorted(period.crossed),
+                    }
+                )
+    scopes: dict[str, list[dict[str, Any]]] = {}
+    for detector in plan.detectors:
+        states = engine.detector_states.get(detector.name, {})
+        progress = engine.detector_progress.get(detector.name, {})
+        rows = scopes.setdefault(detector.name, [])
+        for scope, state in states.items():
+            judged, last_data = progress.get(scope, (None, None))
+            rows.append(_baseline(detector, scope, state, judged, last_data))
+    return {
+        "max_event_time": max_ts,
+        "watermark": None if reached == -math.inf else reached - plan.allowed_lateness,
+        "budgets": budgets,
+        "scopes": scopes,
+    }
+
+
+def _baseline(detector: Any, scope: tuple[str, ...], state: Any, judged: Any, last: Any) -> dict:
+    """One scope's current baseline: what the next window will be judged against."""
+    window = detector.aggregation.window
+    next_window = None if judged is None else judged + window
+    row: dict[str, Any] = {
+        "scope": dict(zip(detector.aggregation.dims, scope, strict=True)),
+        "last_judged_window": None if judged is None else rfc3339(judged),
+        "last_window_with_data": None if last is None else rfc3339(last),
+        "windows_seen": getattr(state, "seen", None),
+        "firing_since": None,
+        "expected": None,
+        "std": None,
+    }
+    episode = getattr(state, "episode_start", None)
+    if episode is not None:
+        row["firing_since"] = rfc3339(episode)
+    baseline_of = getattr(detector, "baseline", None)
+    if baseline_of is not None and next_window is not None:
+        baseline = baseline_of(state, next_window)
+        if baseline is not None:
+            row["next_window"] = rfc3339(next_window)
+            row["expected"] = baseline.expected
+            row["std"] = baseline.std
+    return row
