@@ -250,7 +250,9 @@ def generate(
         if not unattributed[i]:
             event["feature"] = feature
         lines.append(dumps(event))
-    lines.extend(_billing_credits(t0, days, seed))
+    # Credits go where their time puts them, as a billing feed would deliver them.
+    for credit_ts, credit in sorted(_billing_credits(t0, days, seed), reverse=True):
+        lines.insert(int(np.searchsorted(ts, credit_ts)), credit)
     return DemoStream(lines, incidents, t0, t0 + days * 86400)
 
 
@@ -263,21 +265,24 @@ def _timestamps(ts: np.ndarray) -> list[str]:
     return [f"{text}Z" for text in np.datetime_as_string(millis, unit="ms")]
 
 
-def _billing_credits(t0: float, days: float, seed: int) -> Iterator[bytes]:
+def _billing_credits(t0: float, days: float, seed: int) -> Iterator[tuple[float, bytes]]:
     """One daily promotional credit per tenant: reduces budgets, never an anomaly input."""
     for day in range(int(days)):
         for tenant in TENANTS:
-            yield orjson.dumps(
-                {
-                    "event_id": f"credit{seed}-{tenant}-{day}",
-                    "ts": datetime.fromtimestamp(t0 + day * 86400 + 3600, tz=timezone.utc)
-                    .isoformat()
-                    .replace("+00:00", "Z"),
-                    "tenant": tenant,
-                    "provider": "openai",
-                    "cost_usd": -0.5,
-                    "charge_category": "credit",
-                }
+            yield (
+                t0 + day * 86400 + 3600,
+                orjson.dumps(
+                    {
+                        "event_id": f"credit{seed}-{tenant}-{day}",
+                        "ts": datetime.fromtimestamp(t0 + day * 86400 + 3600, tz=timezone.utc)
+                        .isoformat()
+                        .replace("+00:00", "Z"),
+                        "tenant": tenant,
+                        "provider": "openai",
+                        "cost_usd": -0.5,
+                        "charge_category": "credit",
+                    }
+                ),
             )
 
 
