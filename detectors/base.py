@@ -12,8 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+from pydantic import Field, model_validator
+
 from spendwatch.alerts import Alert
-from spendwatch.configtypes import RATIO_METRICS
+from spendwatch.configtypes import RATIO_METRICS, Dimension, Severity, StrictModel
 from spendwatch.pricing import NANOS_PER_USD
 
 
@@ -123,6 +125,43 @@ def register_detector(type_name: str, config_class: type) -> Callable[[type], ty
 
 def zero_fills(metric: str) -> bool:
     return metric not in RATIO_METRICS
+
+
+class RuleConfig(StrictModel):
+    """Settings every windowed detector has; each type adds its own (``type``, ``window``...)."""
+
+    name: str = Field(min_length=1, description="rule name, unique; appears in alerts")
+    scope: list[Dimension] = Field(default_factory=list, description="dimensions to key on")
+    resolve_after: int = Field(default=2, ge=1, description="normal windows that end an episode")
+    severity: Severity = Field(default="warning", description="severity of its alerts")
+
+    @model_validator(mode="after")
+    def _window_divides_a_day(self) -> RuleConfig:
+        window = getattr(self, "window", 0)
+        if window <= 0 or 86400 % window:
+            raise ValueError("window must divide one day (e.g. 5m, 15m, 1h)")
+        return self
+
+
+class ExplainedRuleConfig(RuleConfig):
+    """A rule whose alerts name the sub-scopes behind the deviation."""
+
+    drivers: list[Dimension] = Field(
+        default_factory=list, description="dimensions whose breakdown explains each alert"
+    )
+
+
+class SlotsState:
+    """Pickles a ``__slots__`` class as the tuple of its slots (compact snapshots)."""
+
+    __slots__ = ()
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
 
 
 class DetectorBase(WindowDetector):

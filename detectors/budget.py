@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from spendwatch.alerts import Alert, make_alert
 from spendwatch.configtypes import Dimension, Duration, Severity, StrictModel
-from spendwatch.detectors.base import Aggregation
+from spendwatch.detectors.base import Aggregation, SlotsState
 from spendwatch.detectors.forecast import SpendModel
 from spendwatch.pricing import NANOS_PER_USD
 
@@ -117,7 +117,7 @@ class BudgetConfig(StrictModel):
         return self
 
 
-class PeriodState:
+class PeriodState(SlotsState):
     """Spend and crossed thresholds of one scope in one period."""
 
     __slots__ = ("crossed", "end", "forecast", "start", "total_nanos")
@@ -129,15 +129,8 @@ class PeriodState:
         self.crossed: list[float] = []
         self.forecast = False
 
-    def __getstate__(self) -> tuple:
-        return (self.start, self.end, self.total_nanos, self.crossed, self.forecast)
 
-    def __setstate__(self, state: tuple) -> None:
-        self.start, self.end, self.total_nanos, self.crossed = state[:4]
-        self.forecast = state[4] if len(state) > 4 else False
-
-
-class BudgetState:
+class BudgetState(SlotsState):
     """Open periods of one budget scope, keyed by period key."""
 
     __slots__ = ("model", "periods")
@@ -145,12 +138,6 @@ class BudgetState:
     def __init__(self) -> None:
         self.periods: dict[str, PeriodState] = {}
         self.model: SpendModel | None = None
-
-    def __getstate__(self) -> tuple:
-        return (self.periods, self.model)
-
-    def __setstate__(self, state: dict | tuple) -> None:
-        self.periods, self.model = state if isinstance(state, tuple) else (state, None)
 
 
 class BudgetRule:

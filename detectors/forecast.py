@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 
+from spendwatch.detectors.base import SlotsState
+
 _HOUR = 3600
 _MAX_GAP_HOURS = 48
 
@@ -27,7 +29,7 @@ def _slot(hour_start: int) -> int:
     return (hour_start // _HOUR) % 24 + (24 if weekday >= 5 else 0)
 
 
-class SpendModel:
+class SpendModel(SlotsState):
     """Hourly spend slots (hour of day × weekday/weekend), relative noise, learning clock."""
 
     __slots__ = ("first_hour", "hour_nanos", "hour_start", "hours", "noise", "slots")
@@ -39,13 +41,6 @@ class SpendModel:
         self.first_hour: int | None = None
         self.hour_start: int | None = None
         self.hour_nanos = 0
-
-    def __getstate__(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __setstate__(self, state: tuple) -> None:
-        for name, value in zip(self.__slots__, state, strict=True):
-            setattr(self, name, value)
 
     def expected_hour(self, hour_start: int) -> float | None:
         """Expected spend (nanos) of one hour, falling back to the other day type's slot."""

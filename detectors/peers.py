@@ -21,17 +21,22 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from spendwatch.alerts import Alert, make_alert
-from spendwatch.configtypes import Dimension, Duration, Severity, StrictModel
-from spendwatch.detectors.base import Aggregation, DetectorBase, Totals, register_detector
+from spendwatch.configtypes import Dimension, Duration
+from spendwatch.detectors.base import (
+    Aggregation,
+    DetectorBase,
+    RuleConfig,
+    Totals,
+    register_detector,
+)
 from spendwatch.detectors.robust import MAD_TO_STD
 
 MAX_FIRING = 10_000
 
 
-class AgentLoopConfig(StrictModel):
+class AgentLoopConfig(RuleConfig):
     """Sessions whose request rate is far above their peers' in the same window."""
 
-    name: str = Field(min_length=1, description="rule name, unique; appears in alerts")
     type: Literal["agent_loop"] = "agent_loop"
     scope: list[Dimension] = Field(
         default_factory=lambda: ["session"], description="what loops: session, user, …"
@@ -50,8 +55,6 @@ class AgentLoopConfig(StrictModel):
         default=8, ge=1, description="sessions with fewer requests are not judged"
     )
     min_peers: int = Field(default=5, ge=2, description="smaller groups are not judged")
-    resolve_after: int = Field(default=2, ge=1, description="normal windows that end an episode")
-    severity: Severity = Field(default="warning", description="severity of its alerts")
 
     @model_validator(mode="after")
     def _disjoint(self) -> AgentLoopConfig:

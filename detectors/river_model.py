@@ -28,8 +28,15 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from spendwatch.alerts import Alert, make_alert
-from spendwatch.configtypes import Dimension, Duration, Metric, Severity, StrictModel
-from spendwatch.detectors.base import DetectorBase, Totals, metric_value, register_detector
+from spendwatch.configtypes import Duration, Metric
+from spendwatch.detectors.base import (
+    DetectorBase,
+    ExplainedRuleConfig,
+    SlotsState,
+    Totals,
+    metric_value,
+    register_detector,
+)
 from spendwatch.detectors.episodes import Episode
 from spendwatch.detectors.slots import SlotHistory
 
@@ -53,14 +60,12 @@ def build_model(name: str, params: Mapping[str, Any]) -> Any:
     return model
 
 
-class RiverConfig(StrictModel):
+class RiverConfig(ExplainedRuleConfig):
     """A river anomaly model judging a metric relative to its seasonal baseline."""
 
-    name: str = Field(min_length=1, description="rule name, unique; appears in alerts")
     type: Literal["river"] = "river"
     model: str = Field(description="river model path, e.g. anomaly.HalfSpaceTrees")
     params: dict[str, Any] = Field(default_factory=dict, description="constructor arguments")
-    scope: list[Dimension] = Field(default_factory=list, description="dimensions to key on")
     metric: Metric = Field(default="spend_usd", description="what is summed or divided per window")
     window: Duration = Field(default=900)
     threshold: float = Field(default=0.95, description="model score needed to fire")
@@ -69,11 +74,6 @@ class RiverConfig(StrictModel):
     days: int = Field(default=5, ge=1, description="days of history per time-of-day slot")
     warmup: Duration = Field(default=2 * 86400, description="event time learned before alerting")
     confirm: int = Field(default=1, ge=1, description="anomalous windows in a row to fire")
-    resolve_after: int = Field(default=2, ge=1, description="normal windows that end an episode")
-    severity: Severity = Field(default="warning", description="severity of its alerts")
-    drivers: list[Dimension] = Field(
-        default_factory=list, description="dimensions whose breakdown explains each alert"
-    )
 
     @model_validator(mode="after")
     def _model_builds(self) -> RiverConfig:
@@ -83,19 +83,13 @@ class RiverConfig(StrictModel):
         return self
 
 
-class RiverState:
+class RiverState(SlotsState):
     __slots__ = ("episode", "history", "model")
 
     def __init__(self, model: Any, history: SlotHistory) -> None:
         self.model = model
         self.history = history
         self.episode = Episode()
-
-    def __getstate__(self) -> tuple:
-        return (self.model, self.history, self.episode)
-
-    def __setstate__(self, state: tuple) -> None:
-        self.model, self.history, self.episode = state
 
 
 def squash(value: float, expected: float) -> float:

@@ -22,23 +22,28 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from spendwatch.alerts import Alert, make_alert
-from spendwatch.configtypes import Dimension, Duration, Severity, StrictModel
-from spendwatch.detectors.base import DetectorBase, Totals, metric_value, register_detector
+from spendwatch.configtypes import Duration
+from spendwatch.detectors.base import (
+    DetectorBase,
+    ExplainedRuleConfig,
+    SlotsState,
+    Totals,
+    metric_value,
+    register_detector,
+)
 from spendwatch.detectors.episodes import Episode
 from spendwatch.detectors.slots import SlotHistory, count_noise_std
 
 SumMetric = Literal["spend_usd", "requests", "input_tokens", "output_tokens"]
 
 
-class RobustSeasonalConfig(StrictModel):
+class RobustSeasonalConfig(ExplainedRuleConfig):
     """Robust seasonal detector for sum metrics; see the module docstring."""
 
-    name: str = Field(min_length=1, description="rule name, unique; appears in alerts")
     type: Literal["robust_seasonal"] = "robust_seasonal"
-    scope: list[Dimension] = Field(default_factory=list, description="dimensions to key on")
     metric: SumMetric = Field(default="spend_usd", description="what is summed per window")
     window: Duration = Field(default=900, description="tumbling event-time window")
     seasonality: Literal["none", "time_of_day"] = Field(
@@ -58,37 +63,20 @@ class RobustSeasonalConfig(StrictModel):
     )
     min_relative_std: float = Field(default=0.1, ge=0, description="relative noise floor")
     confirm: int = Field(default=2, ge=1, description="anomalous windows in a row to fire")
-    resolve_after: int = Field(default=2, ge=1, description="normal windows that end an episode")
     relearn_after: int = Field(
         default=96, ge=1, description="windows an episode may last before the baseline adapts"
     )
     warmup: Duration = Field(default=2 * 86400, description="event time learned before alerting")
     residual_memory: int = Field(default=288, ge=8, description="residuals in the pooled MAD")
-    severity: Severity = Field(default="warning", description="severity of its alerts")
-    drivers: list[Dimension] = Field(
-        default_factory=list, description="dimensions whose breakdown explains each alert"
-    )
-
-    @model_validator(mode="after")
-    def _window(self) -> RobustSeasonalConfig:
-        if self.window <= 0 or 86400 % self.window:
-            raise ValueError("window must divide one day (e.g. 5m, 15m, 1h)")
-        return self
 
 
-class RobustState:
+class RobustState(SlotsState):
     __slots__ = ("episode", "history", "per_request")
 
     def __init__(self, history: SlotHistory) -> None:
         self.history = history
         self.episode = Episode()
         self.per_request = 0.0
-
-    def __getstate__(self) -> tuple:
-        return (self.history, self.episode, self.per_request)
-
-    def __setstate__(self, state: tuple) -> None:
-        self.history, self.episode, self.per_request = state
 
 
 def per_request_value(metric: str, totals: Totals, value: float) -> float | None:

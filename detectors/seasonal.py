@@ -14,12 +14,19 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from river import stats
 
 from spendwatch.alerts import Alert, make_alert
-from spendwatch.configtypes import Dimension, Duration, Metric, Severity, StrictModel
-from spendwatch.detectors.base import DetectorBase, Totals, metric_value, register_detector
+from spendwatch.configtypes import Duration, Metric
+from spendwatch.detectors.base import (
+    DetectorBase,
+    ExplainedRuleConfig,
+    SlotsState,
+    Totals,
+    metric_value,
+    register_detector,
+)
 
 Seasonality = Literal["none", "hour_of_day", "hour_of_week"]
 _HOUR = 3600
@@ -27,12 +34,10 @@ _DAY = 86400
 _EPOCH_WEEKDAY_OFFSET_HOURS = 3 * 24  # 1970-01-01 was a Thursday; make Monday 00:00 slot 0
 
 
-class SeasonalZScoreConfig(StrictModel):
+class SeasonalZScoreConfig(ExplainedRuleConfig):
     """``type: seasonal_zscore``: alert when a window is far above its seasonal baseline."""
 
-    name: str = Field(min_length=1, description="rule name, unique; appears in alerts")
     type: Literal["seasonal_zscore"] = "seasonal_zscore"
-    scope: list[Dimension] = Field(default_factory=list, description="dimensions to key on")
     metric: Metric = Field(default="spend_usd", description="what is summed or divided per window")
     window: Duration = Field(default=3600, description="tumbling event-time window")
     seasonality: Seasonality = Field(
@@ -48,7 +53,6 @@ class SeasonalZScoreConfig(StrictModel):
         ge=0,
         description="windows to learn before alerting (default: two days of windows, min 12)",
     )
-    resolve_after: int = Field(default=2, ge=1, description="normal windows that end an episode")
     history: int = Field(
         default=8, ge=2, description="effective memory, in samples, of each slot's baseline"
     )
@@ -60,16 +64,6 @@ class SeasonalZScoreConfig(StrictModel):
     min_relative_std: float = Field(
         default=0.05, ge=0, description="noise floor, as a fraction of the expected value"
     )
-    severity: Severity = Field(default="warning", description="severity of its alerts")
-    drivers: list[Dimension] = Field(
-        default_factory=list, description="dimensions whose breakdown explains each alert"
-    )
-
-    @model_validator(mode="after")
-    def _window_positive(self) -> SeasonalZScoreConfig:
-        if self.window <= 0:
-            raise ValueError("window must be positive")
-        return self
 
     @property
     def effective_warmup(self) -> int:
@@ -80,7 +74,7 @@ class SeasonalZScoreConfig(StrictModel):
         return max(12, 2 * _DAY // self.window)
 
 
-class SeasonalState:
+class SeasonalState(SlotsState):
     """Per-scope baseline: slot means, overall level, pooled relative noise, episode."""
 
     __slots__ = (
@@ -103,13 +97,6 @@ class SeasonalState:
         self.episode_start: int | None = None
         self.firing_windows = 0
         self.normal_streak = 0
-
-    def __getstate__(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__}
-
-    def __setstate__(self, state: dict) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
 
 
 class Baseline:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from spendwatch.detectors.base import SlotsState
 from spendwatch.detectors.robust import MAD_TO_STD, SortedWindow
 
 _DAY = 86400
 
 
-class SlotHistory:
+class SlotHistory(SlotsState):
     """Recent values per time-of-day slot (or one slot), and pooled relative residuals."""
 
     __slots__ = ("days", "residuals", "seen", "slots", "window")
@@ -31,12 +32,6 @@ class SlotHistory:
         self.slots: dict[int, deque[float]] = {}
         self.residuals = SortedWindow(residual_memory)
         self.seen = 0
-
-    def __getstate__(self) -> tuple:
-        return (self.window, self.days, self.slots, self.residuals, self.seen)
-
-    def __setstate__(self, state: tuple) -> None:
-        self.window, self.days, self.slots, self.residuals, self.seen = state
 
     def slot(self, window_start: int) -> int:
         return (window_start % _DAY) // self.window if self.window else 0

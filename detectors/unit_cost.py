@@ -21,12 +21,14 @@ import math
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from spendwatch.alerts import Alert, make_alert
-from spendwatch.configtypes import Dimension, Duration, Severity, StrictModel
+from spendwatch.configtypes import Duration
 from spendwatch.detectors.base import (
     DetectorBase,
+    ExplainedRuleConfig,
+    SlotsState,
     Totals,
     metric_value,
     register_detector,
@@ -37,12 +39,10 @@ from spendwatch.detectors.slots import SlotHistory
 UnitMetric = Literal["cost_per_request_usd", "output_tokens_per_request"]
 
 
-class UnitCostConfig(StrictModel):
+class UnitCostConfig(ExplainedRuleConfig):
     """Unit-cost regression detector; see the module docstring."""
 
-    name: str = Field(min_length=1, description="rule name, unique; appears in alerts")
     type: Literal["unit_cost"] = "unit_cost"
-    scope: list[Dimension] = Field(default_factory=list, description="dimensions to key on")
     metric: UnitMetric = Field(
         default="cost_per_request_usd", description="the unit cost judged per window"
     )
@@ -62,36 +62,19 @@ class UnitCostConfig(StrictModel):
         default=0.03, ge=0, description="floor of the spread, relative to the expected value"
     )
     confirm: int = Field(default=2, ge=1, description="anomalous windows in a row to fire")
-    resolve_after: int = Field(default=2, ge=1, description="normal windows that end an episode")
     relearn_after: int = Field(
         default=16, ge=1, description="episode windows after which the new level is learned"
     )
     warmup: int = Field(default=24, ge=1, description="judged windows learned before alerting")
-    severity: Severity = Field(default="warning", description="severity of its alerts")
-    drivers: list[Dimension] = Field(
-        default_factory=list, description="dimensions whose breakdown explains each alert"
-    )
-
-    @model_validator(mode="after")
-    def _window(self) -> UnitCostConfig:
-        if self.window <= 0 or 86400 % self.window:
-            raise ValueError("window must divide one day (e.g. 5m, 15m, 1h)")
-        return self
 
 
-class UnitCostState:
+class UnitCostState(SlotsState):
     __slots__ = ("episode", "unit", "volume")
 
     def __init__(self, unit: SlotHistory, volume: SlotHistory) -> None:
         self.unit = unit
         self.volume = volume
         self.episode = Episode()
-
-    def __getstate__(self) -> tuple:
-        return (self.unit, self.volume, self.episode)
-
-    def __setstate__(self, state: tuple) -> None:
-        self.unit, self.volume, self.episode = state
 
 
 @register_detector("unit_cost", UnitCostConfig)
