@@ -158,6 +158,19 @@ def input_paths(path: str | list[str]) -> list[str]:
     return paths
 
 
+def missing_input(source: Any) -> str | None:
+    """Why a file source cannot start (no such file, a pattern matching nothing), or ``None``."""
+    if getattr(source, "type", None) not in ("jsonl", "focus") or source.path == STDIN:
+        return None
+    paths = input_paths(source.path)
+    if not paths:
+        return f"source.path {source.path!r} matches no file"
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        return f"input file {missing[0]} does not exist (source.path)"
+    return None
+
+
 class JsonlSource(FixedPartitionedSource[ParsedBatch, Any]):
     """One partition per input file (or stdin), emitting :class:`ParsedBatch` items.
 

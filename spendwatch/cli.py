@@ -165,8 +165,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
+    from spendwatch.dataflows.sources import missing_input
     from spendwatch.worker import Worker, WorkerOptions
 
+    problem = missing_input(config.source)
+    if problem:
+        print(f"error: {args.config}: {problem}", file=sys.stderr)
+        return 2
     if (args.process_id is None) != (args.addresses is None):
         log.error("--process-id and --addresses go together")
         return 2

@@ -184,3 +184,14 @@ def test_worker_reads_stdin_and_reports_fallback_priced_models(tmp_path):
     [stopped] = [entry for entry in logs if entry["event"] == "stopped"]
     assert stopped["events"] == len(stream.lines) + 1
     assert stopped["fallback_priced"] == {"mystery-model": 1}
+
+
+def test_run_names_a_missing_input_file_instead_of_crashing(tmp_path):
+    missing = tmp_path / "nowhere.jsonl"
+    config, _ = _config(tmp_path, f"source:\n  type: jsonl\n  path: {missing}\n")
+    result = subprocess.run(
+        [*CLI, "run", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert f"input file {missing} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
