@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     published = json.loads((args.nab_dir / "results" / "final_results.json").read_text())
     names = args.detector or list(DETECTORS)
     figures: dict[str, dict[str, float]] = {}
-    print(f"{'detector':28s} {'standard':>9s} {'low_FP':>8s} {'low_FN':>8s} {'seconds':>8s}")
+    print(f"{'detector':34s} {'standard':>9s} {'low_FP':>8s} {'low_FN':>8s} {'seconds':>8s}")
     for name in names:
         started = time.perf_counter()
         scores = {series.key: DETECTORS[name](series) for series in corpus.files}
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         figures[name]["threshold"] = swept["standard"].threshold
         row = figures[name]
         print(
-            f"{name:28s} {row['standard']:9.2f} {row['low_FP']:8.2f} {row['low_FN']:8.2f}"
+            f"{name:34s} {row['standard']:9.2f} {row['low_FP']:8.2f} {row['low_FN']:8.2f}"
             f" {elapsed:8.1f}",
             flush=True,
         )
