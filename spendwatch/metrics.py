@@ -59,7 +59,7 @@ class WorkerCollector(Collector):
         # Deliveries are counted by the outbox itself (spendwatch_deliveries_total).
         lag = GaugeMetricFamily(
             "spendwatch_consumer_lag",
-            "Input not read yet, per source partition (bytes for files)",
+            "Input not read yet, per source partition (bytes for files, messages for Kafka)",
             labels=["partition"],
         )
         for partition, remaining in sorted(dict(counters.lag).items()):
