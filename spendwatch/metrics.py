@@ -50,6 +50,11 @@ class WorkerCollector(Collector):
         yield _counter(
             "spendwatch_windows_closed", "Scope windows closed and judged", counters.windows_closed
         )
+        yield _counter(
+            "spendwatch_evicted_scopes",
+            "Budget scopes forgotten to stay within max_scopes (lowest spenders first)",
+            counters.evicted_scopes,
+        )
         alerts = CounterMetricFamily(
             "spendwatch_alerts", "Alerts raised (replays excluded)", labels=["kind", "rule"]
         )
