@@ -51,7 +51,7 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
 
     def on_batch(self, values: list[TaggedMessage]) -> tuple[list[Alert], bool]:
         alerts: list[Alert] = []
-        before = self.engine.counters.windows_closed, self.engine.counters.late_events
+        before = self._counters()
         for partition, (max_ts, rows) in values:
             alerts.extend(self.engine.on_message(max_ts, rows, partition))
         self._count(before)
@@ -59,7 +59,7 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
         return alerts, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Alert], bool]:
-        before = self.engine.counters.windows_closed, self.engine.counters.late_events
+        before = self._counters()
         alerts = self.engine.flush()
         self._count(before)
         self._publish(force=True)
@@ -91,10 +91,16 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
         else:
             self._dirty = True
 
-    def _count(self, before: tuple[int, int]) -> None:
+    def _counters(self) -> tuple[int, int, int]:
+        engine = self.engine.counters
+        return engine.windows_closed, engine.late_events, engine.evicted_scopes
+
+    def _count(self, before: tuple[int, int, int]) -> None:
         counters = stats.current()
-        counters.windows_closed += self.engine.counters.windows_closed - before[0]
-        counters.late_events += self.engine.counters.late_events - before[1]
+        windows, late, evicted = self._counters()
+        counters.windows_closed += windows - before[0]
+        counters.late_events += late - before[1]
+        counters.evicted_scopes += evicted - before[2]
 
 
 def _outbox_for(config: Any, receivers: Callable[[], list[Notifier]] | None) -> Outbox:

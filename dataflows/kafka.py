@@ -28,6 +28,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from spendwatch import stats
 from spendwatch.dataflows.sources import make_parser, record_batch
 from spendwatch.events import DeadLetter, ParsedBatch
 from spendwatch.kafkaconf import KafkaSourceConfig
@@ -131,6 +132,7 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
         self._idle = _MIN_IDLE
         self._awake: datetime | None = None
         self._eof = False
+        self._where = TopicPartition(topic, partition)
 
     def next_batch(self) -> list[ParsedBatch]:
         self._awake = None
@@ -149,6 +151,9 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
                 continue
             last = message.offset()
             values.append(message.value() or b"")
+        if last is not None:
+            self._offset = last + 1
+        self._record_lag()
         if last is None:
             if not self._eof:
                 # Back off from a millisecond (a fetch is probably in flight) to poll_interval
@@ -157,12 +162,25 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
                 self._idle = min(self._idle * 2, self._poll)
             return []
         self._idle = _MIN_IDLE
-        self._offset = last + 1
         batch = self._parser.parse(values)
         record_batch(batch)
         if batch.dead and self._publisher is not None:
             self._publisher.publish(batch.dead, messages)
         return [batch]
+
+    def _record_lag(self) -> None:
+        """Messages not read yet: the high watermark of the last fetch minus the next offset.
+
+        The cached watermark comes with every fetch response, so this asks the broker
+        nothing; once per batch, never per message.
+        """
+        if self._offset is None:
+            return
+        _, high = self._consumer.get_watermark_offsets(self._where, cached=True)
+        if high >= 0:
+            stats.current().lag[part_name(self._topic, self._partition)] = max(
+                high - self._offset, 0
+            )
 
     def _consumer_error(self, error: KafkaError) -> None:
         where = part_name(self._topic, self._partition)

@@ -50,6 +50,11 @@ class WorkerCollector(Collector):
         yield _counter(
             "spendwatch_windows_closed", "Scope windows closed and judged", counters.windows_closed
         )
+        yield _counter(
+            "spendwatch_evicted_scopes",
+            "Budget scopes forgotten to stay within max_scopes (lowest spenders first)",
+            counters.evicted_scopes,
+        )
         alerts = CounterMetricFamily(
             "spendwatch_alerts", "Alerts raised (replays excluded)", labels=["kind", "rule"]
         )
@@ -59,7 +64,7 @@ class WorkerCollector(Collector):
         # Deliveries are counted by the outbox itself (spendwatch_deliveries_total).
         lag = GaugeMetricFamily(
             "spendwatch_consumer_lag",
-            "Input not read yet, per source partition (bytes for files)",
+            "Input not read yet, per source partition (bytes for files, messages for Kafka)",
             labels=["partition"],
         )
         for partition, remaining in sorted(dict(counters.lag).items()):

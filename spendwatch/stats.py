@@ -17,6 +17,8 @@ class RunStats:
     duplicates: int = 0
     late_events: int = 0
     windows_closed: int = 0
+    # budget scopes forgotten to stay within max_scopes (lowest spenders first)
+    evicted_scopes: int = 0
     bytes_read: int = 0
     bytes_total: int = 0
     fallback_priced: Counter = field(default_factory=Counter)
@@ -35,6 +37,7 @@ class RunStats:
             "duplicates": self.duplicates,
             "late_events": self.late_events,
             "windows_closed": self.windows_closed,
+            "evicted_scopes": self.evicted_scopes,
             "fallback_priced": dict(self.fallback_priced),
             "alerts_by_rule": dict(sorted(self.alerts_by_rule.items())),
             "alerts": sum(self.alerts_by_rule.values()),

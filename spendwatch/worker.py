@@ -123,6 +123,7 @@ class Worker:
 
     def _loop(self, state_dir: str) -> None:
         from spendwatch.dataflows.flow import get_flow
+        from spendwatch.dataflows.inputs import describe_source
         from spendwatch.dataflows.runner import Shutdown, run_flow
         from spendwatch.notifiers.outbox import build_outbox
 
@@ -131,7 +132,7 @@ class Worker:
             log.info(
                 "starting",
                 config=self.options.config_path,
-                source=self.config.source.path,
+                source=describe_source(self.config.source),
                 workers=self.options.workers,
                 process=self.options.process_id,
                 state_dir=self.options.state_dir,

@@ -1,0 +1,134 @@
+"""Crash recovery of the real worker process reading a Kafka topic (SIGKILL at random points)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka_helpers import create_topic, produce
+
+from spendwatch import demo
+from tests.conftest import read_alerts
+from tests.workers import CLI, budget_totals, identities, run_cli, worker_config
+
+# One partition: a Kafka source keeps one watermark for all its partitions (so an idle
+# partition cannot stall it), which makes the events of a partition read behind another
+# late; with several partitions even two uninterrupted runs need not agree.
+PARTITIONS = 1
+
+# Many alerts all along the stream, so some are always raised after the last snapshot
+# when a kill lands: those are the ones a restart raises again and must not re-deliver.
+HOURLY_BUDGET = """
+  - name: tenant-hourly
+    scope_by: [tenant]
+    amount_usd: 2
+    period: hour
+    thresholds: [20, 40, 60, 80, 100]
+"""
+
+
+@pytest.fixture(scope="module")
+def stream_topic(broker: str) -> str:
+    """Three days with a spend spike and a token regression (≈ 100 k messages, keyed by
+    event id, in time order)."""
+    stream = demo.generate(
+        days=3, scale=0.4, seed=21, spike_at_hours=1 * 24 + 10, regression_at_hours=2 * 24 + 2
+    )
+    topic = f"crash-{random.Random().getrandbits(48):012x}"
+    create_topic(broker, topic, PARTITIONS)
+    messages = [(str(orjson.loads(line)["event_id"]).encode(), line) for line in stream.lines]
+    produce(broker, topic, messages)
+    return topic
+
+
+def kafka_worker_config(
+    directory: Path, broker: str, topic: str, name: str, batch_size: int
+) -> tuple[Path, Path]:
+    """The crash test's file-source config with a Kafka source that stops at the end."""
+    config, alerts = worker_config(directory, "unused.jsonl", name=name, budgets=HOURLY_BUDGET)
+    _, rest = config.read_text().split("\nengine:", 1)
+    source = (
+        "source:\n  type: kafka\n"
+        f"  brokers: [{broker}]\n  topics: [{topic}]\n  group_id: {name}-{topic}\n"
+        f"  tail: false\n  batch_size: {batch_size}\n"
+    )
+    config.write_text(source + "\nengine:" + rest)
+    return config, alerts
+
+
+def test_sigkill_at_random_points_loses_and_repeats_nothing_from_kafka(
+    broker: str, stream_topic: str, tmp_path: Path
+) -> None:
+    reference_config, reference_alerts = kafka_worker_config(
+        tmp_path, broker, stream_topic, "reference", batch_size=500
+    )
+    run_cli(
+        "run",
+        "--config",
+        str(reference_config),
+        "--state-dir",
+        str(tmp_path / "reference-state"),
+        "--dump-state",
+        str(tmp_path / "reference.json"),
+    )
+
+    # Small batches and frequent snapshots: many epochs, so kills land everywhere
+    # (start-up, partition assignment, mid-batch, between a snapshot and its offset
+    # commit, at the end of the topic).
+    config, alerts = kafka_worker_config(tmp_path, broker, stream_topic, "crashed", batch_size=200)
+    state = tmp_path / "crashed-state"
+    command = [*CLI, "run", "--config", str(config), "--state-dir", str(state)]
+    command += ["--dump-state", str(tmp_path / "crashed.json")]
+    rng = random.Random(20261117)
+    kills = 0
+    finished_after_last_kill = False
+    progress: list[int] = []  # alerts delivered when each kill landed
+    while kills < 10 or not finished_after_last_kill:
+        worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if kills < 12:
+            time.sleep(rng.uniform(0.8, 2.5))
+        if kills < 12 and worker.poll() is None:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=30)
+            kills += 1
+            progress.append(len(identities(alerts)) if alerts.exists() else 0)
+            finished_after_last_kill = False
+            continue
+        _, stderr = worker.communicate(timeout=120)
+        assert worker.returncode == 0, stderr.decode()[-3000:]
+        finished_after_last_kill = True
+    assert kills >= 10
+
+    expected = identities(reference_alerts)
+    delivered = identities(alerts)
+    assert len(expected) >= 500 and len(set(expected)) == len(expected)
+    repeated = [key for key, count in Counter(delivered).items() if count > 1]
+    assert not repeated, f"delivered more than once: {repeated}"
+    assert {(f, s) for f, s, _ in delivered} == {(f, s) for f, s, _ in expected}
+    assert set(delivered) == set(expected)
+    mid_stream = [n for n in progress if 0 < n < len(expected)]
+    assert len(mid_stream) >= 5, f"kills should land while the topic is read: {progress}"
+
+    totals = budget_totals(tmp_path / "crashed.json")
+    reference = budget_totals(tmp_path / "reference.json")
+    weekly = {k: v for k, v in reference.items() if k[0] == "tenant-weekly"}
+    assert sum(k[0] == "tenant-hourly" for k in reference) >= 1
+    assert len(weekly) == 5, "the weekly budget covers the whole stream for every tenant"
+    assert totals == reference  # integer nano-dollars: exact, so certainly to the cent
+    resolved = {
+        a["fingerprint"]: round(a["observed"], 2)
+        for a in read_alerts(reference_alerts)
+        if a["kind"] == "budget" and a["status"] == "resolved"
+    }
+    assert resolved
+    assert resolved == {
+        a["fingerprint"]: round(a["observed"], 2)
+        for a in read_alerts(alerts)
+        if a["kind"] == "budget" and a["status"] == "resolved"
+    }

@@ -1,0 +1,61 @@
+"""Budget scopes evicted to respect max_scopes are counted in stats and in the metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from bytewax.testing import run_main
+
+from spendwatch import stats
+from spendwatch.config import SpendwatchConfig
+from spendwatch.dataflows.flow import get_flow
+from spendwatch.metrics import build_registry
+from spendwatch.notifiers.file import FileConfig, FileNotifier
+
+USERS = 30
+MAX_SCOPES = 10
+
+
+def test_evicted_budget_scopes_reach_stats_and_metrics(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "event_id": f"e-{n}",
+                    "ts": f"2026-03-02T10:00:{n:02d}Z",
+                    "tenant": "acme",
+                    "user": f"u-{n}",
+                    "cost_usd": 0.01 * (n + 1),
+                }
+            )
+            + b"\n"
+            for n in range(USERS)
+        )
+    )
+    config = SpendwatchConfig(
+        source={"type": "jsonl", "path": str(events)},
+        dimensions=["tenant", "user"],
+        dead_letter={"path": str(tmp_path / "dead.jsonl")},
+        budgets=[
+            {
+                "name": "user-daily",
+                "scope_by": ["user"],
+                "amount_usd": 100,
+                "period": "day",
+                "max_scopes": MAX_SCOPES,
+            }
+        ],
+        engine={"shards": 1},
+    )
+    stats.reset()
+    registry = build_registry()
+    assert registry.get_sample_value("spendwatch_evicted_scopes_total") == 0
+    alerts = tmp_path / "alerts.jsonl"
+    run_main(get_flow(config, receivers=lambda: [FileNotifier(FileConfig(path=str(alerts)))]))
+    # One shard holds all 30 users; past 10 it keeps the 9 highest spenders.
+    evicted = USERS - int(MAX_SCOPES * 0.9)
+    assert stats.current().evicted_scopes == evicted
+    assert stats.current().summary()["evicted_scopes"] == evicted
+    assert registry.get_sample_value("spendwatch_evicted_scopes_total") == evicted
