@@ -125,6 +125,9 @@ class ShardEngine:
         self.max_ts = -math.inf
         # input partition -> max event time seen from it (several files or topics)
         self.partition_max: dict[str, float] = {}
+        # partitions that said they have read everything there is (transient: after a
+        # restart they say it again once they catch up)
+        self.idle_partitions: set[str] = set()
         # aggregation -> {(scope, window start): totals}
         self.open: dict[Aggregation, dict[tuple[tuple[str, ...], int], Totals]] = {}
         # aggregation -> every window starting before this is closed
@@ -142,7 +145,12 @@ class ShardEngine:
     # -- input -------------------------------------------------------------------------------
 
     def on_message(
-        self, max_ts: float | None, rows: Sequence[PartialRow], partition: str | None = None
+        self,
+        max_ts: float | None,
+        rows: Sequence[PartialRow],
+        partition: str | None = None,
+        *,
+        idle: bool = False,
     ) -> list[Alert]:
         """Add one batch's partial rows, advance the watermark, judge the windows it closes.
 
@@ -165,12 +173,13 @@ class ShardEngine:
             bucket[key] = totals if previous is None else previous.add(totals)
         if max_ts is not None and max_ts > self.max_ts:
             self.max_ts = max_ts
-        if (
-            partition is not None
-            and max_ts is not None
-            and max_ts > self.partition_max.get(partition, -math.inf)
-        ):
-            self.partition_max[partition] = max_ts
+        if partition is not None:
+            if idle:
+                self.idle_partitions.add(partition)
+            elif max_ts is not None:
+                self.idle_partitions.discard(partition)
+                if max_ts > self.partition_max.get(partition, -math.inf):
+                    self.partition_max[partition] = max_ts
         alerts.extend(self.advance(self.event_time() - self.plan.allowed_lateness))
         return alerts
 
@@ -178,8 +187,10 @@ class ShardEngine:
         """Event time every input partition has reached (the watermark before lateness)."""
         if not self.partition_max:
             return self.max_ts
-        known = set(self.plan.partitions) | set(self.partition_max)
-        return min(self.partition_max.get(p, -math.inf) for p in known)
+        waiting = (set(self.plan.partitions) | set(self.partition_max)) - self.idle_partitions
+        if not waiting:  # everyone is caught up: nothing is still on its way
+            return self.max_ts
+        return min(self.partition_max.get(p, -math.inf) for p in waiting)
 
     def advance(self, watermark: float) -> list[Alert]:
         """Close every window that ends at or before ``watermark``."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import Source
+from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.operators import StatefulBatchLogic
 
 from spendwatch import liveview, stats
@@ -27,14 +27,14 @@ from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.dataflows.inputs import build_source
 from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
-from spendwatch.dataflows.sources import JsonlSource
 from spendwatch.dataflows.tagging import tagged
 from spendwatch.dataflows.view import describe
 from spendwatch.notifiers.base import Notifier
 from spendwatch.notifiers.outbox import Outbox, build_outbox
 
 # (input partition or None, (max event time, partial rows))
-TaggedMessage = tuple[str | None, ShardMessage]
+# (input partition or None, whether that partition is idle, (max event time, partial rows))
+TaggedMessage = tuple[str | None, bool, ShardMessage]
 
 
 class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
@@ -52,8 +52,8 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
     def on_batch(self, values: list[TaggedMessage]) -> tuple[list[Alert], bool]:
         alerts: list[Alert] = []
         before = self._counters()
-        for partition, (max_ts, rows) in values:
-            alerts.extend(self.engine.on_message(max_ts, rows, partition))
+        for partition, idle, (max_ts, rows) in values:
+            alerts.extend(self.engine.on_message(max_ts, rows, partition, idle=idle))
         self._count(before)
         self._publish()
         return alerts, StatefulBatchLogic.RETAIN
@@ -121,16 +121,17 @@ def get_flow(
     """Build the dataflow for ``config``; ``source``/``receivers``/``outbox`` override config.
 
     Alerts go to ``outbox`` (the caller starts, flushes and closes it); without one the
-    configured outbox is opened and started here. JSONL files are tagged with their
-    partition so the watermark follows the slowest file (several files or processes
-    then close the same windows with the same contents); other sources keep one
-    watermark for all their partitions, so an idle Kafka partition cannot stall it.
+    configured outbox is opened and started here. Batches of a partitioned source
+    are tagged with their partition: the watermark follows the slowest partition (so
+    several files, Kafka partitions or processes close the same windows with the same
+    contents), except partitions that said they are caught up, which hold nothing back
+    until they send events again.
     """
     outbox = outbox or _outbox_for(config, receivers)
     source = source or build_source(config)
     partitions: list[str] = []
     is_tagged = False
-    if isinstance(source, JsonlSource):
+    if isinstance(source, FixedPartitionedSource):
         partitions = source.list_parts()
         source, is_tagged = tagged(source)
     plan = EnginePlan.from_config(config, partitions)
@@ -138,7 +139,8 @@ def get_flow(
 
     def route(item: Any) -> list[tuple[str, TaggedMessage]]:
         partition, batch = item if is_tagged else (None, item)
-        return [(shard, (partition, message)) for shard, message in aggregator.route(batch)]
+        idle = batch.caught_up
+        return [(shard, (partition, idle, message)) for shard, message in aggregator.route(batch)]
 
     flow = Dataflow("spendwatch")
     batches = op.input("events", flow, source)

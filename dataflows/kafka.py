@@ -132,11 +132,15 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
         self._idle = _MIN_IDLE
         self._awake: datetime | None = None
         self._eof = False
+        self._idle_sent = False
         self._where = TopicPartition(topic, partition)
 
     def next_batch(self) -> list[ParsedBatch]:
         self._awake = None
         if self._eof:
+            if not self._idle_sent:  # say so before ending: the others need not wait for it
+                self._idle_sent = True
+                return [ParsedBatch.idle(self._parser.dimensions)]
             raise StopIteration
         messages = self._consumer.consume(self._source.batch_size, 0)
         values: list[bytes] = []
@@ -153,8 +157,11 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
             values.append(message.value() or b"")
         if last is not None:
             self._offset = last + 1
-        self._record_lag()
+        caught_up = self._record_lag() == 0
         if last is None:
+            if caught_up and not self._idle_sent and not self._eof:
+                self._idle_sent = True
+                return [ParsedBatch.idle(self._parser.dimensions)]
             if not self._eof:
                 # Back off from a millisecond (a fetch is probably in flight) to poll_interval
                 # (the topic is quiet): never spin, never sleep through a busy stream.
@@ -162,25 +169,27 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
                 self._idle = min(self._idle * 2, self._poll)
             return []
         self._idle = _MIN_IDLE
+        self._idle_sent = False
         batch = self._parser.parse(values)
         record_batch(batch)
         if batch.dead and self._publisher is not None:
             self._publisher.publish(batch.dead, messages)
         return [batch]
 
-    def _record_lag(self) -> None:
+    def _record_lag(self) -> int | None:
         """Messages not read yet: the high watermark of the last fetch minus the next offset.
 
         The cached watermark comes with every fetch response, so this asks the broker
         nothing; once per batch, never per message.
         """
         if self._offset is None:
-            return
+            return None
         _, high = self._consumer.get_watermark_offsets(self._where, cached=True)
-        if high >= 0:
-            stats.current().lag[part_name(self._topic, self._partition)] = max(
-                high - self._offset, 0
-            )
+        if high < 0:
+            return None
+        lag = max(high - self._offset, 0)
+        stats.current().lag[part_name(self._topic, self._partition)] = lag
+        return lag
 
     def _consumer_error(self, error: KafkaError) -> None:
         where = part_name(self._topic, self._partition)

@@ -67,6 +67,7 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
         self._pending = b""
         self._offset = 0
         self._awake: datetime | None = None
+        self._idle_sent = False
 
     @abstractmethod
     def _read(self) -> bytes | None:
@@ -77,12 +78,15 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
         data = self._read()
         if data is None:
             self._awake = datetime.now(timezone.utc) + self._poll
-            return []
+            return self._caught_up()
         if not data:
             if self._pending:  # a last line without its newline
                 lines, self._pending = [self._pending], b""
                 return [self._parse(lines, len(lines[0]))]
+            if marker := self._caught_up():  # the other partitions need not wait for us
+                return marker
             raise StopIteration
+        self._idle_sent = False
         data = self._pending + data
         cut = data.rfind(b"\n")
         if cut < 0:
@@ -90,6 +94,13 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
             return []
         self._pending = data[cut + 1 :]
         return [self._parse(data[:cut].split(b"\n"), cut + 1)]
+
+    def _caught_up(self) -> list[ParsedBatch]:
+        """The idle marker, once per stretch of having nothing new to read."""
+        if self._idle_sent:
+            return []
+        self._idle_sent = True
+        return [ParsedBatch.idle(self._parser.dimensions)]
 
     def _parse(self, lines: list[bytes], consumed: int) -> ParsedBatch:
         batch = self._parser.parse(lines)

@@ -116,6 +116,9 @@ class ParsedBatch:
     dead: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0
     fallback_priced: dict[str, int] = field(default_factory=dict)
+    caught_up: bool = False
+    """The partition has read all there is for now: it must not hold the watermark back
+    until it sends events again (an idle Kafka partition, a file at its end)."""
 
     @property
     def size(self) -> int:
@@ -124,6 +127,13 @@ class ParsedBatch:
     @property
     def max_ts(self) -> float | None:
         return float(self.ts.max()) if self.ts.shape[0] else None
+
+    @classmethod
+    def idle(cls, dims: Iterable[str]) -> ParsedBatch:
+        """The marker a partition sends once when it has caught up with its input."""
+        batch = cls.empty(dims)
+        batch.caught_up = True
+        return batch
 
     @classmethod
     def empty(cls, dims: Iterable[str]) -> ParsedBatch:
