@@ -7,14 +7,15 @@ The engine owns windowing, ordering, state storage and snapshots.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
-from spendwatch.alerts import Alert
+from spendwatch.alerts import Alert, make_alert
 from spendwatch.configtypes import RATIO_METRICS, Dimension, Severity, StrictModel
 from spendwatch.pricing import NANOS_PER_USD
 
@@ -176,6 +177,33 @@ class DetectorBase(WindowDetector):
         self.zero_fill = zero_fills(config.metric)
         scope = set(config.scope)
         self.drivers = tuple(d for d in getattr(config, "drivers", ()) if d not in scope)
+
+    def anomaly_alert(
+        self,
+        scope: Mapping[str, str],
+        status: Literal["firing", "resolved"],
+        window_start: int,
+        value: float,
+        expected: float,
+        score: float,
+        episode_start: int,
+    ) -> Alert:
+        """An anomaly alert of this rule for one window (an infinite z is reported as 1e9)."""
+        return make_alert(
+            kind="anomaly",
+            rule=self.name,
+            status=status,
+            severity=self.config.severity,
+            scope=scope,
+            metric=self.config.metric,
+            window_start=window_start,
+            window_end=window_start + self.config.window,
+            observed=value,
+            expected=expected,
+            score=score if math.isfinite(score) else 1e9,
+            threshold=self.config.threshold,
+            episode_start=episode_start,
+        )
 
 
 def driver_aggregation(parent: Aggregation, dimension: str) -> Aggregation:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import copy
 import importlib
-import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from spendwatch.alerts import Alert, make_alert
+from spendwatch.alerts import Alert
 from spendwatch.configtypes import Duration, Metric
 from spendwatch.detectors.base import (
     DetectorBase,
@@ -155,32 +154,17 @@ class RiverDetector(DetectorBase):
         alerts = []
         if transition == "firing":
             alerts.append(
-                self._alert(scope, "firing", window_start, value, expected, score, episode.start)
+                self.anomaly_alert(
+                    scope, "firing", window_start, value, expected, score, episode.start
+                )
             )
         elif transition == "resolved":
             start = episode.end()
             alerts.append(
-                self._alert(scope, "resolved", window_start, value, expected, score, start)
+                self.anomaly_alert(scope, "resolved", window_start, value, expected, score, start)
             )
         if not anomalous and not episode.pending:
             if found is not None:
                 state.model.learn_one(features)
             state.history.learn(window_start, value, found[0] if found else None)
         return alerts
-
-    def _alert(self, scope, status, window_start, value, expected, score, start) -> Alert:
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=self.config.severity,
-            scope=scope,
-            metric=self.config.metric,
-            window_start=window_start,
-            window_end=window_start + self.config.window,
-            observed=value,
-            expected=expected,
-            score=score if math.isfinite(score) else 1e9,
-            threshold=self.config.threshold,
-            episode_start=start,
-        )

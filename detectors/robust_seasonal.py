@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from spendwatch.alerts import Alert, make_alert
+from spendwatch.alerts import Alert
 from spendwatch.configtypes import Duration
 from spendwatch.detectors.base import (
     DetectorBase,
@@ -159,10 +159,14 @@ class RobustSeasonal(DetectorBase):
         transition = episode.step(window_start, anomalous, strong, c.confirm, c.resolve_after)
         alerts = []
         if transition == "firing":
-            alerts.append(self._alert(scope, "firing", window_start, value, expected, z, episode))
+            alerts.append(
+                self.anomaly_alert(scope, "firing", window_start, value, expected, z, episode.start)
+            )
         elif transition == "resolved":
             start = episode.end()
-            alerts.append(self._alert(scope, "resolved", window_start, value, expected, z, start))
+            alerts.append(
+                self.anomaly_alert(scope, "resolved", window_start, value, expected, z, start)
+            )
         quiet = not anomalous and not episode.pending
         if quiet or episode.firing_windows > c.relearn_after:
             state.history.learn(window_start, value, band[0] if band else None)
@@ -174,21 +178,3 @@ class RobustSeasonal(DetectorBase):
                     else (state.per_request + 0.05 * (unit - state.per_request))
                 )
         return alerts
-
-    def _alert(self, scope, status, window_start, value, expected, z, episode) -> Alert:
-        start = episode if isinstance(episode, int) else episode.start
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=self.config.severity,
-            scope=scope,
-            metric=self.config.metric,
-            window_start=window_start,
-            window_end=window_start + self.config.window,
-            observed=value,
-            expected=expected,
-            score=z if math.isfinite(z) else 1e9,
-            threshold=self.config.threshold,
-            episode_start=start,
-        )

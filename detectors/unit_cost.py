@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from spendwatch.alerts import Alert, make_alert
+from spendwatch.alerts import Alert
 from spendwatch.configtypes import Duration
 from spendwatch.detectors.base import (
     DetectorBase,
@@ -151,11 +151,13 @@ class UnitCost(DetectorBase):
         alerts = []
         if transition == "firing":
             alerts.append(
-                self._alert(scope, "firing", window_start, value, expected, z, episode.start)
+                self.anomaly_alert(scope, "firing", window_start, value, expected, z, episode.start)
             )
         elif transition == "resolved":
             start = episode.end()
-            alerts.append(self._alert(scope, "resolved", window_start, value, expected, z, start))
+            alerts.append(
+                self.anomaly_alert(scope, "resolved", window_start, value, expected, z, start)
+            )
         if (not anomalous and not episode.pending) or episode.firing_windows > c.relearn_after:
             self._learn_unit(state, value, band[0] if band else None, totals.requests)
         state.volume.learn(window_start, float(totals.requests), volume[0] if volume else None)
@@ -169,20 +171,3 @@ class UnitCost(DetectorBase):
         state.unit.learn(0, value, None)
         if expected is not None and expected > 0:
             state.unit.residuals.push(abs(value - expected) / expected * math.sqrt(requests))
-
-    def _alert(self, scope, status, window_start, value, expected, z, start) -> Alert:
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=self.config.severity,
-            scope=scope,
-            metric=self.config.metric,
-            window_start=window_start,
-            window_end=window_start + self.config.window,
-            observed=value,
-            expected=expected,
-            score=z,
-            threshold=self.config.threshold,
-            episode_start=start,
-        )
