@@ -318,49 +318,34 @@ class ShardEngine:
                 state = states[scope] = detector.new_state()
             judged, last_data = progress.get(scope, (None, None))
             scope_map = _scope_map(aggregation, scope)
-            if not detector.zero_fill:
-                for window_start, totals in windows:
-                    alerts.extend(
-                        self._observe(
-                            detector,
-                            state,
-                            scope,
-                            scope_map,
-                            window_start,
-                            totals,
-                            breakdowns.get((scope, window_start)),
-                        )
-                    )
-                    judged = last_data = window_start
-            else:
-                cursor = None if judged is None else judged + window
-                for window_start, totals in [*windows, (bound, None)]:
-                    if cursor is not None and last_data is not None:
-                        if window_start - last_data > ttl:
-                            state = states[scope] = detector.new_state()  # idle: start afresh
-                        else:
-                            for empty_start in range(cursor, window_start, window):
-                                alerts.extend(
-                                    self._observe(
-                                        detector, state, scope, scope_map, empty_start, ZERO, None
-                                    )
+            cursor = None if judged is None else judged + window
+            for window_start, totals in [*windows, (bound, None)]:
+                if cursor is not None and last_data is not None:
+                    if window_start - last_data > ttl:
+                        state = states[scope] = detector.new_state()  # idle: start afresh
+                    elif detector.zero_fill:  # sums: a window without events counts as zero
+                        for empty_start in range(cursor, window_start, window):
+                            alerts.extend(
+                                self._observe(
+                                    detector, state, scope, scope_map, empty_start, ZERO, None
                                 )
-                                judged = empty_start
-                    if totals is None:
-                        break
-                    alerts.extend(
-                        self._observe(
-                            detector,
-                            state,
-                            scope,
-                            scope_map,
-                            window_start,
-                            totals,
-                            breakdowns.get((scope, window_start)),
-                        )
+                            )
+                            judged = empty_start
+                if totals is None:
+                    break
+                alerts.extend(
+                    self._observe(
+                        detector,
+                        state,
+                        scope,
+                        scope_map,
+                        window_start,
+                        totals,
+                        breakdowns.get((scope, window_start)),
                     )
-                    judged = last_data = window_start
-                    cursor = window_start + window
+                )
+                judged = last_data = window_start
+                cursor = window_start + window
             if last_data is not None and bound - last_data > ttl:
                 del states[scope]
                 progress.pop(scope, None)
