@@ -157,16 +157,26 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
             values.append(message.value() or b"")
         if last is not None:
             self._offset = last + 1
+        elif self._offset is None:
+            # Nothing read yet: once the consumer has resolved where it starts (the stored
+            # group offset, or the earliest/latest one), that is the next offset to read,
+            # so an empty partition can say it has caught up instead of stalling the rest.
+            position = self._consumer.position([self._where])[0].offset
+            low, high = self._consumer.get_watermark_offsets(self._where, cached=True)
+            if position >= 0:
+                self._offset = position
+            elif 0 <= low == high:  # an empty partition: its next offset is its end
+                self._offset = high
         caught_up = self._record_lag() == 0
         if last is None:
-            if caught_up and not self._idle_sent and not self._eof:
-                self._idle_sent = True
-                return [ParsedBatch.idle(self._parser.dimensions)]
             if not self._eof:
                 # Back off from a millisecond (a fetch is probably in flight) to poll_interval
                 # (the topic is quiet): never spin, never sleep through a busy stream.
                 self._awake = datetime.now(timezone.utc) + timedelta(seconds=self._idle)
                 self._idle = min(self._idle * 2, self._poll)
+            if caught_up and not self._idle_sent and not self._eof:
+                self._idle_sent = True
+                return [ParsedBatch.idle(self._parser.dimensions)]
             return []
         self._idle = _MIN_IDLE
         self._idle_sent = False

@@ -242,7 +242,7 @@ def test_tailing_waits_for_messages_and_group_offsets_trail_snapshots(
     config = config_for(broker, [topic_name], tmp_path, tail=True, batch_size=5)
     group = config.source.group_id
     part = KafkaSource(config).build_part("events", f"{topic_name}/0", None)
-    assert part.next_batch() == []
+    assert all(batch.size == 0 for batch in part.next_batch())
     assert part.next_awake() is not None  # asks to be woken later instead of spinning
     produce(broker, topic_name, keyed(valid[:10]))
 
@@ -267,4 +267,33 @@ def test_tailing_waits_for_messages_and_group_offsets_trail_snapshots(
     assert committed_soon(5) == 5
     part.snapshot()
     assert committed_soon(10) == 10
+    part.close()
+
+
+def test_an_empty_or_drained_partition_says_once_that_it_caught_up(
+    broker: str, topic_name: str, tmp_path: Path
+) -> None:
+    """So the watermark of the other partitions is not held back by an idle one."""
+    valid, _ = stream()
+    create_topic(broker, topic_name, 1)
+    config = config_for(broker, [topic_name], tmp_path, tail=True, batch_size=50)
+    part = KafkaSource(config).build_part("events", f"{topic_name}/0", None)
+
+    def poll_until_idle() -> list:
+        seen = []
+        for _ in range(200):
+            batches = part.next_batch()
+            seen.extend(batches)
+            if any(batch.caught_up for batch in batches):
+                return seen
+            time.sleep(0.02)
+        raise AssertionError("the partition never said it caught up")
+
+    first = poll_until_idle()
+    assert [b.caught_up for b in first] == [True] and first[0].size == 0
+    assert not any(b.caught_up for b in part.next_batch()), "said once, not at every poll"
+    produce(broker, topic_name, keyed(valid))
+    again = poll_until_idle()
+    assert sum(b.size for b in again) == len(valid), "events first, then caught up again"
+    assert again[-1].caught_up and not any(b.caught_up for b in again[:-1])
     part.close()
