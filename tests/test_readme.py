@@ -21,3 +21,16 @@ def test_every_documented_field_has_a_description():
         if line.startswith("| `") and line.rstrip().endswith("|  |") and "`type`" not in line
     ]
     assert undocumented == []
+
+
+def test_readme_quick_start_config_is_valid(tmp_path):
+    from spendwatch.config import load_config
+
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("```yaml\n# my.yaml\n") + len("```yaml\n") :]
+    block = block[: block.index("```")]
+    path = tmp_path / "my.yaml"
+    path.write_text(block)
+    config = load_config(path)
+    assert [d.type for d in config.detectors] == ["robust_seasonal", "unit_cost"]
+    assert config.budgets[0].forecast
