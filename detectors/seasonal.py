@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field
 from river import stats
 
-from spendwatch.alerts import Alert, make_alert
+from spendwatch.alerts import Alert
 from spendwatch.configtypes import Duration, Metric
 from spendwatch.detectors.base import (
     DetectorBase,
@@ -194,15 +194,23 @@ class SeasonalZScore(DetectorBase):
                 state.episode_start = window_start
                 state.firing_windows = 0
                 alerts.append(
-                    self._alert(scope, "firing", window_start, value, baseline, z, window_start)
+                    self.anomaly_alert(
+                        scope, "firing", window_start, value, baseline.expected, z, window_start
+                    )
                 )
             state.firing_windows += 1
         elif state.episode_start is not None:
             state.normal_streak += 1
             if state.normal_streak >= self.config.resolve_after:
                 alerts.append(
-                    self._alert(
-                        scope, "resolved", window_start, value, baseline, z, state.episode_start
+                    self.anomaly_alert(
+                        scope,
+                        "resolved",
+                        window_start,
+                        value,
+                        baseline.expected,
+                        z,
+                        state.episode_start,
                     )
                 )
                 state.episode_start = None
@@ -232,33 +240,6 @@ class SeasonalZScore(DetectorBase):
         if self.config.seasonality == "hour_of_week":
             _update_slot(state.week_slots, (hour + _EPOCH_WEEKDAY_OFFSET_HOURS) % 168, value, alpha)
         state.seen += 1
-
-    def _alert(
-        self,
-        scope: Mapping[str, str],
-        status: Literal["firing", "resolved"],
-        window_start: int,
-        value: float,
-        baseline: Baseline | None,
-        z: float,
-        episode_start: int,
-    ) -> Alert:
-        assert baseline is not None
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=self.config.severity,
-            scope=scope,
-            metric=self.config.metric,
-            window_start=window_start,
-            window_end=window_start + self.config.window,
-            observed=value,
-            expected=baseline.expected,
-            score=z if math.isfinite(z) else 1e9,
-            threshold=self.config.threshold,
-            episode_start=episode_start,
-        )
 
 
 def _update_slot(slots: dict[int, stats.EWMean], slot: int, value: float, alpha: float) -> None:

@@ -12,40 +12,12 @@ from spendwatch.config import load_config
 from spendwatch.notifiers.fake_http import Fault
 from spendwatch.notifiers.fake_jira import FakeJira
 from spendwatch.notifiers.fake_slack import FakeSlack
-from tests.conftest import read_alerts, write_config
+from tests.conftest import DETECTION_CONFIG, read_alerts, write_config
 
 SLACK_TOKEN = "xoxb-e2e-token-123456"
 JIRA_TOKEN = "jira-e2e-token-123456"
 
-CONFIG = """
-engine:
-  allowed_lateness: 2m
-dead_letter:
-  path: {tmp}/dead.jsonl
-{pricing}
-detectors:
-  - name: tenant-spend
-    type: seasonal_zscore
-    scope: [tenant]
-    metric: spend_usd
-    window: 1h
-    threshold: 4
-    min_ratio: 1.5
-    min_value: 0.5
-  - name: prompt-output-tokens
-    type: seasonal_zscore
-    scope: [prompt_id]
-    metric: output_tokens_per_request
-    window: 1h
-    seasonality: none
-    threshold: 5
-    min_ratio: 1.3
-budgets:
-  - name: tenant-daily
-    scope_by: [tenant]
-    amount_usd: 35
-    overrides: {{acme: 110}}
-    period: day
+RECEIVERS = """
 receivers:
   - type: slack
     token: ${{E2E_SLACK_TOKEN}}
@@ -86,9 +58,13 @@ def test_backtest_delivers_each_alert_once_despite_failures(planted_file, tmp_pa
             "chat.postMessage", Fault.http(429, retry_after=0.2), Fault.http(500), Fault.lost()
         )
         jira.fail("POST issue", Fault.http(503), Fault.lost())
-        text = CONFIG.format(
-            tmp=tmp_path, pricing=demo.pricing_yaml(), slack=slack.api_url, jira=jira.url
+        detection = DETECTION_CONFIG.format(
+            dead_letter=tmp_path / "dead.jsonl",
+            alerts=tmp_path / "audit.jsonl",
+            pricing=demo.pricing_yaml(),
         )
+        rules = detection[: detection.index("receivers:")]  # the suite's rules, our receivers
+        text = rules + RECEIVERS.format(tmp=tmp_path, slack=slack.api_url, jira=jira.url)
         config = load_config(write_config(tmp_path, text))
         out = tmp_path / "alerts.jsonl"
         summary = backtest(config, str(planted_file), str(out), deliver=True)
