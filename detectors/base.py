@@ -178,6 +178,30 @@ class DetectorBase(WindowDetector):
         scope = set(config.scope)
         self.drivers = tuple(d for d in getattr(config, "drivers", ()) if d not in scope)
 
+    def transition_alerts(
+        self,
+        transition: str | None,
+        episode: Any,
+        scope: Mapping[str, str],
+        window_start: int,
+        value: float,
+        expected: float,
+        score: float,
+    ) -> list[Alert]:
+        """The alert an episode step calls for: one when it fires, one when it resolves."""
+        if transition == "firing":
+            return [
+                self.anomaly_alert(
+                    scope, "firing", window_start, value, expected, score, episode.start
+                )
+            ]
+        if transition == "resolved":
+            start = episode.end()
+            return [
+                self.anomaly_alert(scope, "resolved", window_start, value, expected, score, start)
+            ]
+        return []
+
     def anomaly_alert(
         self,
         scope: Mapping[str, str],

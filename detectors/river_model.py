@@ -151,18 +151,9 @@ class RiverDetector(DetectorBase):
         )
         episode = state.episode
         transition = episode.step(window_start, anomalous, False, c.confirm, c.resolve_after)
-        alerts = []
-        if transition == "firing":
-            alerts.append(
-                self.anomaly_alert(
-                    scope, "firing", window_start, value, expected, score, episode.start
-                )
-            )
-        elif transition == "resolved":
-            start = episode.end()
-            alerts.append(
-                self.anomaly_alert(scope, "resolved", window_start, value, expected, score, start)
-            )
+        alerts = self.transition_alerts(
+            transition, episode, scope, window_start, value, expected, score
+        )
         if not anomalous and not episode.pending:
             if found is not None:
                 state.model.learn_one(features)

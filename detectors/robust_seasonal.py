@@ -157,16 +157,9 @@ class RobustSeasonal(DetectorBase):
             strong = z >= 2 * c.threshold
         episode = state.episode
         transition = episode.step(window_start, anomalous, strong, c.confirm, c.resolve_after)
-        alerts = []
-        if transition == "firing":
-            alerts.append(
-                self.anomaly_alert(scope, "firing", window_start, value, expected, z, episode.start)
-            )
-        elif transition == "resolved":
-            start = episode.end()
-            alerts.append(
-                self.anomaly_alert(scope, "resolved", window_start, value, expected, z, start)
-            )
+        alerts = self.transition_alerts(
+            transition, episode, scope, window_start, value, expected, z
+        )
         quiet = not anomalous and not episode.pending
         if quiet or episode.firing_windows > c.relearn_after:
             state.history.learn(window_start, value, band[0] if band else None)

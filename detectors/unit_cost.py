@@ -148,16 +148,9 @@ class UnitCost(DetectorBase):
         transition = episode.step(
             window_start, anomalous, strong, c.confirm, c.resolve_after, clear
         )
-        alerts = []
-        if transition == "firing":
-            alerts.append(
-                self.anomaly_alert(scope, "firing", window_start, value, expected, z, episode.start)
-            )
-        elif transition == "resolved":
-            start = episode.end()
-            alerts.append(
-                self.anomaly_alert(scope, "resolved", window_start, value, expected, z, start)
-            )
+        alerts = self.transition_alerts(
+            transition, episode, scope, window_start, value, expected, z
+        )
         if (not anomalous and not episode.pending) or episode.firing_windows > c.relearn_after:
             self._learn_unit(state, value, band[0] if band else None, totals.requests)
         state.volume.learn(window_start, float(totals.requests), volume[0] if volume else None)
