@@ -25,6 +25,8 @@ ShardMessage = tuple[float | None, list[PartialRow]]
 
 _SEPARATOR = "\x1f"
 _MAX_COMBINED_KEY = 1 << 62
+_DENSE_MIN_CAPACITY = 1 << 16
+_EXACT_FLOAT_INT = 1 << 53  # float64 holds every integer up to here exactly
 
 
 def shard_of(scope: tuple[str, ...], shards: int) -> int:
@@ -97,15 +99,21 @@ class PreAggregator:
         capacity = window_span
         for size in cardinalities:
             capacity *= max(size, 1)
+        columns = [
+            pick(values)
+            for values in (
+                batch.spend_nanos,
+                batch.requests,
+                batch.input_tokens,
+                batch.output_tokens,
+            )
+        ]
         if capacity < _MAX_COMBINED_KEY:
             key = np.zeros(window_index.shape[0], dtype=np.int64)
             for codes, size in zip(dim_codes, cardinalities, strict=True):
                 key = key * size + codes
             key = key * window_span + (window_index - first_window)
-            order = np.argsort(key, kind="stable")
-            sorted_key = key[order]
-            starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
-            group_keys = sorted_key[starts]
+            group_keys, counts, sums = _group_sums(key, capacity, columns)
             group_windows = group_keys % window_span + first_window
             rest = group_keys // window_span
             group_dim_codes = []
@@ -121,16 +129,8 @@ class PreAggregator:
             starts = np.flatnonzero(np.r_[True, change])
             group_windows = sorted_rows[starts, -1]
             group_dim_codes = [sorted_rows[starts, i] for i in range(len(dim_codes))]
-        sums = [
-            np.add.reduceat(pick(values)[order], starts)
-            for values in (
-                batch.spend_nanos,
-                batch.requests,
-                batch.input_tokens,
-                batch.output_tokens,
-            )
-        ]
-        counts = np.diff(np.r_[starts, order.shape[0]])
+            sums = [np.add.reduceat(values[order], starts) for values in columns]
+            counts = np.diff(np.r_[starts, order.shape[0]])
         uniques = [column(d)[1] for d in aggregation.dims]
         scopes = (
             zip(
@@ -141,12 +141,12 @@ class PreAggregator:
                 strict=True,
             )
             if aggregation.dims
-            else iter([()] * starts.shape[0])
+            else iter([()] * counts.shape[0])
         )
         windows = (group_windows * window).tolist()
         return list(
             zip(
-                [index] * starts.shape[0],
+                [index] * counts.shape[0],
                 scopes,
                 windows,
                 sums[0].tolist(),
@@ -157,3 +157,30 @@ class PreAggregator:
                 strict=True,
             )
         )
+
+
+def _group_sums(
+    key: np.ndarray, capacity: int, columns: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Distinct keys (ascending), rows per key and each column's integer sum per key.
+
+    Keys from a small range are counted with ``bincount`` (linear time) when every
+    column is small enough for its float64 sums to be exact integers; otherwise the
+    rows are sorted and summed as integers. Both give the same result.
+    """
+    rows = key.shape[0]
+    if capacity <= max(4 * rows, _DENSE_MIN_CAPACITY) and all(
+        int(np.abs(values).max()) <= _EXACT_FLOAT_INT // rows for values in columns
+    ):
+        counts = np.bincount(key, minlength=capacity)
+        group_keys = np.flatnonzero(counts)
+        sums = [
+            np.bincount(key, weights=values, minlength=capacity)[group_keys].astype(np.int64)
+            for values in columns
+        ]
+        return group_keys, counts[group_keys], sums
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
+    sums = [np.add.reduceat(values[order], starts) for values in columns]
+    return sorted_key[starts], np.diff(np.r_[starts, rows]), sums

@@ -2,9 +2,11 @@
 
 Parsing happens inside the source partition because the partition owns what
 must be snapshotted together: the byte offset of the next unread line and the
-dedup window of recently seen event ids. A batch is read as one block of bytes,
-split on newlines, and handed to the vectorised parser; an incomplete last line
-waits for the next read (``follow`` mode) or is parsed at end of file.
+dedup window of recently seen event ids. A batch is read as one block of bytes and
+handed to the vectorised decoder (inline, or in helper processes with several blocks
+in flight when a file has a backlog); the dedup window is applied as each block is
+emitted, in order. An incomplete last line waits for the next read (``follow`` mode)
+or is parsed at end of file.
 """
 
 from __future__ import annotations
@@ -14,17 +16,24 @@ import os
 import select
 import sys
 from abc import abstractmethod
+from collections import deque
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from spendwatch import stats
-from spendwatch.events import EventParser, ParsedBatch
+from spendwatch.dataflows.decodepool import MIN_BACKLOG_BLOCKS, DecodePool, helper_count
+from spendwatch.decoding import DecodedBlock
+from spendwatch.events import ParsedBatch
 from spendwatch.logging import get_logger
+from spendwatch.parser import EventParser
 from spendwatch.pricing import PriceTable
 
 STDIN = "-"
+_WAITING, _AT_END, _FULL = "waiting", "at end", "full"
 log = get_logger("spendwatch.source")
 
 
@@ -68,6 +77,11 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
         self._offset = 0
         self._awake: datetime | None = None
         self._idle_sent = False
+        # Blocks read but not yet emitted, oldest first: (bytes, decoded or being decoded,
+        # bytes consumed). Only emitted blocks move ``_offset`` and the dedup window.
+        self._inflight: deque[tuple[bytes, Any, int]] = deque()
+        self._pool: DecodePool | None = None
+        self._depth = 1
 
     @abstractmethod
     def _read(self) -> bytes | None:
@@ -75,25 +89,71 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
 
     def next_batch(self) -> list[ParsedBatch]:
         self._awake = None
-        data = self._read()
-        if data is None:
+        reading = self._fill()
+        if self._inflight:
+            return [self._finish(*self._inflight.popleft())]
+        if reading == _WAITING:
             self._awake = datetime.now(timezone.utc) + self._poll
             return self._caught_up()
-        if not data:
-            if self._pending:  # a last line without its newline
-                lines, self._pending = [self._pending], b""
-                return [self._parse(lines, len(lines[0]))]
-            if marker := self._caught_up():  # the other partitions need not wait for us
-                return marker
-            raise StopIteration
-        self._idle_sent = False
-        data = self._pending + data
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._pending = data
-            return []
-        self._pending = data[cut + 1 :]
-        return [self._parse(data[:cut].split(b"\n"), cut + 1)]
+        if marker := self._caught_up():  # the other partitions need not wait for us
+            return marker
+        raise StopIteration
+
+    def _fill(self) -> str:
+        """Read and start decoding blocks until enough are in flight; say why reading stopped."""
+        while len(self._inflight) < self._depth:
+            data = self._read()
+            if data is None:
+                return _WAITING
+            if not data:
+                if self._pending:  # a last line without its newline
+                    self._submit(self._pending, len(self._pending))
+                    self._pending = b""
+                return _AT_END
+            self._idle_sent = False
+            data = self._pending + data
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                self._pending = data
+                continue
+            self._pending = data[cut + 1 :]
+            self._submit(data[:cut], cut + 1)
+        return _FULL
+
+    def _submit(self, block: bytes, consumed: int) -> None:
+        decoder, source = self._parser.decoder, self._parser.source
+        if self._pool is None:
+            self._inflight.append((block, decoder.decode_block(block, source), consumed))
+        else:
+            self._inflight.append((block, self._pool.submit(decoder, block, source), consumed))
+
+    def _finish(
+        self, block: bytes, decoded: DecodedBlock | Future[DecodedBlock], consumed: int
+    ) -> ParsedBatch:
+        if isinstance(decoded, Future):
+            try:
+                decoded = decoded.result()
+            except BrokenProcessPool:  # a helper died (out of memory?): carry on inline
+                log.warning("decode helper process died; decoding inline from now on")
+                self._stop_helpers()
+                decoded = self._parser.decoder.decode_block(block, self._parser.source)
+        batch = self._parser.finish(decoded)
+        self._offset += consumed
+        record_batch(batch)
+        return batch
+
+    def _start_helpers(self, backlog_bytes: int, setting: int | Literal["auto"]) -> None:
+        """Decode in helper processes when the backlog is long enough to repay starting them."""
+        processes = helper_count(setting)
+        if processes and backlog_bytes >= MIN_BACKLOG_BLOCKS * self._batch_bytes:
+            self._pool = DecodePool.acquire(processes)
+            self._depth = 2 * processes
+
+    def _stop_helpers(self) -> None:
+        if self._pool is not None:
+            self._pool = None
+            self._depth = 1
+            DecodePool.release()
 
     def _caught_up(self) -> list[ParsedBatch]:
         """The idle marker, once per stretch of having nothing new to read."""
@@ -101,12 +161,6 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
             return []
         self._idle_sent = True
         return [ParsedBatch.idle(self._parser.dimensions)]
-
-    def _parse(self, lines: list[bytes], consumed: int) -> ParsedBatch:
-        batch = self._parser.parse(lines)
-        self._offset += consumed
-        record_batch(batch)
-        return batch
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -124,9 +178,11 @@ class _FilePartition(_LinePartition):
             self._offset, dedup = resume
             self._parser.restore(dedup)
         self._file.seek(self._offset)
+        size = os.fstat(self._file.fileno()).st_size
         counters = stats.current()
-        counters.bytes_total += os.fstat(self._file.fileno()).st_size
+        counters.bytes_total += size
         counters.bytes_read += self._offset
+        self._start_helpers(size - self._offset, config.source.decode_processes)
 
     def _read(self) -> bytes | None:
         data = self._file.read(self._batch_bytes)
@@ -141,6 +197,7 @@ class _FilePartition(_LinePartition):
         return (self._offset, self._parser.snapshot())
 
     def close(self) -> None:
+        self._stop_helpers()
         self._file.close()
 
 

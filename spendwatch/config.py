@@ -55,6 +55,12 @@ class JsonlSourceConfig(StrictModel):
         default=4 << 20, ge=1024, description="bytes read per batch (throughput vs latency)"
     )
     poll_interval: float = Field(default=0.5, gt=0, description="seconds between polls at EOF")
+    decode_processes: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
+        default="auto",
+        description="helper processes that decode a file's backlog (8+ batches: a backtest, "
+        "a catch-up) while the worker aggregates; 0 decodes inline; auto: one per CPU, "
+        "at most 4 (none on a single CPU)",
+    )
 
 
 SOURCE_TYPES = frozenset({"jsonl", "kafka", "focus"})

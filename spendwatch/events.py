@@ -9,20 +9,16 @@ lists of strings), so everything after it runs per batch, not per event.
 from __future__ import annotations
 
 import base64
-import itertools
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
-from operator import attrgetter
 from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 
-from spendwatch.columns import Categorical, factorize
-from spendwatch.genai import MARKER, apply_aliases
-from spendwatch.pricing import PriceTable
+from spendwatch.columns import Categorical
 
 UNATTRIBUTED = "unattributed"
 NON_ANOMALY_CATEGORIES = frozenset({"credit", "adjustment"})
@@ -64,20 +60,6 @@ class UsageEvent(msgspec.Struct, gc=False):
     charge_category: _Dim | None = None
     latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
     labels: dict[str, str] = {}
-
-
-_one_decoder = msgspec.json.Decoder(UsageEvent)
-_batch_decoder = msgspec.json.Decoder(list[UsageEvent])
-_NUMBER_GETTERS = tuple(
-    attrgetter(name)
-    for name in ("input_tokens", "output_tokens", "cached_input_tokens", "requests")
-)
-_get_ts = attrgetter("ts")
-_get_event_id = attrgetter("event_id")
-_get_category = attrgetter("charge_category")
-_get_cost = attrgetter("cost_usd")
-_get_model = attrgetter("model")
-_get_labels = attrgetter("labels")
 
 
 def event_json_schema() -> dict[str, Any]:
@@ -192,165 +174,3 @@ class DedupWindow:
     def restore(self, state: tuple[float | None, list[str], list[str]]) -> None:
         self.generation_start, current, previous = state
         self.current, self.previous = set(current), set(previous)
-
-
-class EventParser:
-    """Turns raw JSONL lines into a :class:`ParsedBatch`; one instance per input partition."""
-
-    def __init__(
-        self,
-        prices: PriceTable,
-        dimensions: Sequence[str],
-        dedup_horizon: int,
-        max_event_bytes: int = 65536,
-        source: str = "",
-    ) -> None:
-        self.prices = prices
-        self.dimensions = tuple(dimensions)
-        self.dedup = DedupWindow(dedup_horizon)
-        self.max_event_bytes = max_event_bytes
-        self.source = source
-
-    def parse(self, lines: Sequence[bytes]) -> ParsedBatch:
-        """Validate, dedup and price a batch of raw lines (without their newlines)."""
-        dead: list[DeadLetter] = []
-        lines = list(filter(None, lines))
-        if lines and max(map(len, lines)) <= self.max_event_bytes:
-            joined = b"[" + b",".join(lines) + b"]"
-            if MARKER not in joined:  # aliased attribute names take the line-by-line path
-                try:  # fast path: the whole batch as one JSON array, decoded in C
-                    return self._columns(_batch_decoder.decode(joined), lines, dead)
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-                    pass  # some line is bad (or blank): find which, one by one
-        accepted: list[bytes] = []
-        aliased: dict[bytes, bytes] = {}  # rewritten line -> original, for dead letters
-        for line in lines:
-            stripped = line.strip()
-            if not stripped:
-                continue
-            if len(stripped) > self.max_event_bytes:
-                reason = (
-                    f"event is {len(stripped)} bytes, over the {self.max_event_bytes}-byte limit"
-                )
-                dead.append(DeadLetter(reason, stripped, self.source))
-                continue
-            if MARKER in stripped:  # OpenTelemetry GenAI attribute names: the rare, slow path
-                original, stripped = stripped, apply_aliases(stripped)
-                aliased[stripped] = original
-            accepted.append(stripped)
-        events, raws = self._decode_each(accepted, dead)
-        batch = self._columns(events, raws, dead)
-        if aliased and batch.dead:
-            batch.dead = [replace(d, raw=aliased.get(d.raw, d.raw)) for d in batch.dead]
-        return batch
-
-    def _decode_each(
-        self, lines: list[bytes], dead: list[DeadLetter]
-    ) -> tuple[list[UsageEvent], list[bytes]]:
-        events, raws = [], []
-        for line in lines:
-            try:
-                events.append(_one_decoder.decode(line))
-                raws.append(line)
-            except msgspec.ValidationError as error:
-                dead.append(DeadLetter(f"invalid event: {error}", line, self.source))
-            except (msgspec.DecodeError, UnicodeDecodeError) as error:
-                dead.append(DeadLetter(f"malformed JSON: {error}", line, self.source))
-        return events, raws
-
-    def _columns(
-        self, events: list[UsageEvent], raws: list[bytes], dead: list[DeadLetter]
-    ) -> ParsedBatch:
-        if not events:
-            batch = ParsedBatch.empty(self.dimensions)
-            batch.dead = dead
-            return batch
-        count = len(events)
-        ts = np.fromiter(
-            map(datetime.timestamp, map(_get_ts, events)), dtype=np.float64, count=count
-        )
-        self.dedup.advance(float(ts.max()))
-        first_seen = self.dedup.filter_new(list(map(_get_event_id, events)))
-        valid = np.ones(count, dtype=bool)
-        if first_seen is not None:
-            valid[:] = False
-            valid[first_seen] = True
-        numbers = np.empty((count, 4), dtype=np.int64)
-        for column, getter in enumerate(_NUMBER_GETTERS):
-            numbers[:, column] = np.fromiter(map(getter, events), dtype=np.int64, count=count)
-        categories = factorize(map(_get_category, events), count, missing="usage")
-        credit_codes = np.array([v.lower() in NON_ANOMALY_CATEGORIES for v in categories.values])
-        credit_like = credit_codes[categories.codes]
-        given = np.array(list(map(_get_cost, events)), dtype=np.float64)  # None -> nan
-        has_cost = ~np.isnan(given)
-        models = factorize(map(_get_model, events), count)
-        priced, fallback_used, unknown = self.prices.price_nanos(
-            models, numbers[:, 0], numbers[:, 2], numbers[:, 1], needed=~has_cost
-        )
-        negative = has_cost & (given < 0) & ~credit_like & valid
-        unknown &= valid
-        for i in np.flatnonzero(negative | unknown).tolist():
-            if negative[i]:
-                reason = (
-                    f"negative cost_usd {given[i]} on a {categories.values[categories.codes[i]]!r}"
-                    " line (only credit/adjustment lines may be negative)"
-                )
-            else:
-                reason = (
-                    f"unknown model {models.values[models.codes[i]]!r}: not in the pricing "
-                    "catalog and no pricing.fallback is configured (or send cost_usd)"
-                )
-            dead.append(DeadLetter(reason, raws[i], self.source))
-        keep = valid & ~negative & ~unknown
-        spend = np.where(has_cost, np.round(np.nan_to_num(given) * 1e9), priced).astype(np.int64)
-        dims = {
-            d: _attributed(models) if d == "model" else dimension_column(events, d)
-            for d in self.dimensions
-        }
-        if not keep.all():
-            positions = np.flatnonzero(keep)
-            ts, spend, numbers = ts[positions], spend[positions], numbers[positions]
-            credit_like, fallback_used = credit_like[positions], fallback_used[positions]
-            models = models.take(positions)
-            dims = {d: column.take(positions) for d, column in dims.items()}
-        fallback_counts = np.bincount(models.codes[fallback_used], minlength=len(models.values))
-        return ParsedBatch(
-            ts=ts,
-            spend_nanos=spend,
-            requests=numbers[:, 3].copy(),
-            input_tokens=numbers[:, 0].copy(),
-            output_tokens=numbers[:, 1].copy(),
-            anomaly_input=~credit_like,
-            dims=dims,
-            dead=dead,
-            duplicates=int(count - valid.sum()),
-            fallback_priced={
-                str(models.values[code] or UNATTRIBUTED): int(n)
-                for code, n in enumerate(fallback_counts.tolist())
-                if n
-            },
-        )
-
-    def snapshot(self) -> tuple[float | None, list[str], list[str]]:
-        return self.dedup.snapshot()
-
-    def restore(self, state: tuple[float | None, list[str], list[str]] | None) -> None:
-        if state is not None:
-            self.dedup.restore(state)
-
-
-def _attributed(column: Categorical) -> Categorical:
-    """Reuse an already factorised column as a dimension (missing → ``unattributed``)."""
-    if UNATTRIBUTED in column.values:  # rare clash with a literal value: merge properly
-        return factorize(column.tolist(), len(column), missing=UNATTRIBUTED)
-    return Categorical(column.codes, [UNATTRIBUTED if v is None else v for v in column.values])
-
-
-def dimension_column(events: Sequence[UsageEvent], dimension: str) -> Categorical:
-    """One dimension (``labels.KEY`` included) as codes; missing values are ``unattributed``."""
-    if dimension.startswith("labels."):
-        key = dimension[len("labels.") :]
-        values = map(dict.get, map(_get_labels, events), itertools.repeat(key))
-    else:
-        values = map(attrgetter(dimension), events)
-    return factorize(values, len(events), missing=UNATTRIBUTED)

@@ -16,7 +16,7 @@ from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.detectors.base import Totals, WindowDetector
-from spendwatch.events import EventParser
+from spendwatch.parser import EventParser
 from spendwatch.pricing import PriceTable
 
 BATCH_LINES = 20_000

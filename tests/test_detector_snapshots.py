@@ -6,7 +6,7 @@ from spendwatch import demo
 from spendwatch.config import load_config
 from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
-from spendwatch.events import EventParser
+from spendwatch.parser import EventParser
 from spendwatch.pricing import PriceTable
 from tests.conftest import REPO
 

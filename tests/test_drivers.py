@@ -12,7 +12,7 @@ from spendwatch.dataflows.aggregate import PreAggregator, shard_of
 from spendwatch.dataflows.engine import EnginePlan
 from spendwatch.detectors import drivers
 from spendwatch.detectors.base import Totals
-from spendwatch.events import EventParser
+from spendwatch.parser import EventParser
 from spendwatch.pricing import NANOS_PER_USD, PriceTable
 from spendwatch.timefmt import parse_rfc3339
 from tests.conftest import read_alerts, write_config

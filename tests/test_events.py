@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from spendwatch.events import UNATTRIBUTED, EventParser
+from spendwatch.events import UNATTRIBUTED
+from spendwatch.parser import EventParser
 from spendwatch.pricing import ModelPrice, PriceTable, PricingConfig
 
 PRICES = PricingConfig(
@@ -48,9 +49,19 @@ BAD_LINES = {
 }
 
 
+def parse_as_lines(lines: list[bytes]):
+    return parser().parse(lines)
+
+
+def parse_as_block(lines: list[bytes]):
+    """The way files and stdin are read: one block of newline-separated events."""
+    return parser().parse_block(b"\n".join(lines))
+
+
+@pytest.mark.parametrize("parse", [parse_as_lines, parse_as_block])
 @pytest.mark.parametrize("name", sorted(BAD_LINES))
-def test_each_bad_line_dead_letters_alone_with_a_reason(name):
-    batch = parser().parse([GOOD, BAD_LINES[name], GOOD.replace(b"good", b"good2")])
+def test_each_bad_line_dead_letters_alone_with_a_reason(name, parse):
+    batch = parse([GOOD, BAD_LINES[name], GOOD.replace(b"good", b"good2")])
     assert batch.size == 2, "good neighbours are kept"
     [dead] = batch.dead
     assert dead.raw == BAD_LINES[name].strip()
@@ -135,3 +146,30 @@ def test_blank_lines_and_crlf_are_tolerated():
     batch = parser().parse([GOOD + b"\r", b"", b"   ", GOOD.replace(b"good", b"g2")])
     assert batch.size == 2 and batch.dead == []
     assert np.all(batch.ts == batch.ts[0])
+
+
+def test_a_block_decodes_like_its_lines():
+    lines = [
+        line(event_id=f"e{i}", tenant=f"t{i % 3}", input_tokens=i, labels={"team": str(i % 2)})
+        for i in range(50)
+    ]
+    by_lines, by_block = parse_as_lines(lines), parse_as_block([*lines, b""])
+    assert by_block.size == by_lines.size == 50
+    assert by_block.spend_nanos.tolist() == by_lines.spend_nanos.tolist()
+    for dim in ("tenant", "labels.team"):
+        assert by_block.dims[dim].tolist() == by_lines.dims[dim].tolist()
+
+
+def test_two_events_on_one_line_of_a_block_are_dead_lettered():
+    two = line(event_id="x") + b" " + line(event_id="y")
+    batch = parse_as_block([GOOD, two, GOOD.replace(b"good", b"g2")])
+    assert batch.size == 2
+    [dead] = batch.dead
+    assert dead.raw == two and "malformed JSON" in dead.reason
+
+
+def test_rejected_row_of_a_block_keeps_its_own_raw_line():
+    negative = line(event_id="neg", cost_usd=-1.0)
+    batch = parse_as_block([GOOD, negative, GOOD.replace(b"good", b"g2")])
+    [dead] = batch.dead
+    assert dead.raw == negative and "negative cost_usd" in dead.reason

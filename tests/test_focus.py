@@ -24,8 +24,8 @@ from spendwatch import stats
 from spendwatch.cli import backtest
 from spendwatch.config import ConfigError, SpendwatchConfig, load_config
 from spendwatch.dataflows.focus import FocusSource, _skip_rows
-from spendwatch.events import EventParser
 from spendwatch.focus import FocusMapper, FocusSourceConfig
+from spendwatch.parser import EventParser
 from spendwatch.pricing import PriceTable, PricingConfig
 
 # the repository sits next to the team's shared/ folder: ../shared/real

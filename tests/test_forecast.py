@@ -11,7 +11,7 @@ from spendwatch import demo
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.detectors.budget import BudgetConfig, BudgetRule, period_of
-from spendwatch.events import EventParser
+from spendwatch.parser import EventParser
 from spendwatch.pricing import NANOS_PER_USD, PriceTable, PricingConfig
 from spendwatch.timefmt import parse_rfc3339
 from tests.conftest import read_alerts, write_config

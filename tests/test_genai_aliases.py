@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from spendwatch.events import EventParser
 from spendwatch.genai import apply_aliases
+from spendwatch.parser import EventParser
 from spendwatch.pricing import PriceTable, PricingConfig
 
 PRICES = PricingConfig.model_validate({"models": {"gpt-4o-mini": {"input": 1.0, "output": 2.0}}})

@@ -18,7 +18,7 @@ from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.detectors.base import Aggregation, Totals, WindowDetector
 from spendwatch.detectors.budget import BudgetConfig, BudgetRule
-from spendwatch.events import EventParser
+from spendwatch.parser import EventParser
 from spendwatch.pricing import PriceTable, PricingConfig
 
 T0 = 1_795_000_000 - 1_795_000_000 % 86400  # a midnight

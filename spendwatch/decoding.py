@@ -1,0 +1,266 @@
+"""Stateless decoding of raw input into validated, priced columns.
+
+Decoding needs nothing but the config (the schema, the prices, the dimensions), so it can
+run anywhere: inline, or in a helper process while the worker aggregates the previous
+block (:mod:`spendwatch.dataflows.decodepool`). What depends on history, the dedup of
+event ids, is done afterwards by :meth:`spendwatch.events.EventParser.finish`, in input
+order, so both ways give the same batches.
+
+The fast path decodes a whole block of JSON lines in one C call and reads each field out
+with C-level iterators; a block with any bad line falls back to line-by-line decoding,
+which words the reason for each bad line and keeps the good ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from operator import attrgetter
+
+import msgspec
+import numpy as np
+
+from spendwatch.columns import Categorical, factorize
+from spendwatch.events import (
+    NON_ANOMALY_CATEGORIES,
+    UNATTRIBUTED,
+    DeadLetter,
+    UsageEvent,
+)
+from spendwatch.genai import MARKER, apply_aliases
+from spendwatch.pricing import PriceTable
+
+_one_decoder = msgspec.json.Decoder(UsageEvent)
+_array_decoder = msgspec.json.Decoder(list[UsageEvent])
+_NUMBER_GETTERS = tuple(
+    attrgetter(name)
+    for name in ("input_tokens", "output_tokens", "cached_input_tokens", "requests")
+)
+_get_ts = attrgetter("ts")
+_get_event_id = attrgetter("event_id")
+_get_cost = attrgetter("cost_usd")
+_get_labels = attrgetter("labels")
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+_NEWLINE, _OPEN_BRACE = ord("\n"), ord("{")
+
+
+@dataclass
+class DecodedBlock:
+    """Valid, priced events of one block as columns, before dedup.
+
+    ``rejected`` rows decoded but break a rule that needs the catalog or the charge
+    category (a negative cost on a usage line, an unknown model): they become dead
+    letters unless they turn out to be duplicates, which the dedup step decides.
+    """
+
+    event_ids: list[str]
+    ts: np.ndarray  # float64 epoch seconds
+    spend_nanos: np.ndarray  # int64, 1e-9 USD
+    numbers: np.ndarray  # int64 (rows, 4): input, output, cached input tokens, requests
+    anomaly_input: np.ndarray  # bool
+    dims: dict[str, Categorical]
+    models: Categorical
+    fallback_used: np.ndarray  # bool
+    rejected: list[tuple[int, str, bytes]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.event_ids)
+
+    @classmethod
+    def empty(cls, dimensions: Sequence[str], dead: list[DeadLetter]) -> DecodedBlock:
+        zeros = np.zeros(0, dtype=np.int64)
+        return cls(
+            event_ids=[],
+            ts=np.zeros(0),
+            spend_nanos=zeros,
+            numbers=np.zeros((0, 4), dtype=np.int64),
+            anomaly_input=np.zeros(0, dtype=bool),
+            dims={d: Categorical(zeros, []) for d in dimensions},
+            models=Categorical(zeros, []),
+            fallback_used=np.zeros(0, dtype=bool),
+            dead=dead,
+        )
+
+
+class BlockDecoder:
+    """Decodes JSON lines into a :class:`DecodedBlock`; holds only configuration."""
+
+    def __init__(
+        self, prices: PriceTable, dimensions: Sequence[str], max_event_bytes: int = 65536
+    ) -> None:
+        self.prices = prices
+        self.dimensions = tuple(dimensions)
+        self.max_event_bytes = max_event_bytes
+        plain = [d for d in self.dimensions if not d.startswith("labels.")]
+        # Every plain string column is read in one pass as a tuple per event and the
+        # distinct tuples factorised once: far fewer hash-table probes than one pass
+        # per column, since a block holds few distinct combinations.
+        self._fields = tuple(dict.fromkeys([*plain, "model", "charge_category"]))
+        self._get_fields = attrgetter(*self._fields)
+
+    def decode_block(self, block: bytes, source: str = "") -> DecodedBlock:
+        """Decode newline-separated events (a block of a file or of stdin)."""
+        bounds = self._clean_line_bounds(block)
+        if bounds is not None and MARKER not in block:
+            try:
+                events = _one_decoder.decode_lines(block)
+            except _DECODE_ERRORS:
+                events = None
+            # One event per line: a line holding two objects would show up as a surplus.
+            if events is not None and len(events) == len(bounds[0]):
+                starts, stops = bounds
+                return self._columns(events, lambda i: block[starts[i] : stops[i]], [], source)
+        return self.decode_lines(block.split(b"\n"), source)
+
+    def decode_lines(self, lines: Sequence[bytes], source: str = "") -> DecodedBlock:
+        """Decode one event per item (Kafka message values, or the lines of a block)."""
+        dead: list[DeadLetter] = []
+        lines = list(filter(None, lines))
+        if lines and max(map(len, lines)) <= self.max_event_bytes:
+            joined = b"[" + b",".join(lines) + b"]"
+            if MARKER not in joined:  # aliased attribute names take the line-by-line path
+                try:  # the whole batch as one JSON array, decoded in C
+                    events = _array_decoder.decode(joined)
+                    return self._columns(events, lines.__getitem__, dead, source)
+                except _DECODE_ERRORS:
+                    pass  # some line is bad (or blank): find which, one by one
+        accepted: list[bytes] = []
+        aliased: dict[bytes, bytes] = {}  # rewritten line -> original, for dead letters
+        for line in lines:
+            stripped = line.strip()
+            if not stripped:
+                continue
+            if len(stripped) > self.max_event_bytes:
+                reason = (
+                    f"event is {len(stripped)} bytes, over the {self.max_event_bytes}-byte limit"
+                )
+                dead.append(DeadLetter(reason, stripped, source))
+                continue
+            if MARKER in stripped:  # OpenTelemetry GenAI attribute names: the rare, slow path
+                original, stripped = stripped, apply_aliases(stripped)
+                aliased[stripped] = original
+            accepted.append(stripped)
+        events, raws = self._decode_each(accepted, dead, source)
+        raw_of = raws.__getitem__
+        if aliased:
+            raws = [aliased.get(raw, raw) for raw in raws]
+            raw_of = raws.__getitem__
+            dead = [DeadLetter(d.reason, aliased.get(d.raw, d.raw), d.source) for d in dead]
+        return self._columns(events, raw_of, dead, source)
+
+    def _clean_line_bounds(self, block: bytes) -> tuple[list[int], list[int]] | None:
+        """Start and end of each line if every line starts with ``{`` and is within the size
+        limit (the fast path's preconditions), else ``None``."""
+        if not block:
+            return None
+        text = np.frombuffer(block, dtype=np.uint8)
+        ends = np.flatnonzero(text == _NEWLINE)
+        starts = np.concatenate(([0], ends + 1))
+        stops = np.append(ends, len(block))
+        if starts[-1] == len(block):  # a final newline ends the last line, opens none
+            starts, stops = starts[:-1], stops[:-1]
+        if (stops - starts).max() > self.max_event_bytes or (text[starts] != _OPEN_BRACE).any():
+            return None
+        return starts.tolist(), stops.tolist()
+
+    def _decode_each(
+        self, lines: list[bytes], dead: list[DeadLetter], source: str
+    ) -> tuple[list[UsageEvent], list[bytes]]:
+        events, raws = [], []
+        for line in lines:
+            try:
+                events.append(_one_decoder.decode(line))
+                raws.append(line)
+            except msgspec.ValidationError as error:
+                dead.append(DeadLetter(f"invalid event: {error}", line, source))
+            except (msgspec.DecodeError, UnicodeDecodeError) as error:
+                dead.append(DeadLetter(f"malformed JSON: {error}", line, source))
+        return events, raws
+
+    def _columns(
+        self,
+        events: list[UsageEvent],
+        raw_of: Callable[[int], bytes],
+        dead: list[DeadLetter],
+        source: str,
+    ) -> DecodedBlock:
+        count = len(events)
+        if not count:
+            return DecodedBlock.empty(self.dimensions, dead)
+        ts = np.fromiter(
+            map(datetime.timestamp, map(_get_ts, events)), dtype=np.float64, count=count
+        )
+        numbers = np.empty((count, 4), dtype=np.int64)
+        for column, getter in enumerate(_NUMBER_GETTERS):
+            numbers[:, column] = np.fromiter(map(getter, events), dtype=np.int64, count=count)
+        strings = self._string_columns(events)
+        categories = strings.pop("charge_category")
+        models = strings.pop("model")
+        credit_codes = np.array(
+            [v.lower() in NON_ANOMALY_CATEGORIES for v in categories.values], dtype=bool
+        )
+        credit_like = credit_codes[categories.codes]
+        given = np.array(list(map(_get_cost, events)), dtype=np.float64)  # None -> nan
+        has_cost = ~np.isnan(given)
+        priced, fallback_used, unknown = self.prices.price_nanos(
+            models, numbers[:, 0], numbers[:, 2], numbers[:, 1], needed=~has_cost
+        )
+        negative = has_cost & (given < 0) & ~credit_like
+        rejected = []
+        for i in np.flatnonzero(negative | unknown).tolist():
+            if negative[i]:
+                reason = (
+                    f"negative cost_usd {given[i]} on a {categories.values[categories.codes[i]]!r}"
+                    " line (only credit/adjustment lines may be negative)"
+                )
+            else:
+                reason = (
+                    f"unknown model {models.values[models.codes[i]]!r}: not in the pricing "
+                    "catalog and no pricing.fallback is configured (or send cost_usd)"
+                )
+            rejected.append((i, reason, raw_of(i)))
+        spend = np.where(has_cost, np.round(np.nan_to_num(given) * 1e9), priced).astype(np.int64)
+        strings["model"] = _attributed(models)
+        dims = {
+            d: strings[d] if d in strings else _label_column(events, d) for d in self.dimensions
+        }
+        return DecodedBlock(
+            event_ids=list(map(_get_event_id, events)),
+            ts=ts,
+            spend_nanos=spend,
+            numbers=numbers,
+            anomaly_input=~credit_like,
+            dims=dims,
+            models=models,
+            fallback_used=fallback_used,
+            rejected=rejected,
+            dead=dead,
+        )
+
+    def _string_columns(self, events: list[UsageEvent]) -> dict[str, Categorical]:
+        combos = factorize(map(self._get_fields, events), len(events))
+        columns = {}
+        for position, name in enumerate(self._fields):
+            values = [combo[position] for combo in combos.values]
+            missing = {"model": None, "charge_category": "usage"}.get(name, UNATTRIBUTED)
+            column = factorize(values, len(values), missing=missing)
+            columns[name] = Categorical(column.codes[combos.codes], column.values)
+        return columns
+
+
+def _attributed(column: Categorical) -> Categorical:
+    """Reuse an already factorised column as a dimension (missing → ``unattributed``)."""
+    if UNATTRIBUTED in column.values:  # rare clash with a literal value: merge properly
+        return factorize(column.tolist(), len(column), missing=UNATTRIBUTED)
+    return Categorical(column.codes, [UNATTRIBUTED if v is None else v for v in column.values])
+
+
+def _label_column(events: Sequence[UsageEvent], dimension: str) -> Categorical:
+    """A ``labels.KEY`` dimension as codes; events without the label are ``unattributed``."""
+    key = dimension[len("labels.") :]
+    values = map(dict.get, map(_get_labels, events), itertools.repeat(key))
+    return factorize(values, len(events), missing=UNATTRIBUTED)
