@@ -2,7 +2,9 @@
 
 Generates N events (default 1 M) of the demo stream, then alternates, three times each:
 (a) the floor: read the file and `orjson.loads` every line; (b) a full backtest with four
-detectors and one budget. Prints medians; the last line is one JSON object.
+detectors and one budget, decoding in helper processes (`source.decode_processes: auto`,
+the default); (c) the same backtest decoding inline in one process. Prints medians; the
+last line is one JSON object (`events_per_s` and `ratio` are (b); `inline_*` are (c)).
 
     .venv/bin/python bench/throughput.py [--events N]
 """
@@ -22,9 +24,11 @@ import orjson
 from spendwatch import demo
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
+from spendwatch.dataflows.decodepool import helper_count
 from spendwatch.logging import configure
 
 CONFIG = """
+source: {{type: jsonl, decode_processes: {decode}}}
 engine:
   allowed_lateness: 2m
 dead_letter:
@@ -82,21 +86,28 @@ def main() -> None:
         count = len(lines)
         size = events.stat().st_size
         print(f"{count:,} events, {size / count:.0f} bytes each", file=sys.stderr)
-        config_path = directory / "config.yaml"
-        config_path.write_text(CONFIG.format(dir=directory, pricing=demo.pricing_yaml()))
-        config = load_config(config_path)
-        floors, rates = [], []
+        configs = {}
+        for decode in ("auto", "0"):
+            config_path = directory / f"config-{decode}.yaml"
+            pricing = demo.pricing_yaml()
+            config_path.write_text(CONFIG.format(dir=directory, pricing=pricing, decode=decode))
+            configs[decode] = load_config(config_path)
+        floors, rates, inline_rates = [], [], []
         for run in range(args.runs):
             floors.append(floor(events))
-            summary = backtest(config, str(events), str(directory / "alerts.jsonl"))
-            assert summary["events"] == count, summary
-            rates.append(count / summary["seconds"])
+            helped = backtest(configs["auto"], str(events), str(directory / "alerts.jsonl"))
+            inline = backtest(configs["0"], str(events), str(directory / "alerts-inline.jsonl"))
+            assert helped["events"] == inline["events"] == count, (helped, inline)
+            assert helped["alerts_by_rule"] == inline["alerts_by_rule"]
+            rates.append(count / helped["seconds"])
+            inline_rates.append(count / inline["seconds"])
             print(
                 f"run {run + 1}: floor {floors[-1]:,.0f}/s  backtest {rates[-1]:,.0f}/s "
-                f"({summary['alerts']} alerts)",
+                f"inline {inline_rates[-1]:,.0f}/s ({helped['alerts']} alerts)",
                 file=sys.stderr,
             )
     events_per_s = statistics.median(rates)
+    inline_per_s = statistics.median(inline_rates)
     floor_per_s = statistics.median(floors)
     print(
         json.dumps(
@@ -105,6 +116,9 @@ def main() -> None:
                 "events_per_s": round(events_per_s),
                 "parse_floor_events_per_s": round(floor_per_s),
                 "ratio": round(events_per_s / floor_per_s, 3),
+                "decode_processes": helper_count("auto"),
+                "inline_events_per_s": round(inline_per_s),
+                "inline_ratio": round(inline_per_s / floor_per_s, 3),
             }
         )
     )

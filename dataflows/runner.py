@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -29,6 +30,9 @@ SignalHook = Callable[[int], bool]
 def request_stop(reason: str) -> None:
     """Abort the running dataflow from the main thread (used by signal handlers)."""
     _stop_requested[0] = True
+    # Bytewax stops by unwinding its Rust worker as a panic; this one is deliberate, so
+    # its stack trace would only alarm whoever pressed Ctrl-C.
+    os.environ["RUST_BACKTRACE"] = "0"
     raise Shutdown(reason)
 
 
