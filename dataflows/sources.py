@@ -92,7 +92,8 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
         reading = self._fill()
         if self._inflight:
             return [self._finish(*self._inflight.popleft())]
-        if reading == _WAITING:
+        if reading == _WAITING:  # caught up with a followed file: the backlog is gone
+            self._stop_helpers()
             self._awake = datetime.now(timezone.utc) + self._poll
             return self._caught_up()
         if marker := self._caught_up():  # the other partitions need not wait for us

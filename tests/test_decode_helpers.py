@@ -42,10 +42,10 @@ def messy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def config_for(tmp_path: Path, helpers: int, events: Path | None = None):
+def config_for(tmp_path: Path, helpers: int, follow: bool = False):
     text = f"""
-        source: {{type: jsonl, path: {events or "-"}, batch_bytes: {BLOCK},
-                  decode_processes: {helpers}}}
+        source: {{type: jsonl, batch_bytes: {BLOCK}, decode_processes: {helpers},
+                  follow: {str(follow).lower()}, poll_interval: 0.05}}
         dead_letter: {{path: {tmp_path}/dead-{helpers}.jsonl}}
         detectors:
           - {{name: tenant-spend, type: robust_seasonal, scope: [tenant], window: 15m}}
@@ -108,6 +108,30 @@ def test_a_short_file_is_decoded_inline(tmp_path):
     partition = _FilePartition(config_for(tmp_path, 2), str(path), None)
     assert partition._pool is None
     assert sum(len(b[0]) for b in read_all(partition)) == 100
+
+
+def test_a_followed_file_stops_its_helpers_once_caught_up(messy_file, tmp_path):
+    path = tmp_path / "growing.jsonl"
+    path.write_bytes(messy_file.read_bytes())
+    partition = _FilePartition(config_for(tmp_path, 2, follow=True), str(path), None)
+    assert partition._pool is not None
+    events, caught_up = 0, False
+    first_line = messy_file.read_bytes().split(b"\n", 1)[0]
+    try:
+        while not caught_up:
+            batches = partition.next_batch()
+            events += sum(batch.size for batch in batches)
+            caught_up = any(batch.caught_up for batch in batches)
+        assert partition._pool is None and DecodePool._shared is None
+        with path.open("ab") as handle:
+            handle.write(first_line.replace(b'"event_id":"', b'"event_id":"new-') + b"\n")
+        more = []
+        while not more:
+            more = [batch for batch in partition.next_batch() if batch.size]
+        assert [batch.size for batch in more] == [1], "new lines are decoded inline"
+    finally:
+        partition.close()
+    assert events > 1000
 
 
 def test_backtest_alerts_do_not_depend_on_helpers(planted_file, tmp_path):
