@@ -33,16 +33,21 @@ from spendwatch.decoding import BlockDecoder, DecodedBlock
 # them costs a fraction of a second, which a short file would not win back.
 MIN_BACKLOG_BLOCKS = 8
 _FRAME = struct.Struct("!Q")
+# Set by ``run --processes N`` for its children: how many worker processes share the CPUs.
+LOCAL_PROCESSES_ENV = "SPENDWATCH_LOCAL_PROCESSES"
 
 
 def helper_count(setting: int | Literal["auto"]) -> int:
     """Helper processes for ``source.decode_processes``.
 
-    ``auto`` runs one per CPU, at most 4: the worker itself mostly waits for decoded
-    blocks, and beyond 4 it is the aggregation that limits. One CPU gets none.
+    ``auto`` runs one per CPU this process may use, at most 4: the worker itself mostly
+    waits for decoded blocks, and beyond 4 it is the aggregation that limits. The CPUs
+    are shared among the processes ``run --processes N`` started on this machine
+    (:data:`LOCAL_PROCESSES_ENV`); a process with a single CPU decodes inline.
     """
     if setting == "auto":
-        cpus = os.cpu_count() or 1
+        local_processes = max(int(os.environ.get(LOCAL_PROCESSES_ENV, "1")), 1)
+        cpus = (os.cpu_count() or 1) // local_processes
         return min(cpus, 4) if cpus > 1 else 0
     return setting
 

@@ -23,6 +23,7 @@ from types import FrameType
 import orjson
 
 from spendwatch.config import SpendwatchConfig
+from spendwatch.dataflows.decodepool import LOCAL_PROCESSES_ENV
 from spendwatch.logging import get_logger
 from spendwatch.worker import WorkerOptions, reload_config
 
@@ -126,7 +127,9 @@ class Supervisor:
             ]
             if self.options.dump_state:
                 command += ["--dump-state", f"{self.options.dump_state}.{index}"]
-            self._children.append(subprocess.Popen(command))
+            # The CPUs are shared: each process sizes its decode helpers to its share.
+            env = {**os.environ, LOCAL_PROCESSES_ENV: str(self.processes)}
+            self._children.append(subprocess.Popen(command, env=env))
         log.info("cluster started", processes=self.processes, addresses=addresses)
         while any(child.poll() is None for child in self._children):
             self._handle_signals()

@@ -58,8 +58,8 @@ class JsonlSourceConfig(StrictModel):
     decode_processes: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
         default="auto",
         description="helper processes that decode a file's backlog (8+ batches: a backtest, "
-        "a catch-up) while the worker aggregates; 0 decodes inline; auto: one per CPU, "
-        "at most 4 (none on a single CPU)",
+        "a catch-up) while the worker aggregates; 0 decodes inline; auto: one per CPU "
+        "(shared among the processes of run --processes), at most 4, none with one CPU",
     )
 
 

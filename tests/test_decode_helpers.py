@@ -17,7 +17,7 @@ from spendwatch import demo
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.dataflows.aggregate import _group_sums
-from spendwatch.dataflows.decodepool import DecodePool
+from spendwatch.dataflows.decodepool import LOCAL_PROCESSES_ENV, DecodePool, helper_count
 from spendwatch.dataflows.sources import _FilePartition
 from tests.conftest import comparable, read_alerts, write_config
 
@@ -166,3 +166,17 @@ def test_group_sums_are_exact_integer_sums(rows):
     assert sums.tolist() == [
         (sum(expected[k]) + 2**63) % 2**64 - 2**63 for k in sorted(expected)
     ], "int64 sums, wrapping like the sorted path's integer additions"
+
+
+def test_auto_helpers_share_the_cpus_among_the_local_processes(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv(LOCAL_PROCESSES_ENV, raising=False)
+    assert helper_count("auto") == 4, "capped: beyond 4 the aggregation limits"
+    monkeypatch.setenv(LOCAL_PROCESSES_ENV, "4")
+    assert helper_count("auto") == 2
+    monkeypatch.setenv(LOCAL_PROCESSES_ENV, "8")
+    assert helper_count("auto") == 0, "one CPU per process: decode inline"
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    monkeypatch.delenv(LOCAL_PROCESSES_ENV)
+    assert helper_count("auto") == 0
+    assert helper_count(3) == 3, "an explicit count is taken as given"
