@@ -149,11 +149,23 @@ class DecodePool:
     @classmethod
     def release(cls) -> None:
         with cls._lock:
-            cls._users -= 1
-            if cls._users == 0 and cls._shared is not None:
-                for helper in cls._shared._helpers:
-                    helper.close()
-                cls._shared = None
+            cls._users = max(cls._users - 1, 0)
+            if cls._users == 0:
+                cls._close_shared()
+
+    @classmethod
+    def shutdown(cls) -> None:
+        """Stop the helpers whoever still holds them (a dataflow run has ended)."""
+        with cls._lock:
+            cls._users = 0
+            cls._close_shared()
+
+    @classmethod
+    def _close_shared(cls) -> None:
+        if cls._shared is not None:
+            for helper in cls._shared._helpers:
+                helper.close()
+            cls._shared = None
 
     def submit(self, decoder: BlockDecoder, block: bytes, source: str) -> Future[DecodedBlock]:
         """Decode ``block`` in a helper (round robin); the future holds the result."""

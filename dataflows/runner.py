@@ -14,6 +14,8 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import cluster_main, run_main
 
+from spendwatch.dataflows.decodepool import DecodePool
+
 
 class Shutdown(KeyboardInterrupt):
     """Raised inside the worker when SIGTERM/SIGINT (or a reload) asks it to stop."""
@@ -85,4 +87,6 @@ def run_flow(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        # An aborted run (a signal, a reload, a crash) never closed its partitions.
+        DecodePool.shutdown()
     return True

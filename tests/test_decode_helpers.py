@@ -142,6 +142,7 @@ def test_backtest_alerts_do_not_depend_on_helpers(planted_file, tmp_path):
         summary = backtest(config, str(planted_file), str(out))
         alerts[helpers] = comparable(read_alerts(out))
         assert summary["events"] > 100_000
+        assert DecodePool._shared is None, "no helper outlives the run"
     assert alerts[0] == alerts[2]
     assert any(json.loads(dict(a)["kind"]) == "budget" for a in alerts[0])
 
