@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -29,12 +31,53 @@ _stop_requested = [False]
 SignalHook = Callable[[int], bool]
 
 
+# What Rust prints when Bytewax unwinds its worker for the stop we asked for.
+_ABORT_NOISE = (
+    b"thread '<unnamed>' panicked at",
+    b"Box<dyn Any>",
+    b"note: run with `RUST_BACKTRACE",
+)
+
+
+class _AbortNoiseFilter:
+    """Passes stderr (fd 2) through a pipe, dropping the lines of a deliberate abort.
+
+    Bytewax stops by unwinding its Rust worker as a panic, and the panic hook prints a
+    message meant for crashes; after Ctrl-C it would only alarm. Everything else written
+    to stderr meanwhile (our logs among it) is forwarded unchanged.
+    """
+
+    def __init__(self) -> None:
+        sys.stderr.flush()
+        self._stderr = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._thread = threading.Thread(target=self._forward, args=(read,), daemon=True)
+        self._thread.start()
+
+    def _forward(self, read: int) -> None:
+        with os.fdopen(read, "rb") as pipe:
+            for line in pipe:
+                if line.strip() and not line.startswith(_ABORT_NOISE):
+                    os.write(self._stderr, line)
+
+    def close(self) -> None:
+        sys.stderr.flush()
+        os.dup2(self._stderr, 2)  # the pipe's last writer is gone: the forwarder ends
+        self._thread.join(timeout=2)
+        os.close(self._stderr)
+
+
+_abort_filter: list[_AbortNoiseFilter] = []
+
+
 def request_stop(reason: str) -> None:
     """Abort the running dataflow from the main thread (used by signal handlers)."""
     _stop_requested[0] = True
-    # Bytewax stops by unwinding its Rust worker as a panic; this one is deliberate, so
-    # its stack trace would only alarm whoever pressed Ctrl-C.
-    os.environ["RUST_BACKTRACE"] = "0"
+    os.environ["RUST_BACKTRACE"] = "0"  # a deliberate stop has no stack worth showing
+    if not _abort_filter:
+        _abort_filter.append(_AbortNoiseFilter())
     raise Shutdown(reason)
 
 
@@ -89,4 +132,6 @@ def run_flow(
             signal.signal(sig, handler)
         # An aborted run (a signal, a reload, a crash) never closed its partitions.
         DecodePool.shutdown()
+        while _abort_filter:
+            _abort_filter.pop().close()
     return True

@@ -134,6 +134,7 @@ def test_sigterm_stops_reading_flushes_and_exits_zero_within_grace(stream_file, 
     assert took < 5, f"stopped in {took:.1f}s, grace is 5s"
     assert '"signal": "SIGTERM"' in log and '"reason": "signal"' in log
     assert "grace period over" not in log
+    assert "panicked" not in log and "Traceback" not in log, "a stop is not a crash"
     # What was delivered before the stop is complete JSON lines; a restart resumes and
     # finishes the file without delivering anything twice.
     before = identities(alerts)
