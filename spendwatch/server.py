@@ -9,14 +9,21 @@
 
 Everything is served from copies (``spendwatch.liveview``), never from live engine
 state, and nothing is writable: the API is safe to expose to dashboards.
+
+In a cluster each process holds the state of its own shards. The query endpoints of any
+process answer for the whole cluster: they ask the other processes (``?local=1``, a
+short timeout) and merge; a process that does not answer is named in ``unreachable``.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.request import urlopen
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -26,6 +33,7 @@ from spendwatch.logging import get_logger
 from spendwatch.metrics import build_registry
 
 log = get_logger("spendwatch.http")
+PEER_TIMEOUT = 2.0  # seconds a cluster query waits for each other process
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -44,23 +52,55 @@ class _Handler(BaseHTTPRequestHandler):
             ready = view.ready.is_set()
             self._json(200 if ready else 503, {"ready": ready})
         elif path == "/budgets":
-            self._json(200, {"budgets": view.budgets()})
+            budgets, extra = self._gather("budgets", view.budgets())
+            self._json(200, {"budgets": sorted(budgets, key=_budget_order), **extra})
         elif path == "/alerts":
             try:
                 limit = int(query.get("limit", "100"))
             except ValueError:
                 self._json(400, {"error": "limit must be an integer"})
                 return
-            self._json(200, {"alerts": view.recent_alerts(limit)})
+            alerts, extra = self._gather("alerts", view.recent_alerts(limit))
+            if "processes" in extra:  # newest first across the processes too
+                alerts.sort(key=lambda alert: alert.get("detected_at", ""), reverse=True)
+            self._json(200, {"alerts": alerts[: max(limit, 0)], **extra})
         elif path.startswith("/scopes/"):
             rule = unquote(path[len("/scopes/") :])
-            rows = view.scopes(rule, query)
-            if rows is None:
+            match = {k: v for k, v in query.items() if k != "local"}
+            own = view.scopes(rule, match)
+            rows, extra = self._gather("scopes", own or [], known=own is not None)
+            if not extra.pop("known"):
                 self._json(404, {"error": f"no detector state for rule {rule!r}"})
             else:
-                self._json(200, {"rule": rule, "scopes": rows})
+                self._json(200, {"rule": rule, "scopes": rows, **extra})
         else:
             self._json(404, {"error": "not found"})
+
+    def _gather(self, field: str, own: list, known: bool = True) -> tuple[list, dict[str, Any]]:
+        """This process's rows plus, unless asked for ``local=1``, every peer's rows."""
+        rows, extra = list(own), {}
+        url = urlsplit(self.path)
+        if dict(parse_qsl(url.query)).get("local") == "1" or not self.server.peers:
+            return rows, {"known": known} if field == "scopes" else {}
+        query = "&".join(filter(None, [url.query, "local=1"]))
+        unreachable = []
+        for peer in self.server.peers:
+            try:
+                with urlopen(f"http://{peer}{url.path}?{query}", timeout=PEER_TIMEOUT) as reply:
+                    body = orjson.loads(reply.read())
+                rows.extend(body.get(field, []))
+                known = True
+            except HTTPError as error:
+                if error.code != 404:  # 404: the peer holds no scope of this rule
+                    unreachable.append(peer)
+            except (OSError, ValueError):
+                unreachable.append(peer)
+        extra["processes"] = 1 + len(self.server.peers) - len(unreachable)
+        if unreachable:
+            extra["unreachable"] = unreachable
+        if field == "scopes":
+            extra["known"] = known
+        return rows, extra
 
     def _json(self, code: int, body: Any) -> None:
         self._send(code, orjson.dumps(body), "application/json")
@@ -76,17 +116,26 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # scrapes every few seconds would drown the worker's own log
 
 
+def _budget_order(row: dict[str, Any]) -> tuple:
+    return (row["budget"], sorted(row["scope"].items()), row["period"])
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     registry: CollectorRegistry
+    peers: Sequence[str] = ()
 
 
 class OpsServer:
-    """The HTTP server on its own daemon thread; ``port`` 0 picks a free port."""
+    """The HTTP server on its own daemon thread; ``port`` 0 picks a free port.
 
-    def __init__(self, host: str, port: int) -> None:
+    ``peers`` are the ``host:port`` of the other processes' servers in a cluster.
+    """
+
+    def __init__(self, host: str, port: int, peers: Sequence[str] = ()) -> None:
         self._server = _Server((host, port), _Handler)
         self._server.registry = build_registry()
+        self._server.peers = tuple(peers)
         self.host, self.port = self._server.server_address[:2]
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="spendwatch-http", daemon=True

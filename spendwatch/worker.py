@@ -192,9 +192,18 @@ class Worker:
             return None
         from spendwatch.server import OpsServer
 
+        peers: list[str] = []
         if port:
+            # Process i listens on port + i, on the host its cluster address names.
+            addresses = self.options.addresses or []
+            hosts = [address.rsplit(":", 1)[0] for address in addresses]
+            peers = [
+                f"{host}:{port + index}"
+                for index, host in enumerate(hosts)
+                if index != self.options.process_id
+            ]
             port += self.options.process_id
-        return OpsServer(self.config.server.host, port).start()
+        return OpsServer(self.config.server.host, port, peers).start()
 
     def _install_signals(self) -> None:
         # `kill -USR1` prints every thread's stack to stderr: how to see where a stuck
