@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spendwatch.events import UNATTRIBUTED
 from spendwatch.parser import EventParser
@@ -173,3 +175,41 @@ def test_rejected_row_of_a_block_keeps_its_own_raw_line():
     batch = parse_as_block([GOOD, negative, GOOD.replace(b"good", b"g2")])
     [dead] = batch.dead
     assert dead.raw == negative and "negative cost_usd" in dead.reason
+
+
+_VALID = st.fixed_dictionaries(
+    {"event_id": st.text("abc", min_size=1, max_size=3), "ts": st.just("2026-11-24T10:00:00Z")},
+    optional={
+        "tenant": st.sampled_from(["acme", "globex", "", "unattributed"]),
+        "model": st.sampled_from(["mini", "gpt-9"]),
+        "input_tokens": st.integers(-1, 10**6),
+        "cost_usd": st.sampled_from([0.5, -1.0, 0.0]),
+        "charge_category": st.sampled_from(["usage", "Credit"]),
+        "labels": st.dictionaries(st.sampled_from(["team", "x"]), st.sampled_from(["a", "b"])),
+    },
+).map(lambda event: json.dumps(event).encode())
+_GARBAGE = st.binary(max_size=40).filter(lambda raw: b"\n" not in raw)
+_TWO_ON_A_LINE = st.tuples(_VALID, _VALID).map(lambda pair: pair[0] + b" " + pair[1])
+_LINES = st.lists(st.one_of(_VALID, _VALID, _GARBAGE, _TWO_ON_A_LINE, st.just(b"")), max_size=30)
+
+
+def _picture(batch) -> tuple:
+    return (
+        batch.ts.tolist(),
+        batch.spend_nanos.tolist(),
+        batch.input_tokens.tolist(),
+        batch.anomaly_input.tolist(),
+        {d: c.tolist() for d, c in batch.dims.items()},
+        [(d.reason, d.raw) for d in batch.dead],
+        batch.duplicates,
+        batch.fallback_priced,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_LINES, st.booleans())
+def test_a_block_and_its_lines_always_parse_alike(lines, fallback):
+    pricing = WITH_FALLBACK if fallback else PRICES
+    by_lines = parser(pricing).parse(lines)
+    by_block = parser(pricing).parse_block(b"\n".join(lines))
+    assert _picture(by_block) == _picture(by_lines)
