@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from spendwatch.alerts import Alert, make_alert
 from spendwatch.configtypes import Dimension, Duration, Severity, StrictModel
 from spendwatch.detectors.base import Aggregation, SlotsState
-from spendwatch.detectors.forecast import SpendModel
+from spendwatch.detectors.forecast import SlotClock, SpendModel
 from spendwatch.pricing import NANOS_PER_USD
 
 Period = Literal["hour", "day", "week", "month"]
@@ -153,6 +153,7 @@ class BudgetRule:
             include_credits=True,
         )
         self._zone = ZoneInfo(config.timezone)
+        self._clock = SlotClock(self._zone)
 
     def new_state(self) -> BudgetState:
         return BudgetState()
@@ -201,7 +202,7 @@ class BudgetRule:
         if state.model is None:
             state.model = SpendModel()
         model = state.model
-        if not model.add(window_start, spend_nanos, 1.0 / config.forecast_history):
+        if not model.add(window_start, spend_nanos, 1.0 / config.forecast_history, self._clock):
             return []
         if period.forecast or model.hours * 3600 < config.forecast_min_history:
             return []
@@ -212,7 +213,7 @@ class BudgetRule:
         assert model.hour_start is not None
         before_hour = period.total_nanos - model.hour_nanos
         projected = model.lower_bound(
-            before_hour, model.hour_start, period.end, config.forecast_confidence
+            before_hour, model.hour_start, period.end, config.forecast_confidence, self._clock
         )
         if projected < amount_nanos:
             return []

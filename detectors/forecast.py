@@ -11,11 +11,16 @@ budget spending 30 % too fast is days before the 100 % threshold is crossed.
 
 Hours without any window count as zero spend (gaps of at most two days are filled;
 longer silences restart the model's clock without teaching it zeros).
+
+Slots follow the budget's timezone (:class:`SlotClock`): people's working day, the
+weekend and daylight-saving shifts are local. A projection counts the hours left in the
+period per slot once per hour and budget, then costs 48 multiplications per scope.
 """
 
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone, tzinfo
 from statistics import NormalDist
 
 from spendwatch.detectors.base import SlotsState
@@ -24,9 +29,40 @@ _HOUR = 3600
 _MAX_GAP_HOURS = 48
 
 
-def _slot(hour_start: int) -> int:
-    weekday = (hour_start // 86400 + 3) % 7  # 1970-01-01 was a Thursday: Monday is 0
-    return (hour_start // _HOUR) % 24 + (24 if weekday >= 5 else 0)
+class SlotClock:
+    """Maps UTC hours to local seasonal slots (hour of day, +24 on weekends) of one timezone."""
+
+    SLOTS = 48
+
+    def __init__(self, zone: tzinfo) -> None:
+        self._zone = zone
+        self._slots: dict[int, int] = {}
+        self._counts: dict[tuple[int, int], list[int]] = {}
+
+    def slot(self, hour_start: int) -> int:
+        slot = self._slots.get(hour_start)
+        if slot is None:
+            if len(self._slots) > 20_000:
+                self._slots.clear()
+            local = datetime.fromtimestamp(hour_start, self._zone)
+            slot = self._slots[hour_start] = local.hour + (24 if local.weekday() >= 5 else 0)
+        return slot
+
+    def hours_per_slot(self, start: int, end: int) -> list[int]:
+        """How many of the hours from ``start`` (an hour boundary) to ``end`` fall in each slot."""
+        key = (start, end)
+        counts = self._counts.get(key)
+        if counts is None:
+            if len(self._counts) > 64:
+                self._counts.clear()
+            counts = [0] * self.SLOTS
+            for hour in range(start, end, _HOUR):
+                counts[self.slot(hour)] += 1
+            self._counts[key] = counts
+        return counts
+
+
+UTC_SLOTS = SlotClock(timezone.utc)
 
 
 class SpendModel(SlotsState):
@@ -42,15 +78,16 @@ class SpendModel(SlotsState):
         self.hour_start: int | None = None
         self.hour_nanos = 0
 
-    def expected_hour(self, hour_start: int) -> float | None:
-        """Expected spend (nanos) of one hour, falling back to the other day type's slot."""
-        slot = _slot(hour_start)
+    def expected_slot(self, slot: int) -> float | None:
+        """Expected spend (nanos) of an hour in ``slot``, else of the other day type's slot."""
         value = self.slots.get(slot)
         if value is None:
             value = self.slots.get(slot - 24 if slot >= 24 else slot + 24)
         return value
 
-    def add(self, window_start: int, nanos: int, alpha: float) -> bool:
+    def add(
+        self, window_start: int, nanos: int, alpha: float, clock: SlotClock = UTC_SLOTS
+    ) -> bool:
         """Add an in-order window's spend; ``True`` when an hour was completed and learned."""
         hour = window_start - window_start % _HOUR
         if self.hour_start is None:
@@ -59,7 +96,7 @@ class SpendModel(SlotsState):
             return False
         learned = False
         while hour > self.hour_start:
-            self._learn(self.hour_start, self.hour_nanos, alpha)
+            self._learn(clock.slot(self.hour_start), self.hour_nanos, alpha)
             learned = True
             gap = (hour - self.hour_start) // _HOUR
             self.hour_nanos = 0
@@ -67,8 +104,7 @@ class SpendModel(SlotsState):
         self.hour_nanos += nanos
         return learned
 
-    def _learn(self, hour_start: int, nanos: int, alpha: float) -> None:
-        slot = _slot(hour_start)
+    def _learn(self, slot: int, nanos: int, alpha: float) -> None:
         mean = self.slots.get(slot)
         if mean is None:
             self.slots[slot] = float(nanos)
@@ -79,19 +115,20 @@ class SpendModel(SlotsState):
             self.slots[slot] = mean + alpha * (nanos - mean)
         self.hours += 1
 
-    def remaining(self, now: int, end: int) -> float:
+    def remaining(self, now: int, end: int, clock: SlotClock = UTC_SLOTS) -> float:
         """Expected spend (nanos) from ``now`` (an hour boundary) to ``end``."""
         total = 0.0
         fallback = sum(self.slots.values()) / len(self.slots) if self.slots else 0.0
-        hour = now
-        while hour < end:
-            expected = self.expected_hour(hour)
-            total += fallback if expected is None else expected
-            hour += _HOUR
+        for slot, hours in enumerate(clock.hours_per_slot(now, end)):
+            if hours:
+                expected = self.expected_slot(slot)
+                total += hours * (fallback if expected is None else expected)
         return total
 
-    def lower_bound(self, spent: int, now: int, end: int, confidence: float) -> float:
+    def lower_bound(
+        self, spent: int, now: int, end: int, confidence: float, clock: SlotClock = UTC_SLOTS
+    ) -> float:
         """Period-end spend (nanos) exceeded with probability ``confidence``."""
-        ahead = self.remaining(now, end)
+        ahead = self.remaining(now, end, clock)
         z = NormalDist().inv_cdf(confidence)
         return spent + max(ahead * (1.0 - z * math.sqrt(self.noise)), 0.0)

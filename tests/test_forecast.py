@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spendwatch import demo
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.detectors.budget import BudgetConfig, BudgetRule, period_of
+from spendwatch.detectors.forecast import SlotClock, SpendModel
 from spendwatch.parser import EventParser
 from spendwatch.pricing import NANOS_PER_USD, PriceTable, PricingConfig
 from spendwatch.timefmt import parse_rfc3339
@@ -127,3 +131,41 @@ def _acme_spend(path: Path) -> float:
     column = batch.dims["tenant"]
     acme = column.codes == column.code_of("acme")
     return float(batch.spend_nanos[acme].sum()) / NANOS_PER_USD
+
+
+def _old_remaining(model: SpendModel, now: int, end: int) -> float:
+    """Hour by hour, as the projection is defined (UTC slots)."""
+    fallback = sum(model.slots.values()) / len(model.slots) if model.slots else 0.0
+    total = 0.0
+    for hour in range(now, end, 3600):
+        weekday = (hour // 86400 + 3) % 7
+        slot = (hour // 3600) % 24 + (24 if weekday >= 5 else 0)
+        expected = model.expected_slot(slot)
+        total += fallback if expected is None else expected
+    return total
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.integers(0, 47), st.floats(0, 1e9), max_size=48),
+    st.integers(0, 24 * 60),
+    st.integers(0, 24 * 40),
+)
+def test_projection_by_slot_counts_equals_hour_by_hour(slots, start_hour, hours):
+    model = SpendModel()
+    model.slots = dict(slots)
+    now = 1_790_000_000 - 1_790_000_000 % 3600 + start_hour * 3600
+    expected = _old_remaining(model, now, now + hours * 3600)
+    assert abs(model.remaining(now, now + hours * 3600) - expected) <= 1e-6 * max(expected, 1)
+
+
+def test_slots_follow_the_budget_timezone_and_its_daylight_saving():
+    clock = SlotClock(ZoneInfo("America/New_York"))
+    assert clock.slot(int(parse_rfc3339("2026-11-24T14:00:00Z"))) == 9  # Tuesday, 9 am EST
+    assert clock.slot(int(parse_rfc3339("2026-11-28T14:00:00Z"))) == 24 + 9  # Saturday
+    # Sunday 1 November 2026: clocks go back, the local day has 25 hours and two 1 ams.
+    day = clock.hours_per_slot(
+        int(parse_rfc3339("2026-11-01T04:00:00Z")), int(parse_rfc3339("2026-11-02T05:00:00Z"))
+    )
+    assert sum(day) == 25 and day[24 + 1] == 2 and day[24 + 2] == 1
+    assert sum(day[:24]) == 0, "all of it is weekend"
