@@ -366,13 +366,17 @@ class ShardEngine:
                 per_window.setdefault(window_start, {})[scope[k:]] = totals
         states = self.detector_states.setdefault(detector.name, {})
         alerts: list[Alert] = []
-        peer_names = detector.aggregation.dims[:k]
+        peer_names, member_names = detector.aggregation.dims[:k], detector.aggregation.dims[k:]
         for group in sorted(set(groups) | set(states)):
             state = states.get(group)
             if state is None:
                 state = states[group] = detector.new_state()
             peers = dict(zip(peer_names, group, strict=True))
             for window_start, members in sorted(groups.get(group, {}).items()):
+                if self.tracer is not None:
+                    for member, seen in detector.explain_group(members).items():
+                        scope_map = {**peers, **dict(zip(member_names, member, strict=True))}
+                        self.tracer(detector, scope_map, window_start, members[member], seen)
                 alerts.extend(detector.observe_group(state, peers, window_start, members))
             if not state.firing:
                 del states[group]

@@ -101,6 +101,37 @@ class AgentLoop(DetectorBase):
     def observe(self, state, scope, window_start, totals) -> list[Alert]:
         raise TypeError("agent_loop judges peer groups; the engine calls observe_group")
 
+    def explain(self, state, window_start, totals) -> dict[str, float] | None:
+        # The engine's tracer hands a peer-group rule its member's explanation as the state.
+        return state if isinstance(state, dict) else None
+
+    def explain_group(
+        self, members: Mapping[tuple[str, ...], Totals]
+    ) -> dict[tuple[str, ...], dict[str, float]]:
+        """Each member's requests against its peers: median, the count that would fire, z."""
+        c = self.config
+        counts = sorted(t.requests for t in members.values())
+        if len(counts) < c.min_peers:
+            return {}
+        median, scale = self._peer_baseline(counts)
+        upper = max(median + c.threshold * scale, c.factor * max(median, 1.0), c.min_requests)
+        return {
+            member: {
+                "value": float(totals.requests),
+                "expected": median,
+                "upper": upper,
+                "z": (totals.requests - median) / scale,
+                "warm": 1.0,
+            }
+            for member, totals in members.items()
+        }
+
+    def _peer_baseline(self, counts: list[int]) -> tuple[float, float]:
+        """Median of the peers' counts and the spread a z is measured in (MAD, Poisson floor)."""
+        median = _median(counts)
+        spread = MAD_TO_STD * _median(sorted(abs(x - median) for x in counts))
+        return median, max(spread, math.sqrt(self.config.overdispersion * max(median, 1.0)))
+
     def observe_group(
         self,
         state: PeerState,
@@ -114,9 +145,7 @@ class AgentLoop(DetectorBase):
         alerts: list[Alert] = []
         looping: set[tuple[str, ...]] = set()
         if len(counts) >= c.min_peers:
-            median = _median(counts)
-            spread = MAD_TO_STD * _median(sorted(abs(x - median) for x in counts))
-            scale = max(spread, math.sqrt(c.overdispersion * max(median, 1.0)))
+            median, scale = self._peer_baseline(counts)
             for member, totals in members.items():
                 n = totals.requests
                 z = (n - median) / scale

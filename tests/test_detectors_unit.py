@@ -146,3 +146,16 @@ def test_river_halfspacetrees_fires_upward_only():
     assert detector.observe(state, SCOPE, start, _usd(0.05, 5)) == [], "a drop is not an alert"
     spike = detector.observe(state, SCOPE, start + WINDOW, _usd(35.0, 3500))
     assert spike and spike[0].status == "firing" and spike[0].score >= 0.95
+
+
+def test_agent_loop_explains_each_member_against_its_peers():
+    detector = AgentLoop(AgentLoopConfig(name="loop"))
+    members = {(f"s{i}",): Totals(requests=1 + i % 3) for i in range(200)}
+    members[("s7",)] = Totals(requests=40)
+    seen = detector.explain_group(members)
+    assert seen[("s7",)]["value"] == 40 and seen[("s7",)]["expected"] == 2
+    assert seen[("s7",)]["z"] >= detector.config.threshold > seen[("s1",)]["z"]
+    assert seen[("s7",)]["value"] >= seen[("s7",)]["upper"] > seen[("s1",)]["value"]
+    assert detector.explain(seen[("s7",)], T0, members[("s7",)]) is seen[("s7",)]
+    few = {(f"s{i}",): Totals(requests=1) for i in range(3)}
+    assert detector.explain_group(few) == {}, "too few peers to tell"

@@ -119,3 +119,24 @@ def test_demo_writes_its_incidents_for_the_backtest(tmp_path: Path, capsys):
     written = json.loads(incidents.read_text())
     assert [i["kind"] for i in written["incidents"]] == ["spend_spike", "token_regression"]
     assert written["end"] - written["start"] == 0.2 * 86400
+
+
+def test_explain_shows_a_looping_session_against_its_peers(tmp_path: Path, capsys):
+    stream = demo.generate(
+        days=1, scale=0.3, seed=5, loop_tenant="acme", loop_at_hours=14, loop_factor=10
+    )
+    (loop,) = [incident for incident in stream.incidents if incident.kind == "session_loop"]
+    events = tmp_path / "events.jsonl"
+    stream.write(str(events))
+    rule = "{name: session-loop, type: agent_loop, scope: [session], peers: [tenant]}"
+    config = write_config(
+        tmp_path, f"detectors:\n  - {rule}\nreceivers: []\n" + demo.pricing_yaml()
+    )
+    at = rfc3339(loop.start + 1800)
+    scope = ",".join(f"{k}={v}" for k, v in loop.scope.items())
+    args = ["explain", "--config", str(config), "--input", str(events), "--scope", scope]
+    assert main([*args, "--at", at]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    seen = json.loads(line)
+    assert seen["rule"] == "session-loop" and seen["scope"] == loop.scope
+    assert seen["value"] >= seen["upper"] > seen["expected"] and seen["z"] > 4.5
