@@ -13,7 +13,7 @@ few requests is never judged by a spread estimated on its busy hours.
 from __future__ import annotations
 
 import math
-from collections import deque
+from array import array
 
 from spendwatch.detectors.base import SlotsState
 from spendwatch.detectors.robust import MAD_TO_STD, SortedWindow
@@ -29,7 +29,9 @@ class SlotHistory(SlotsState):
     def __init__(self, window: int, days: int, residual_memory: int, seasonal: bool) -> None:
         self.window = window if seasonal else 0
         self.days = days
-        self.slots: dict[int, deque[float]] = {}
+        # A compact array per slot: a deque costs ~600 bytes however short it is, and a
+        # day of 15-minute slots is 96 of them per scope.
+        self.slots: dict[int, array[float]] = {}
         self.residuals = SortedWindow(residual_memory)
         self.seen = 0
 
@@ -63,9 +65,10 @@ class SlotHistory(SlotsState):
         slot = self.slot(window_start)
         values = self.slots.get(slot)
         if values is None:
-            size = self.days if self.window else self.days * 24
-            values = self.slots[slot] = deque(maxlen=size)
+            values = self.slots[slot] = array("d")
         values.append(value)
+        if len(values) > (self.days if self.window else self.days * 24):
+            del values[0]
         if expected is not None and expected > 0:
             self.residuals.push(abs(value - expected) / expected)
         self.seen += 1

@@ -89,3 +89,28 @@ def test_flat_stream_uses_the_floor_not_zero_division() -> None:
     assert scores == [0.0] * 100
     z = scorer.z(45.1)
     assert z is not None and z == pytest.approx(0.1 / (45.0 * 1e-6 + 1e-9))
+
+
+def test_a_seasonal_scope_stays_small_and_old_deque_state_still_learns() -> None:
+    import gc
+    import pickle
+    import tracemalloc
+    from collections import deque
+
+    from spendwatch.detectors.slots import SlotHistory
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    history = SlotHistory(900, 7, 288, seasonal=True)
+    for window in range(7 * 96):  # a week of 15-minute windows, every slot full
+        history.learn(window * 900, 100.0 + window % 7, 100.0)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert held < 40_000, f"{held} bytes for one scope's week of 15-minute slots"
+    assert all(len(values) == 7 for values in history.slots.values())
+    old = pickle.loads(pickle.dumps(history))
+    old.slots = {slot: deque(values, maxlen=7) for slot, values in old.slots.items()}
+    old.learn(0, 500.0, 100.0)  # a snapshot written before slots were arrays
+    assert len(old.slots[0]) == 7 and old.slots[0][-1] == 500.0
+    assert old.expected(0, 0)[1] == 7

@@ -1,0 +1,137 @@
+"""State per scope: the memory each kind of rule holds for one scope after days of windows.
+
+For each rule of the production set (and a forecasting budget), one shard engine is fed
+three days of 15-minute windows for N scopes; what it then holds is measured twice: the
+Python heap it grew (tracemalloc) and its recovery snapshot (bytes written per epoch).
+Baseline, in the same run: a plain dict giving each scope one day of 15-minute floats,
+the least a seasonal baseline can remember. Prints a table; the last line is one JSON
+object with bytes per scope and the ratio to the baseline.
+
+    .venv/bin/python bench/memory.py [--scopes 2000] [--days 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import tracemalloc
+
+from spendwatch.config import SpendwatchConfig
+from spendwatch.dataflows.engine import EnginePlan, ShardEngine
+from spendwatch.pricing import NANOS_PER_USD
+
+WINDOW = 900
+T0 = 1_795_000_000 - 1_795_000_000 % 86400
+RULES = {
+    "robust_seasonal": {
+        "detectors": [
+            {"name": "r", "type": "robust_seasonal", "scope": ["tenant"], "window": "15m"}
+        ]
+    },
+    "unit_cost": {
+        "detectors": [
+            {
+                "name": "r",
+                "type": "unit_cost",
+                "scope": ["tenant"],
+                "metric": "cost_per_request_usd",
+                "window": "15m",
+            }
+        ]
+    },
+    "seasonal_zscore": {
+        "detectors": [
+            {
+                "name": "r",
+                "type": "seasonal_zscore",
+                "scope": ["tenant"],
+                "window": "15m",
+                "seasonality": "hour_of_week",
+            }
+        ]
+    },
+    "budget+forecast": {
+        "budgets": [
+            {
+                "name": "r",
+                "scope_by": ["tenant"],
+                "amount_usd": 1e9,
+                "period": "month",
+                "forecast": True,
+            }
+        ]
+    },
+}
+
+
+def measure(rule: dict, scopes: int, days: int) -> tuple[float, float]:
+    """Heap bytes and snapshot bytes per scope after ``days`` of windows for ``scopes``."""
+    config = SpendwatchConfig.model_validate({**rule, "engine": {"allowed_lateness": 0}})
+    rng = random.Random(1)
+    names = [(f"tenant-{i}",) for i in range(scopes)]
+    windows = days * 86400 // WINDOW
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    engine = ShardEngine(EnginePlan.from_config(config))
+    for w in range(windows):
+        start = T0 + w * WINDOW
+        rows = []
+        for scope in names:
+            requests = rng.randint(50, 150)
+            spend = requests * NANOS_PER_USD // 100
+            rows.append((0, scope, start, spend, requests, 1000 * requests, 100 * requests, 1))
+        engine.on_message(start + WINDOW - 1, rows)
+    engine.on_message(T0 + windows * WINDOW + 1, [])
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held / scopes, len(engine.snapshot()) / scopes
+
+
+def baseline(scopes: int) -> float:
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    profile = {(f"tenant-{i}",): [float(i + slot) for slot in range(96)] for i in range(scopes)}
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    del profile
+    return held / scopes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scopes", type=int, default=2000)
+    parser.add_argument("--days", type=int, default=3)
+    args = parser.parse_args()
+    floor = baseline(args.scopes)
+    print(f"baseline (96 floats per scope in a dict): {floor:,.0f} bytes/scope", file=sys.stderr)
+    figures = {}
+    for name, rule in RULES.items():
+        heap, snapshot = measure(rule, args.scopes, args.days)
+        figures[name] = {"heap_bytes": round(heap), "snapshot_bytes": round(snapshot)}
+        print(
+            f"{name:18s} heap {heap:8,.0f} B/scope  snapshot {snapshot:8,.0f} B/scope  "
+            f"({heap / floor:.2f}x baseline)",
+            file=sys.stderr,
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "memory",
+                "scopes": args.scopes,
+                "days": args.days,
+                "baseline_bytes": round(floor),
+                "per_scope": figures,
+                "ratio": {name: round(f["heap_bytes"] / floor, 2) for name, f in figures.items()},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
