@@ -112,13 +112,15 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
                     self._pending = b""
                 return _AT_END
             self._idle_sent = False
-            data = self._pending + data
             cut = data.rfind(b"\n")
             if cut < 0:
-                self._pending = data
+                self._pending += data
                 continue
+            # One copy of the block: the carried-over partial line and this read up to its
+            # last newline, joined straight from a view of the read.
+            block = b"".join((self._pending, memoryview(data)[:cut]))
             self._pending = data[cut + 1 :]
-            self._submit(data[:cut], cut + 1)
+            self._submit(block, len(block) + 1)
         return _FULL
 
     def _submit(self, block: bytes, consumed: int) -> None:
