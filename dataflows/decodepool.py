@@ -80,6 +80,7 @@ class _Helper:
         self._lock = threading.Lock()
         self._requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._broken = False
+        self.decoded = 0  # blocks this helper decoded
         threading.Thread(target=self._read_results, name="decode-results", daemon=True).start()
         threading.Thread(target=self._write_requests, name="decode-requests", daemon=True).start()
 
@@ -108,6 +109,7 @@ class _Helper:
             with self._lock:
                 future = self._pending.pop(task)
             if ok:
+                self.decoded += 1
                 future.set_result(result)
             else:
                 future.set_exception(RuntimeError(f"decode helper failed: {result}"))
@@ -166,6 +168,11 @@ class DecodePool:
             for helper in cls._shared._helpers:
                 helper.close()
             cls._shared = None
+
+    @property
+    def decoded(self) -> int:
+        """Blocks the helpers decoded (for tests and diagnostics)."""
+        return sum(helper.decoded for helper in self._helpers)
 
     def submit(self, decoder: BlockDecoder, block: bytes, source: str) -> Future[DecodedBlock]:
         """Decode ``block`` in a helper (round robin); the future holds the result."""

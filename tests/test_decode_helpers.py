@@ -89,9 +89,11 @@ def read_all(partition: _FilePartition, kill_helpers_after: int | None = None) -
 def test_helpers_decode_the_same_batches_as_inline(messy_file, tmp_path):
     inline = read_all(_FilePartition(config_for(tmp_path, 0), str(messy_file), None))
     helped = _FilePartition(config_for(tmp_path, 2), str(messy_file), None)
-    assert helped._pool is not None, "a backlog of many blocks is decoded by helpers"
+    pool = helped._pool
+    assert pool is not None, "a backlog of many blocks is decoded by helpers"
     assert read_all(helped) == inline
     assert len(inline) > 8
+    assert pool.decoded == len(inline), "every block was decoded by a helper, none inline"
     assert sum(len(b[4]) for b in inline) >= 5 and sum(b[5] for b in inline) >= 3
 
 
