@@ -235,6 +235,7 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
         try:
             if self._publisher is not None:
                 self._publisher.flush()
+                self._publisher = None  # its producer goes now, not whenever the partition does
             # at the end of the input everything read was processed; otherwise stay behind
             self._commit(self._offset if self._eof else self._snapshotted, asynchronous=False)
         finally:

@@ -33,17 +33,22 @@ class KafkaNotifier(Notifier):
     def __init__(self, config: KafkaReceiverConfig) -> None:
         self.name = config.name
         self.config = config
-        self._producer = Producer(
-            config.settings(
+        self._producer: Producer | None = self._connect()  # bad settings fail at start-up
+
+    def _connect(self) -> Producer:
+        return Producer(
+            self.config.settings(
                 **{
                     "acks": "all",
                     "enable.idempotence": True,  # broker-side retries never duplicate an alert
-                    "message.timeout.ms": int(config.timeout * 1000),
+                    "message.timeout.ms": int(self.config.timeout * 1000),
                 }
             )
         )
 
     def notify(self, alert: Alert) -> None:
+        if self._producer is None:  # closed earlier, used again
+            self._producer = self._connect()
         outcome: list[KafkaError | None] = []
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
@@ -80,4 +85,6 @@ class KafkaNotifier(Notifier):
             )
 
     def close(self) -> None:
-        self._producer.flush(self.config.timeout)
+        if self._producer is not None:
+            self._producer.flush(self.config.timeout)
+            self._producer = None  # disconnect now, not whenever this object is collected

@@ -84,11 +84,14 @@ def run(config: SpendwatchConfig, alerts_path: Path, *, configured: bool = False
     ``configured``, to the receivers of the config as well)."""
     stats.reset()
 
+    extra = [build_notifier(r) for r in config.receivers] if configured else []
+
     def receivers() -> list:
-        extra = [build_notifier(r) for r in config.receivers] if configured else []
         return [FileNotifier(FileConfig(path=str(alerts_path))), *extra]
 
     run_main(get_flow(config, receivers=receivers))
+    for notifier in extra:  # a Kafka receiver's producer disconnects before the broker stops
+        notifier.close()
     if not alerts_path.exists():
         return []
     return [json.loads(line) for line in alerts_path.read_text().splitlines()]
