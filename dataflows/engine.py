@@ -352,7 +352,29 @@ class ShardEngine:
                 self.driver_states.get(detector.name, {}).pop(scope, None)
             else:
                 progress[scope] = (judged, last_data)
+        cap = getattr(getattr(detector, "config", None), "max_scopes", None)
+        if cap is not None and len(states) > cap:
+            self._forget_quietest(detector.name, cap)
         return alerts
+
+    def _forget_quietest(self, rule: str, cap: int) -> None:
+        """Keep a rule's scopes within ``cap``: forget those quiet longest, down to 90 %.
+
+        Deterministic (ties go by scope), so a replay forgets what a live run forgot.
+        """
+        states, progress = self.detector_states[rule], self.detector_progress[rule]
+        drivers = self.driver_states.get(rule, {})
+
+        def last_seen(scope: tuple[str, ...]) -> tuple[float, tuple[str, ...]]:
+            last_data = progress.get(scope, (None, None))[1]
+            return (-math.inf if last_data is None else last_data, scope)
+
+        keep = max(int(cap * 0.9), 1)
+        for scope in sorted(states, key=last_seen)[: len(states) - keep]:
+            del states[scope]
+            progress.pop(scope, None)
+            drivers.pop(scope, None)
+            self.counters.evicted_scopes += 1
 
     def _judge_peers(
         self, detector: Any, by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]]

@@ -135,6 +135,12 @@ class RuleConfig(StrictModel):
     scope: list[Dimension] = Field(default_factory=list, description="dimensions to key on")
     resolve_after: int = Field(default=2, ge=1, description="normal windows that end an episode")
     severity: Severity = Field(default="warning", description="severity of its alerts")
+    max_scopes: int = Field(
+        default=10_000,
+        ge=1,
+        description="per shard: beyond this many scopes the longest-quiet ones are forgotten "
+        "(bounded memory when a scope dimension explodes, e.g. one scope per user)",
+    )
 
     @model_validator(mode="after")
     def _window_divides_a_day(self) -> RuleConfig:

@@ -52,7 +52,8 @@ class WorkerCollector(Collector):
         )
         yield _counter(
             "spendwatch_evicted_scopes",
-            "Budget scopes forgotten to stay within max_scopes (lowest spenders first)",
+            "Scopes forgotten to stay within max_scopes (budgets: lowest spenders; detectors: "
+            "longest quiet)",
             counters.evicted_scopes,
         )
         alerts = CounterMetricFamily(

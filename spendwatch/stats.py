@@ -17,7 +17,7 @@ class RunStats:
     duplicates: int = 0
     late_events: int = 0
     windows_closed: int = 0
-    # budget scopes forgotten to stay within max_scopes (lowest spenders first)
+    # scopes forgotten to stay within max_scopes (budgets: lowest spenders; detectors: quietest)
     evicted_scopes: int = 0
     bytes_read: int = 0
     bytes_total: int = 0
