@@ -41,7 +41,7 @@ _NUMBER_GETTERS = tuple(
 _get_ts = attrgetter("ts")
 _get_event_id = attrgetter("event_id")
 _get_cost = attrgetter("cost_usd")
-_get_labels = attrgetter("labels")
+_NO_LABELS: dict[str, str] = {}
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 _NEWLINE, _OPEN_BRACE = ord("\n"), ord("{")
 
@@ -262,5 +262,5 @@ def _attributed(column: Categorical) -> Categorical:
 def _label_column(events: Sequence[UsageEvent], dimension: str) -> Categorical:
     """A ``labels.KEY`` dimension as codes; events without the label are ``unattributed``."""
     key = dimension[len("labels.") :]
-    values = map(dict.get, map(_get_labels, events), itertools.repeat(key))
+    values = map(dict.get, [e.labels or _NO_LABELS for e in events], itertools.repeat(key))
     return factorize(values, len(events), missing=UNATTRIBUTED)

@@ -59,7 +59,10 @@ class UsageEvent(msgspec.Struct, gc=False):
     ] = None
     charge_category: _Dim | None = None
     latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    labels: dict[str, str] = {}
+    labels: Annotated[
+        dict[str, str] | None,
+        msgspec.Meta(description="free-form extra dimensions, selectable as labels.KEY"),
+    ] = None  # None, not {}: most events have none, and an empty dict per event is not free
 
 
 def event_json_schema() -> dict[str, Any]:
