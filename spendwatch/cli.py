@@ -52,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 
     backtest = commands.add_parser("backtest", help="replay history and write the alerts raised")
     backtest.add_argument("--config", required=True)
-    backtest.add_argument("--input", required=True, help="JSONL usage events")
+    backtest.add_argument(
+        "--input",
+        required=True,
+        help="JSONL usage events (a glob pattern reads several files, one partition each)",
+    )
     backtest.add_argument("--alerts-out", required=True, help="JSONL file for the alerts")
     backtest.add_argument("--dead-letter", help="JSONL file for rejected events")
     backtest.add_argument(
@@ -256,8 +260,11 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    if not os.path.exists(args.input):
-        print(f"error: input file {args.input} does not exist", file=sys.stderr)
+    from spendwatch.dataflows.sources import missing_input
+
+    problem = missing_input(replay_source(config, args.input))
+    if problem is not None:
+        print(f"error: {problem.replace('source.path', '--input')}", file=sys.stderr)
         return 2
     progress = None
     if not args.quiet and sys.stderr.isatty():

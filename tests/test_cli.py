@@ -195,3 +195,29 @@ def test_run_names_a_missing_input_file_instead_of_crashing(tmp_path):
     assert result.returncode == 2
     assert f"input file {missing} does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_backtest_reads_a_glob_of_files_like_their_concatenation(
+    detection_config, planted, tmp_path, capsys
+):
+    from spendwatch.cli import main
+    from spendwatch.timefmt import parse_rfc3339
+
+    _, config = detection_config
+    lines = sorted(planted.lines, key=lambda line: parse_rfc3339(json.loads(line)["ts"]))
+    whole = tmp_path / "whole.jsonl"
+    whole.write_bytes(b"".join(line + b"\n" for line in lines))
+    for index in range(2):  # each file spans the whole period, like topic partitions
+        part = tmp_path / f"part-{index}.jsonl"
+        part.write_bytes(b"".join(line + b"\n" for line in lines[index::2]))
+    alerts = {}
+    for name, source in (("whole", whole), ("parts", tmp_path / "part-*.jsonl")):
+        out = tmp_path / f"{name}-alerts.jsonl"
+        args = ["backtest", "--config", str(config), "--input", str(source)]
+        assert main([*args, "--alerts-out", str(out), "--quiet"]) == 0
+        alerts[name] = comparable(read_alerts(out))
+    assert len(alerts["whole"]) >= 5 and alerts["parts"] == alerts["whole"]
+    missing = ["backtest", "--config", str(config), "--input", str(tmp_path / "none-*.jsonl")]
+    assert main([*missing, "--alerts-out", str(tmp_path / "x.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert "--input" in error and "matches no file" in error
