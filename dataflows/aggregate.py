@@ -41,6 +41,7 @@ class PreAggregator:
         self.aggregations = list(aggregations)
         self.shards = shards
         self._shard_cache: dict[tuple[str, ...], int] = {}
+        self._window_indexes: dict[int, np.ndarray] = {}  # per batch: window -> index column
 
     def rows(self, batch: ParsedBatch) -> list[PartialRow]:
         """All partial rows of one batch."""
@@ -52,9 +53,19 @@ class PreAggregator:
             return categorical.codes, categorical.values
 
         out: list[PartialRow] = []
+        self._window_indexes: dict[int, np.ndarray] = {}
         for index, aggregation in enumerate(self.aggregations):
             out.extend(self._aggregate(index, aggregation, batch, column))
+        self._window_indexes = {}
         return out
+
+    def _window_index(self, batch: ParsedBatch, window: int) -> np.ndarray:
+        found = self._window_indexes.get(window)
+        if found is None:
+            found = self._window_indexes[window] = np.floor_divide(batch.ts, window).astype(
+                np.int64
+            )
+        return found
 
     def route(self, batch: ParsedBatch) -> list[tuple[str, ShardMessage]]:
         """One message per shard (empty ones too: every shard must see the batch's max time)."""
@@ -83,6 +94,8 @@ class PreAggregator:
                 return []
             hit = codes == code
             selected = hit if selected is None else selected & hit
+        if selected is not None and selected.all():  # nothing filtered out: no copies
+            selected = None
         positions = None if selected is None else np.flatnonzero(selected)
         if positions is not None and positions.size == 0:
             return []
@@ -91,7 +104,11 @@ class PreAggregator:
             return values if positions is None else values[positions]
 
         window = aggregation.window
-        window_index = np.floor_divide(pick(batch.ts), window).astype(np.int64)
+        window_index = (
+            self._window_index(batch, window)  # shared by the rules with this window
+            if positions is None
+            else np.floor_divide(batch.ts[positions], window).astype(np.int64)
+        )
         first_window = int(window_index.min())
         window_span = int(window_index.max()) - first_window + 1
         dim_codes = [pick(column(d)[0]) for d in aggregation.dims]
