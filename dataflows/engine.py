@@ -161,13 +161,15 @@ class ShardEngine:
         """
         alerts: list[Alert] = []
         aggregations = self.plan.aggregations
+        # Looked up once per message, not per row: hashing an Aggregation is not free.
+        closed = [self.closed_before.get(a, -math.inf) for a in aggregations]
+        buckets = [self.open.setdefault(a, {}) for a in aggregations] if rows else []
         for index, scope, window_start, *values in rows:
-            aggregation = aggregations[index]
             totals = Totals(*values)
-            if window_start < self.closed_before.get(aggregation, -math.inf):
-                alerts.extend(self._late(aggregation, scope, window_start, totals))
+            if window_start < closed[index]:
+                alerts.extend(self._late(aggregations[index], scope, window_start, totals))
                 continue
-            bucket = self.open.setdefault(aggregation, {})
+            bucket = buckets[index]
             key = (scope, window_start)
             previous = bucket.get(key)
             bucket[key] = totals if previous is None else previous.add(totals)
