@@ -3,12 +3,13 @@
 Decoding needs nothing but the config (the schema, the prices, the dimensions), so it can
 run anywhere: inline, or in a helper process while the worker aggregates the previous
 block (:mod:`spendwatch.dataflows.decodepool`). What depends on history, the dedup of
-event ids, is done afterwards by :meth:`spendwatch.events.EventParser.finish`, in input
+event ids, is done afterwards by :meth:`spendwatch.parser.EventParser.finish`, in input
 order, so both ways give the same batches.
 
 The fast path decodes a whole block of JSON lines in one C call and reads each field out
-with C-level iterators; a block with any bad line falls back to line-by-line decoding,
-which words the reason for each bad line and keeps the good ones.
+with C-level iterators. A block with bad lines is halved until its good ranges decode in
+bulk and each bad line stands alone, dead-lettered with the reason its own decode gives.
+Lines with OpenTelemetry GenAI names or over the size limit take the line-by-line path.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ _get_cost = attrgetter("cost_usd")
 _NO_LABELS: dict[str, str] = {}
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 _NEWLINE, _OPEN_BRACE = ord("\n"), ord("{")
+_LEAF = 16  # lines decoded one by one once a failing range is this small
 
 
 @dataclass
@@ -104,30 +106,37 @@ class BlockDecoder:
 
     def decode_block(self, block: bytes, source: str = "") -> DecodedBlock:
         """Decode newline-separated events (a block of a file or of stdin)."""
-        bounds = self._clean_line_bounds(block)
-        if bounds is not None and MARKER not in block:
-            try:
-                events = _one_decoder.decode_lines(block)
-            except _DECODE_ERRORS:
-                events = None
-            # One event per line: a line holding two objects would show up as a surplus.
-            if events is not None and len(events) == len(bounds[0]):
-                starts, stops = bounds
-                return self._columns(events, lambda i: block[starts[i] : stops[i]], [], source)
-        return self.decode_lines(block.split(b"\n"), source)
+        bounds = self._line_bounds(block)
+        if bounds is None or MARKER in block:
+            return self.decode_lines(block.split(b"\n"), source)
+        starts, stops, clean = bounds
+
+        def raw_line(i: int) -> bytes:
+            return block[starts[i] : stops[i]]
+
+        def decode_range(lo: int, hi: int) -> list[UsageEvent] | None:
+            # Only lines that all start with "{" are decoded together: decode_lines skips
+            # blank lines, which would let a line holding two objects pass the count check.
+            if clean[hi] - clean[lo] != hi - lo:
+                return None
+            return _one_decoder.decode_lines(block[starts[lo] : stops[hi - 1]])
+
+        return self._decode_ranges(decode_range, raw_line, len(starts), source)
 
     def decode_lines(self, lines: Sequence[bytes], source: str = "") -> DecodedBlock:
         """Decode one event per item (Kafka message values, or the lines of a block)."""
-        dead: list[DeadLetter] = []
         lines = list(filter(None, lines))
         if lines and max(map(len, lines)) <= self.max_event_bytes:
             joined = b"[" + b",".join(lines) + b"]"
             if MARKER not in joined:  # aliased attribute names take the line-by-line path
-                try:  # the whole batch as one JSON array, decoded in C
-                    events = _array_decoder.decode(joined)
-                    return self._columns(events, lines.__getitem__, dead, source)
-                except _DECODE_ERRORS:
-                    pass  # some line is bad (or blank): find which, one by one
+
+                def decode_range(lo: int, hi: int) -> list[UsageEvent]:
+                    if lo == 0 and hi == len(lines):
+                        return _array_decoder.decode(joined)
+                    return _array_decoder.decode(b"[" + b",".join(lines[lo:hi]) + b"]")
+
+                return self._decode_ranges(decode_range, lines.__getitem__, len(lines), source)
+        dead: list[DeadLetter] = []
         accepted: list[bytes] = []
         aliased: dict[bytes, bytes] = {}  # rewritten line -> original, for dead letters
         for line in lines:
@@ -145,16 +154,59 @@ class BlockDecoder:
                 aliased[stripped] = original
             accepted.append(stripped)
         events, raws = self._decode_each(accepted, dead, source)
-        raw_of = raws.__getitem__
         if aliased:
             raws = [aliased.get(raw, raw) for raw in raws]
-            raw_of = raws.__getitem__
             dead = [DeadLetter(d.reason, aliased.get(d.raw, d.raw), d.source) for d in dead]
-        return self._columns(events, raw_of, dead, source)
+        return self._columns(events, raws.__getitem__, dead, source)
 
-    def _clean_line_bounds(self, block: bytes) -> tuple[list[int], list[int]] | None:
-        """Start and end of each line if every line starts with ``{`` and is within the size
-        limit (the fast path's preconditions), else ``None``."""
+    def _decode_ranges(
+        self,
+        decode_range: Callable[[int, int], list[UsageEvent] | None],
+        raw_line: Callable[[int], bytes],
+        count: int,
+        source: str,
+    ) -> DecodedBlock:
+        """Decode lines ``0..count`` in as few C calls as the bad lines allow.
+
+        The whole range is tried at once; a range that fails is halved, so one bad line
+        among thousands costs about two decodes of the block, not a line-by-line pass.
+        Ranges of ``_LEAF`` lines or fewer are decoded line by line, and each line that
+        fails there is dead-lettered with the reason its own decode gives.
+        """
+        events: list[UsageEvent] = []
+        rows: list[int] = []  # the line of each event
+        failed: list[bytes] = []
+        pending = [(0, count)]
+        while pending:
+            lo, hi = pending.pop()
+            if hi - lo > _LEAF:
+                try:
+                    decoded = decode_range(lo, hi)
+                except _DECODE_ERRORS:
+                    decoded = None
+                if decoded is not None and len(decoded) == hi - lo:  # one event per line
+                    events.extend(decoded)
+                    rows.extend(range(lo, hi))
+                    continue
+                mid = (lo + hi) // 2
+                pending += [(mid, hi), (lo, mid)]  # lo..mid is popped first: line order
+                continue
+            for i in range(lo, hi):
+                line = raw_line(i).strip()
+                if not line:
+                    continue
+                try:
+                    events.append(_one_decoder.decode(line))
+                    rows.append(i)
+                except _DECODE_ERRORS:
+                    failed.append(line)
+        dead: list[DeadLetter] = []
+        self._decode_each(failed, dead, source)  # fails again, now wording the reason
+        return self._columns(events, lambda k: raw_line(rows[k]).strip(), dead, source)
+
+    def _line_bounds(self, block: bytes) -> tuple[list[int], list[int], np.ndarray] | None:
+        """Start and end of each line, and a running count of lines starting with ``{``;
+        ``None`` when a line is over the size limit (the line-by-line path words that)."""
         if not block:
             return None
         text = np.frombuffer(block, dtype=np.uint8)
@@ -163,9 +215,11 @@ class BlockDecoder:
         stops = np.append(ends, len(block))
         if starts[-1] == len(block):  # a final newline ends the last line, opens none
             starts, stops = starts[:-1], stops[:-1]
-        if (stops - starts).max() > self.max_event_bytes or (text[starts] != _OPEN_BRACE).any():
+        if (stops - starts).max() > self.max_event_bytes:
             return None
-        return starts.tolist(), stops.tolist()
+        opens = text[np.minimum(starts, len(block) - 1)] == _OPEN_BRACE
+        clean = np.concatenate(([0], np.cumsum(opens)))
+        return starts.tolist(), stops.tolist(), clean
 
     def _decode_each(
         self, lines: list[bytes], dead: list[DeadLetter], source: str

@@ -190,7 +190,15 @@ _VALID = st.fixed_dictionaries(
 ).map(lambda event: json.dumps(event).encode())
 _GARBAGE = st.binary(max_size=40).filter(lambda raw: b"\n" not in raw)
 _TWO_ON_A_LINE = st.tuples(_VALID, _VALID).map(lambda pair: pair[0] + b" " + pair[1])
-_LINES = st.lists(st.one_of(_VALID, _VALID, _GARBAGE, _TWO_ON_A_LINE, st.just(b"")), max_size=30)
+_PADDED = st.tuples(_VALID, st.sampled_from([b"\r", b" ", b"  \t"])).map(
+    lambda pair: pair[0] + pair[1]
+)
+_LINES = st.lists(
+    st.one_of(
+        _VALID, _VALID, _VALID, _PADDED, _GARBAGE, _TWO_ON_A_LINE, st.sampled_from([b"", b"  "])
+    ),
+    max_size=120,
+)
 
 
 def _picture(batch) -> tuple:
@@ -200,16 +208,35 @@ def _picture(batch) -> tuple:
         batch.input_tokens.tolist(),
         batch.anomaly_input.tolist(),
         {d: c.tolist() for d, c in batch.dims.items()},
-        [(d.reason, d.raw) for d in batch.dead],
+        sorted((d.reason, d.raw) for d in batch.dead),  # which lines, not in which order
         batch.duplicates,
         batch.fallback_priced,
     )
 
 
+def _one_by_one(pricing, lines) -> tuple:
+    """The reference: every line parsed on its own, in order, by one parser."""
+    p = parser(pricing)
+    batches = [p.parse([line]) for line in lines]
+    pictures = [_picture(batch) for batch in batches]
+
+    def joined(part) -> list:
+        return [item for picture in pictures for item in part(picture)]
+
+    merged = [joined(lambda picture, k=k: picture[k]) for k in (0, 1, 2, 3)]
+    dims = {d: joined(lambda picture, d=d: picture[4][d]) for d in p.dimensions}
+    dead = sorted(joined(lambda picture: picture[5]))
+    fallback: dict[str, int] = {}
+    for batch in batches:
+        for model, n in batch.fallback_priced.items():
+            fallback[model] = fallback.get(model, 0) + n
+    return (*merged, dims, dead, sum(b.duplicates for b in batches), fallback)
+
+
 @settings(max_examples=300, deadline=None)
 @given(_LINES, st.booleans())
-def test_a_block_and_its_lines_always_parse_alike(lines, fallback):
+def test_a_block_and_its_lines_always_parse_like_each_line_alone(lines, fallback):
     pricing = WITH_FALLBACK if fallback else PRICES
-    by_lines = parser(pricing).parse(lines)
-    by_block = parser(pricing).parse_block(b"\n".join(lines))
-    assert _picture(by_block) == _picture(by_lines)
+    reference = _one_by_one(pricing, lines)
+    assert _picture(parser(pricing).parse(lines)) == reference
+    assert _picture(parser(pricing).parse_block(b"\n".join(lines))) == reference
