@@ -41,7 +41,6 @@ class PreAggregator:
         self.aggregations = list(aggregations)
         self.shards = shards
         self._shard_cache: dict[tuple[str, ...], int] = {}
-        self._window_indexes: dict[int, np.ndarray] = {}  # per batch: window -> index column
 
     def rows(self, batch: ParsedBatch) -> list[PartialRow]:
         """All partial rows of one batch."""
@@ -52,20 +51,21 @@ class PreAggregator:
             categorical = batch.dims[dim]
             return categorical.codes, categorical.values
 
-        out: list[PartialRow] = []
-        self._window_indexes: dict[int, np.ndarray] = {}
-        for index, aggregation in enumerate(self.aggregations):
-            out.extend(self._aggregate(index, aggregation, batch, column))
-        self._window_indexes = {}
-        return out
+        # Window indexes are shared by the rules with the same window. The cache lives in
+        # this call: worker threads of one process share the aggregator.
+        window_indexes: dict[int, np.ndarray] = {}
 
-    def _window_index(self, batch: ParsedBatch, window: int) -> np.ndarray:
-        found = self._window_indexes.get(window)
-        if found is None:
-            found = self._window_indexes[window] = np.floor_divide(batch.ts, window).astype(
-                np.int64
-            )
-        return found
+        def window_index(window: int) -> np.ndarray:
+            found = window_indexes.get(window)
+            if found is None:
+                found = np.floor_divide(batch.ts, window).astype(np.int64)
+                window_indexes[window] = found
+            return found
+
+        out: list[PartialRow] = []
+        for index, aggregation in enumerate(self.aggregations):
+            out.extend(self._aggregate(index, aggregation, batch, column, window_index))
+        return out
 
     def route(self, batch: ParsedBatch) -> list[tuple[str, ShardMessage]]:
         """One message per shard (empty ones too: every shard must see the batch's max time)."""
@@ -84,7 +84,7 @@ class PreAggregator:
         max_ts = batch.max_ts
         return [(str(shard), (max_ts, rows)) for shard, rows in enumerate(per_shard)]
 
-    def _aggregate(self, index, aggregation, batch, column) -> list[PartialRow]:
+    def _aggregate(self, index, aggregation, batch, column, window_index_of) -> list[PartialRow]:
         selected = batch.anomaly_input.copy() if not aggregation.include_credits else None
         for dim, wanted in aggregation.match:
             codes, uniques = column(dim)
@@ -105,7 +105,7 @@ class PreAggregator:
 
         window = aggregation.window
         window_index = (
-            self._window_index(batch, window)  # shared by the rules with this window
+            window_index_of(window)
             if positions is None
             else np.floor_divide(batch.ts[positions], window).astype(np.int64)
         )
