@@ -28,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import IO, Literal
 
 from spendwatch.decoding import BlockDecoder, DecodedBlock
+from spendwatch.gctuning import tune_gc
 
 # A partition uses helpers only for a backlog of at least this many blocks: starting
 # them costs a fraction of a second, which a short file would not win back.
@@ -184,6 +185,7 @@ class DecodePool:
 def _serve() -> None:
     """Helper process: decode each block read from stdin, write each result to stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tune_gc()
     requests = sys.stdin.buffer
     results = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints cannot corrupt frames

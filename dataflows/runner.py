@@ -17,6 +17,7 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.testing import cluster_main, run_main
 
 from spendwatch.dataflows.decodepool import DecodePool
+from spendwatch.gctuning import tune_gc
 
 
 class Shutdown(KeyboardInterrupt):
@@ -108,6 +109,7 @@ def run_flow(
         request_stop(signal.Signals(signum).name)
 
     _stop_requested[0] = False
+    tune_gc()
     previous = {sig: signal.signal(sig, handle) for sig in signals}
     recovery = RecoveryConfig(str(Path(recovery_dir))) if recovery_dir else None
     interval = timedelta(seconds=epoch_interval)

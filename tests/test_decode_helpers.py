@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from spendwatch.config import load_config
 from spendwatch.dataflows.aggregate import _group_sums
 from spendwatch.dataflows.decodepool import LOCAL_PROCESSES_ENV, DecodePool, helper_count
 from spendwatch.dataflows.sources import _FilePartition
+from spendwatch.gctuning import GC_THRESHOLDS
 from tests.conftest import comparable, read_alerts, write_config
 
 BLOCK = 16 << 10
@@ -145,6 +147,7 @@ def test_backtest_alerts_do_not_depend_on_helpers(planted_file, tmp_path):
         alerts[helpers] = comparable(read_alerts(out))
         assert summary["events"] > 100_000
         assert DecodePool._shared is None, "no helper outlives the run"
+        assert gc.get_threshold() == GC_THRESHOLDS, "a run collects cyclic garbage rarely"
     assert alerts[0] == alerts[2]
     assert any(json.loads(dict(a)["kind"]) == "budget" for a in alerts[0])
 
