@@ -15,6 +15,7 @@ Lines with OpenTelemetry GenAI names or over the size limit take the line-by-lin
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +47,9 @@ _NO_LABELS: dict[str, str] = {}
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 _NEWLINE, _OPEN_BRACE = ord("\n"), ord("{")
 _LEAF = 16  # lines decoded one by one once a failing range is this small
+# Whether a block holds a GenAI attribute name: the regex engine scans a 4 MB block a
+# third faster than ``bytes.__contains__``.
+_has_marker = re.compile(re.escape(MARKER)).search
 
 
 @dataclass
@@ -107,7 +111,7 @@ class BlockDecoder:
     def decode_block(self, block: bytes, source: str = "") -> DecodedBlock:
         """Decode newline-separated events (a block of a file or of stdin)."""
         bounds = self._line_bounds(block)
-        if bounds is None or MARKER in block:
+        if bounds is None or _has_marker(block):
             return self.decode_lines(block.split(b"\n"), source)
         starts, stops, clean = bounds
 
@@ -128,7 +132,7 @@ class BlockDecoder:
         lines = list(filter(None, lines))
         if lines and max(map(len, lines)) <= self.max_event_bytes:
             joined = b"[" + b",".join(lines) + b"]"
-            if MARKER not in joined:  # aliased attribute names take the line-by-line path
+            if not _has_marker(joined):  # aliased attribute names: the line-by-line path
 
                 def decode_range(lo: int, hi: int) -> list[UsageEvent]:
                     if lo == 0 and hi == len(lines):
