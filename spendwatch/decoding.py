@@ -221,7 +221,7 @@ class BlockDecoder:
             starts, stops = starts[:-1], stops[:-1]
         if (stops - starts).max() > self.max_event_bytes:
             return None
-        opens = text[np.minimum(starts, len(block) - 1)] == _OPEN_BRACE
+        opens = text[starts] == _OPEN_BRACE
         clean = np.concatenate(([0], np.cumsum(opens)))
         return starts.tolist(), stops.tolist(), clean
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.error import HTTPError
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 from urllib.request import urlopen
 
 import orjson
@@ -52,7 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
             ready = view.ready.is_set()
             self._json(200 if ready else 503, {"ready": ready})
         elif path == "/budgets":
-            budgets, extra = self._gather("budgets", view.budgets())
+            budgets, extra = self._gather(url, query, "budgets", view.budgets())
             self._json(200, {"budgets": sorted(budgets, key=_budget_order), **extra})
         elif path == "/alerts":
             try:
@@ -60,7 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 self._json(400, {"error": "limit must be an integer"})
                 return
-            alerts, extra = self._gather("alerts", view.recent_alerts(limit))
+            alerts, extra = self._gather(url, query, "alerts", view.recent_alerts(limit))
             if "processes" in extra:  # newest first across the processes too
                 alerts.sort(key=lambda alert: alert.get("detected_at", ""), reverse=True)
             self._json(200, {"alerts": alerts[: max(limit, 0)], **extra})
@@ -68,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
             rule = unquote(path[len("/scopes/") :])
             match = {k: v for k, v in query.items() if k != "local"}
             own = view.scopes(rule, match)
-            rows, extra = self._gather("scopes", own or [], known=own is not None)
+            rows, extra = self._gather(url, query, "scopes", own or [], known=own is not None)
             if not extra.pop("known"):
                 self._json(404, {"error": f"no detector state for rule {rule!r}"})
             else:
@@ -76,17 +76,18 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": "not found"})
 
-    def _gather(self, field: str, own: list, known: bool = True) -> tuple[list, dict[str, Any]]:
+    def _gather(
+        self, url: SplitResult, query: dict[str, str], field: str, own: list, known: bool = True
+    ) -> tuple[list, dict[str, Any]]:
         """This process's rows plus, unless asked for ``local=1``, every peer's rows."""
         rows, extra = list(own), {}
-        url = urlsplit(self.path)
-        if dict(parse_qsl(url.query)).get("local") == "1" or not self.server.peers:
+        if query.get("local") == "1" or not self.server.peers:
             return rows, {"known": known} if field == "scopes" else {}
-        query = "&".join(filter(None, [url.query, "local=1"]))
+        local = "&".join(filter(None, [url.query, "local=1"]))
         unreachable = []
         for peer in self.server.peers:
             try:
-                with urlopen(f"http://{peer}{url.path}?{query}", timeout=PEER_TIMEOUT) as reply:
+                with urlopen(f"http://{peer}{url.path}?{local}", timeout=PEER_TIMEOUT) as reply:
                     body = orjson.loads(reply.read())
                 rows.extend(body.get(field, []))
                 known = True
