@@ -6,7 +6,8 @@ several blocks in flight, and takes the results back in input order before apply
 dedup window: the batches are exactly those of inline decoding, only sooner.
 
 Helpers are plain ``python -m spendwatch.dataflows.decodepool`` subprocesses speaking
-length-prefixed pickle frames over their stdin and stdout: no fork of the multi-threaded
+length-prefixed frames over their stdin and stdout (a request is a small pickle and the
+block's raw bytes, a reply a pickle of the decoded columns): no fork of the multi-threaded
 worker, no re-import of the caller's main module, and a helper whose parent dies sees
 end-of-file and exits. Helpers ignore SIGINT: the worker decides when to stop.
 """
@@ -79,26 +80,27 @@ class _Helper:
         )
         self._pending: dict[int, Future[DecodedBlock]] = {}
         self._lock = threading.Lock()
-        self._requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
         self._broken = False
         self.decoded = 0  # blocks this helper decoded
         threading.Thread(target=self._read_results, name="decode-results", daemon=True).start()
         threading.Thread(target=self._write_requests, name="decode-requests", daemon=True).start()
 
-    def submit(self, task: int, payload: bytes) -> Future[DecodedBlock]:
+    def submit(self, task: int, meta: bytes, block: bytes) -> Future[DecodedBlock]:
         future: Future[DecodedBlock] = Future()
         with self._lock:
             if self._broken:
                 future.set_exception(BrokenProcessPool("decode helper exited"))
                 return future
             self._pending[task] = future
-        self._requests.put(payload)  # never blocks the worker on a busy helper
+        self._requests.put((meta, block))  # never blocks the worker on a busy helper
         return future
 
     def _write_requests(self) -> None:
-        while (payload := self._requests.get()) is not None:
+        while (request := self._requests.get()) is not None:
             try:
-                _write_frame(self._process.stdin, payload)
+                for frame in request:  # the block goes as it is: no copy into a pickle
+                    _write_frame(self._process.stdin, frame)
             except OSError:  # the helper is gone: the reader fails what is pending
                 return
         with contextlib.suppress(OSError):
@@ -178,8 +180,8 @@ class DecodePool:
     def submit(self, decoder: BlockDecoder, block: bytes, source: str) -> Future[DecodedBlock]:
         """Decode ``block`` in a helper (round robin); the future holds the result."""
         task = next(self._tasks)
-        payload = pickle.dumps((task, decoder, block, source), protocol=pickle.HIGHEST_PROTOCOL)
-        return self._helpers[task % len(self._helpers)].submit(task, payload)
+        meta = pickle.dumps((task, decoder, source), protocol=pickle.HIGHEST_PROTOCOL)
+        return self._helpers[task % len(self._helpers)].submit(task, meta, block)
 
 
 def _serve() -> None:
@@ -189,8 +191,11 @@ def _serve() -> None:
     requests = sys.stdin.buffer
     results = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints cannot corrupt frames
-    while (frame := _read_frame(requests)) is not None:
-        task, decoder, block, source = pickle.loads(frame)
+    while (meta := _read_frame(requests)) is not None:
+        block = _read_frame(requests)
+        if block is None:
+            break
+        task, decoder, source = pickle.loads(meta)
         try:
             reply = (task, True, decoder.decode_block(block, source))
         except Exception as error:  # report, keep serving: the worker decides what to do
