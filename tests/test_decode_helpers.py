@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import signal
+import sys
 import textwrap
 from pathlib import Path
 
@@ -186,3 +187,11 @@ def test_auto_helpers_share_the_cpus_among_the_local_processes(monkeypatch):
     monkeypatch.delenv(LOCAL_PROCESSES_ENV)
     assert helper_count("auto") == 0
     assert helper_count(3) == 3, "an explicit count is taken as given"
+
+
+def test_helpers_that_cannot_start_leave_decoding_inline(messy_file, tmp_path, monkeypatch):
+    inline = read_all(_FilePartition(config_for(tmp_path, 0), str(messy_file), None))
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits at once, decodes nothing
+    helped = _FilePartition(config_for(tmp_path, 2), str(messy_file), None)
+    assert helped._pool is not None
+    assert read_all(helped) == inline
