@@ -179,7 +179,7 @@ class BlockDecoder:
         """
         events: list[UsageEvent] = []
         rows: list[int] = []  # the line of each event
-        failed: list[bytes] = []
+        dead: list[DeadLetter] = []
         pending = [(0, count)]
         while pending:
             lo, hi = pending.pop()
@@ -197,15 +197,10 @@ class BlockDecoder:
                 continue
             for i in range(lo, hi):
                 line = raw_line(i).strip()
-                if not line:
-                    continue
-                try:
-                    events.append(_one_decoder.decode(line))
-                    rows.append(i)
-                except _DECODE_ERRORS:
-                    failed.append(line)
-        dead: list[DeadLetter] = []
-        self._decode_each(failed, dead, source)  # fails again, now wording the reason
+                if line:
+                    decoded, _ = self._decode_each([line], dead, source)
+                    events.extend(decoded)
+                    rows.extend([i] * len(decoded))
         return self._columns(events, lambda k: raw_line(rows[k]).strip(), dead, source)
 
     def _line_bounds(self, block: bytes) -> tuple[list[int], list[int], np.ndarray] | None:
