@@ -18,6 +18,11 @@ from typing import Any
 RECENT_ALERTS = 500
 
 
+def budget_order(row: Mapping[str, Any]) -> tuple:
+    """How budget rows are listed: by budget, scope, then period."""
+    return (row["budget"], sorted(row["scope"].items()), row["period"])
+
+
 class LiveView:
     """Shard pictures, recent alerts and lifecycle flags of this process."""
 
@@ -51,7 +56,7 @@ class LiveView:
 
     def budgets(self) -> list[dict[str, Any]]:
         rows = [row for picture in self._pictures() for row in picture["budgets"]]
-        return sorted(rows, key=lambda r: (r["budget"], sorted(r["scope"].items()), r["period"]))
+        return sorted(rows, key=budget_order)
 
     def recent_alerts(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:

@@ -52,15 +52,15 @@ class _Handler(BaseHTTPRequestHandler):
             ready = view.ready.is_set()
             self._json(200 if ready else 503, {"ready": ready})
         elif path == "/budgets":
-            budgets, extra = self._gather(url, query, "budgets", view.budgets())
-            self._json(200, {"budgets": sorted(budgets, key=_budget_order), **extra})
+            budgets, extra, _ = self._gather(url, query, "budgets", view.budgets())
+            self._json(200, {"budgets": sorted(budgets, key=liveview.budget_order), **extra})
         elif path == "/alerts":
             try:
                 limit = int(query.get("limit", "100"))
             except ValueError:
                 self._json(400, {"error": "limit must be an integer"})
                 return
-            alerts, extra = self._gather(url, query, "alerts", view.recent_alerts(limit))
+            alerts, extra, _ = self._gather(url, query, "alerts", view.recent_alerts(limit))
             if "processes" in extra:  # newest first across the processes too
                 alerts.sort(key=lambda alert: alert.get("detected_at", ""), reverse=True)
             self._json(200, {"alerts": alerts[: max(limit, 0)], **extra})
@@ -68,8 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
             rule = unquote(path[len("/scopes/") :])
             match = {k: v for k, v in query.items() if k != "local"}
             own = view.scopes(rule, match)
-            rows, extra = self._gather(url, query, "scopes", own or [], known=own is not None)
-            if not extra.pop("known"):
+            rows, extra, elsewhere = self._gather(url, query, "scopes", own or [])
+            if own is None and not elsewhere:
                 self._json(404, {"error": f"no detector state for rule {rule!r}"})
             else:
                 self._json(200, {"rule": rule, "scopes": rows, **extra})
@@ -77,12 +77,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": "not found"})
 
     def _gather(
-        self, url: SplitResult, query: dict[str, str], field: str, own: list, known: bool = True
-    ) -> tuple[list, dict[str, Any]]:
-        """This process's rows plus, unless asked for ``local=1``, every peer's rows."""
-        rows, extra = list(own), {}
+        self, url: SplitResult, query: dict[str, str], field: str, own: list
+    ) -> tuple[list, dict[str, Any], bool]:
+        """This process's rows plus, unless asked for ``local=1``, every peer's rows; and
+        whether any peer answered (a peer answers 404 for a rule it holds no scope of)."""
+        rows: list = list(own)
+        extra: dict[str, Any] = {}
+        answered = False
         if query.get("local") == "1" or not self.server.peers:
-            return rows, {"known": known} if field == "scopes" else {}
+            return rows, extra, answered
         local = "&".join(filter(None, [url.query, "local=1"]))
         unreachable = []
         for peer in self.server.peers:
@@ -90,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
                 with urlopen(f"http://{peer}{url.path}?{local}", timeout=PEER_TIMEOUT) as reply:
                     body = orjson.loads(reply.read())
                 rows.extend(body.get(field, []))
-                known = True
+                answered = True
             except HTTPError as error:
                 if error.code != 404:  # 404: the peer holds no scope of this rule
                     unreachable.append(peer)
@@ -99,9 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
         extra["processes"] = 1 + len(self.server.peers) - len(unreachable)
         if unreachable:
             extra["unreachable"] = unreachable
-        if field == "scopes":
-            extra["known"] = known
-        return rows, extra
+        return rows, extra, answered
 
     def _json(self, code: int, body: Any) -> None:
         self._send(code, orjson.dumps(body), "application/json")
@@ -115,10 +116,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes every few seconds would drown the worker's own log
-
-
-def _budget_order(row: dict[str, Any]) -> tuple:
-    return (row["budget"], sorted(row["scope"].items()), row["period"])
 
 
 class _Server(ThreadingHTTPServer):

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from spendwatch import demo
+from spendwatch.liveview import budget_order
 from tests.conftest import comparable, read_alerts
 from tests.workers import (
     CLI,
@@ -110,7 +111,7 @@ def test_any_process_of_a_cluster_answers_queries_for_all_shards(tmp_path: Path)
             answer = json.loads(body)
             return answer["budgets"] if status == 200 and "unreachable" not in answer else None
 
-        key = lambda row: (row["budget"], sorted(row["scope"].items()), row["period"])  # noqa: E731
+        key = budget_order
         previous: list = []
 
         def settled() -> list[dict] | None:
