@@ -81,8 +81,8 @@ class PreAggregator:
             if shard is None:
                 shard = cache[scope] = shard_of(scope, self.shards)
             per_shard[shard].append(row)
-        max_ts = batch.max_ts
-        return [(str(shard), (max_ts, rows)) for shard, rows in enumerate(per_shard)]
+        stream_time = batch.stream_time
+        return [(str(shard), (stream_time, rows)) for shard, rows in enumerate(per_shard)]
 
     def _aggregate(self, index, aggregation, batch, column, window_index_of) -> list[PartialRow]:
         selected = batch.anomaly_input.copy() if not aggregation.include_credits else None

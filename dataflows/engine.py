@@ -212,14 +212,27 @@ class ShardEngine:
         return alerts
 
     def flush(self) -> list[Alert]:
-        """End of input: close every window up to the one holding the last event."""
-        if self.max_ts == -math.inf:
+        """End of input: close every window up to the one holding the last event.
+
+        The watermark follows the robust stream time, which lags the last few events of
+        the input: at its end, every open window is history and is judged.
+        """
+        end = self._input_end()
+        if end == -math.inf:
             return []
         alerts: list[Alert] = []
         for aggregation in self.plan.judged:
-            bound = (math.floor(self.max_ts / aggregation.window) + 1) * aggregation.window
+            bound = (math.floor(end / aggregation.window) + 1) * aggregation.window
             alerts.extend(self._close(aggregation, bound))
         return alerts
+
+    def _input_end(self) -> float:
+        """The time of the last event input, to the resolution of the finest window."""
+        end = self.max_ts
+        for bucket in self.open.values():
+            if bucket:  # the finest window's start is in every coarser window of that event
+                end = max(end, max(start for _, start in bucket))
+        return end
 
     # -- windows -----------------------------------------------------------------------------
 

@@ -15,15 +15,16 @@ from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from spendwatch.dataflows.sources import make_parser, record_batch
+from spendwatch.dataflows.sources import record_batch
 from spendwatch.events import ParsedBatch
 from spendwatch.focus import FocusMapper, FocusSourceConfig, open_rows
+from spendwatch.parser import parser_for
 
 
 class _FocusPartition(StatefulSourcePartition[ParsedBatch, Any]):
     def __init__(self, config: Any, resume: Any) -> None:
         source: FocusSourceConfig = config.source
-        self._parser = make_parser(config, source.path)
+        self._parser = parser_for(config, source.path)
         self._mapper = FocusMapper(source, source.path)
         self._rows_done = 0
         if resume is not None:

@@ -29,10 +29,11 @@ from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, Message, Produc
 from confluent_kafka.admin import AdminClient
 
 from spendwatch import stats
-from spendwatch.dataflows.sources import make_parser, record_batch
+from spendwatch.dataflows.sources import record_batch
 from spendwatch.events import DeadLetter, ParsedBatch
 from spendwatch.kafkaconf import KafkaSourceConfig
 from spendwatch.logging import get_logger
+from spendwatch.parser import parser_for
 
 log = get_logger("spendwatch.kafka")
 
@@ -108,7 +109,7 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
         source: KafkaSourceConfig = config.source
         self._source = source
         self._topic, self._partition = topic, partition
-        self._parser = make_parser(config, f"kafka:{part_name(topic, partition)}")
+        self._parser = parser_for(config, f"kafka:{part_name(topic, partition)}", live=True)
         self._offset: int | None = None  # next offset to read; None until known
         if resume is not None:
             self._offset, dedup = resume

@@ -29,8 +29,7 @@ from spendwatch.dataflows.decodepool import MIN_BACKLOG_BLOCKS, DecodePool, help
 from spendwatch.decoding import DecodedBlock
 from spendwatch.events import ParsedBatch
 from spendwatch.logging import get_logger
-from spendwatch.parser import EventParser
-from spendwatch.pricing import PriceTable
+from spendwatch.parser import parser_for
 
 STDIN = "-"
 _WAITING, _AT_END, _FULL = "waiting", "at end", "full"
@@ -51,14 +50,6 @@ def record_batch(batch: ParsedBatch) -> None:
     counters.fallback_priced.update(batch.fallback_priced)
 
 
-def make_parser(config: Any, source: str) -> EventParser:
-    return EventParser(
-        PriceTable(config.pricing),
-        config.used_dimensions(),
-        config.engine.dedup_horizon,
-        max_event_bytes=config.engine.max_event_bytes,
-        source=source,
-    )
 
 
 class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
@@ -69,8 +60,8 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
     ``_offset`` counts the bytes of complete lines consumed: where a restart resumes.
     """
 
-    def __init__(self, config: Any, name: str) -> None:
-        self._parser = make_parser(config, name)
+    def __init__(self, config: Any, name: str, *, live: bool) -> None:
+        self._parser = parser_for(config, name, live=live)
         self._batch_bytes = config.source.batch_bytes
         self._poll = timedelta(seconds=config.source.poll_interval)
         self._pending = b""
@@ -173,7 +164,7 @@ class _FilePartition(_LinePartition):
     """A JSONL file, resumable from its byte offset; ``follow`` waits for it to grow."""
 
     def __init__(self, config: Any, path: str, resume: Any) -> None:
-        super().__init__(config, path)
+        super().__init__(config, path, live=config.source.follow)
         self._path = path
         self._follow = config.source.follow
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
@@ -208,7 +199,7 @@ class _StdinPartition(_LinePartition):
     """Reads whatever stdin has without blocking the worker; not resumable (no offsets)."""
 
     def __init__(self, config: Any) -> None:
-        super().__init__(config, STDIN)
+        super().__init__(config, STDIN, live=True)
         self._poll = min(self._poll, timedelta(seconds=0.1))
         self._fd = sys.stdin.buffer.fileno()
 

@@ -26,13 +26,17 @@ import numpy as np
 
 from spendwatch.columns import Categorical, factorize
 from spendwatch.events import (
+    MAX_EVENT_TS,
+    MIN_EVENT_TS,
     NON_ANOMALY_CATEGORIES,
     UNATTRIBUTED,
     DeadLetter,
+    EventBounds,
     UsageEvent,
 )
 from spendwatch.genai import MARKER, apply_aliases
 from spendwatch.pricing import PriceTable
+from spendwatch.timefmt import rfc3339
 
 _one_decoder = msgspec.json.Decoder(UsageEvent)
 _array_decoder = msgspec.json.Decoder(list[UsageEvent])
@@ -44,7 +48,9 @@ _get_ts = attrgetter("ts")
 _get_event_id = attrgetter("event_id")
 _get_cost = attrgetter("cost_usd")
 _NO_LABELS: dict[str, str] = {}
-_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+# A range that fails for any reason is halved, down to single lines: a decoder error of
+# any kind (nesting past the recursion limit included) dead-letters a line, never escapes.
+_DECODE_ERRORS = (Exception,)
 _NEWLINE, _OPEN_BRACE = ord("\n"), ord("{")
 _LEAF = 16  # lines decoded one by one once a failing range is this small
 # Whether a block holds a GenAI attribute name: the regex engine scans a 4 MB block a
@@ -96,11 +102,21 @@ class BlockDecoder:
     """Decodes JSON lines into a :class:`DecodedBlock`; holds only configuration."""
 
     def __init__(
-        self, prices: PriceTable, dimensions: Sequence[str], max_event_bytes: int = 65536
+        self,
+        prices: PriceTable,
+        dimensions: Sequence[str],
+        max_event_bytes: int = 65536,
+        bounds: EventBounds | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self.prices = prices
         self.dimensions = tuple(dimensions)
         self.max_event_bytes = max_event_bytes
+        self.bounds = bounds or EventBounds()
+        # Live input (a followed file, stdin, Kafka) has an outside reference for "now":
+        # an event further ahead of it than max_future_skew comes from a wrong clock. A
+        # history has none; there the parser's stream-clock quorum guards the watermark.
+        self.wall_clock = wall_clock
         plain = [d for d in self.dimensions if not d.startswith("labels.")]
         # Every plain string column is read in one pass as a tuple per event and the
         # distinct tuples factorised once: far fewer hash-table probes than one pass
@@ -232,6 +248,11 @@ class BlockDecoder:
                 dead.append(DeadLetter(f"invalid event: {error}", line, source))
             except (msgspec.DecodeError, UnicodeDecodeError) as error:
                 dead.append(DeadLetter(f"malformed JSON: {error}", line, source))
+            except RecursionError:
+                dead.append(DeadLetter("malformed JSON: nested too deeply", line, source))
+            except Exception as error:  # one line must never stop the worker
+                reason = f"undecodable line: {type(error).__name__}"
+                dead.append(DeadLetter(reason, line, source))
         return events, raws
 
     def _columns(
@@ -244,9 +265,7 @@ class BlockDecoder:
         count = len(events)
         if not count:
             return DecodedBlock.empty(self.dimensions, dead)
-        ts = np.fromiter(
-            map(datetime.timestamp, map(_get_ts, events)), dtype=np.float64, count=count
-        )
+        ts = _timestamps(events)
         numbers = np.empty((count, 4), dtype=np.int64)
         for column, getter in enumerate(_NUMBER_GETTERS):
             numbers[:, column] = np.fromiter(map(getter, events), dtype=np.int64, count=count)
@@ -263,9 +282,32 @@ class BlockDecoder:
             models, numbers[:, 0], numbers[:, 2], numbers[:, 1], needed=~has_cost
         )
         negative = has_cost & (given < 0) & ~credit_like
+        bounds = self.bounds
+        max_nanos = bounds.max_cost_usd * 1e9
+        out_of_range = self._out_of_range(ts, numbers)
+        future = (
+            ts > self.wall_clock() + bounds.max_future_skew
+            if self.wall_clock is not None
+            else np.zeros(count, dtype=bool)
+        )
+        out_of_range |= future
+        costly = np.where(has_cost, np.abs(np.nan_to_num(given)) * 1e9, priced) > max_nanos
         rejected = []
-        for i in np.flatnonzero(negative | unknown).tolist():
-            if negative[i]:
+        for i in np.flatnonzero(negative | unknown | out_of_range | costly).tolist():
+            if future[i]:
+                reason = (
+                    f"future timestamp: {rfc3339(float(ts[i]))} is more than "
+                    f"engine.max_future_skew ({bounds.max_future_skew} s) ahead of the wall clock"
+                )
+            elif out_of_range[i]:
+                reason = self._range_reason(ts[i], numbers[i])
+            elif costly[i]:
+                cost = abs(given[i]) if has_cost[i] else priced[i] / 1e9
+                reason = (
+                    f"cost out of range: ${cost:.6g} is over engine.max_event_cost_usd "
+                    f"(${bounds.max_cost_usd:g})"
+                )
+            elif negative[i]:
                 reason = (
                     f"negative cost_usd {given[i]} on a {categories.values[categories.codes[i]]!r}"
                     " line (only credit/adjustment lines may be negative)"
@@ -276,7 +318,9 @@ class BlockDecoder:
                     "catalog and no pricing.fallback is configured (or send cost_usd)"
                 )
             rejected.append((i, reason, raw_of(i)))
-        spend = np.where(has_cost, np.round(np.nan_to_num(given) * 1e9), priced).astype(np.int64)
+        # Rejected rows are zeroed before the integer conversion: no value can wrap.
+        spend = np.where(has_cost, np.round(np.nan_to_num(given) * 1e9), priced)
+        spend = np.where(costly | out_of_range, 0.0, spend).astype(np.int64)
         strings["model"] = _attributed(models)
         dims = {
             d: strings[d] if d in strings else _label_column(events, d) for d in self.dimensions
@@ -294,6 +338,29 @@ class BlockDecoder:
             dead=dead,
         )
 
+    def _out_of_range(self, ts: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """Rows whose time or counts break :class:`EventBounds` (NaN time: unconvertible)."""
+        bounds = self.bounds
+        return (
+            ~((ts >= MIN_EVENT_TS) & (ts < MAX_EVENT_TS))
+            | (numbers[:, :3] > bounds.max_tokens).any(axis=1)
+            | (numbers[:, 3] > bounds.max_requests)
+        )
+
+    def _range_reason(self, ts: float, numbers: np.ndarray) -> str:
+        bounds = self.bounds
+        if not MIN_EVENT_TS <= ts < MAX_EVENT_TS:
+            return "timestamp out of range: event time must be in the years 2000-2100"
+        if numbers[3] > bounds.max_requests:
+            return (
+                f"requests out of range: {int(numbers[3])} is over "
+                f"engine.max_requests_per_event ({bounds.max_requests})"
+            )
+        return (
+            f"tokens out of range: {int(numbers[:3].max())} is over "
+            f"engine.max_tokens_per_event ({bounds.max_tokens})"
+        )
+
     def _string_columns(self, events: list[UsageEvent]) -> dict[str, Categorical]:
         combos = factorize(map(self._get_fields, events), len(events))
         columns = {}
@@ -303,6 +370,22 @@ class BlockDecoder:
             column = factorize(values, len(values), missing=missing)
             columns[name] = Categorical(column.codes[combos.codes], column.values)
         return columns
+
+
+def _timestamps(events: list[UsageEvent]) -> np.ndarray:
+    """Epoch seconds of each event; NaN where a date has no epoch value (year 1 at +01:00)."""
+    stamps = map(datetime.timestamp, map(_get_ts, events))
+    try:
+        return np.fromiter(stamps, dtype=np.float64, count=len(events))
+    except (OverflowError, ValueError, OSError):
+        return np.array([_timestamp_or_nan(e.ts) for e in events], dtype=np.float64)
+
+
+def _timestamp_or_nan(ts: datetime) -> float:
+    try:
+        return ts.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return float("nan")
 
 
 def _attributed(column: Categorical) -> Categorical:

@@ -24,8 +24,14 @@ UNATTRIBUTED = "unattributed"
 NON_ANOMALY_CATEGORIES = frozenset({"credit", "adjustment"})
 NEGATIVE_COST_CATEGORIES = NON_ANOMALY_CATEGORIES
 
+# Hard ceilings of the schema itself: far above any real event, low enough that every
+# admitted count fits int64 sums with headroom. The configured, tighter bounds are
+# ``EventBounds`` (``engine.max_tokens_per_event`` and friends).
+TOKEN_CEILING = 10**15
+REQUEST_CEILING = 10**12
+
 _Dim = Annotated[str, msgspec.Meta(max_length=1024)]
-_Tokens = Annotated[int, msgspec.Meta(ge=0)]
+_Tokens = Annotated[int, msgspec.Meta(ge=0, le=TOKEN_CEILING)]
 
 
 class UsageEvent(msgspec.Struct, gc=False):
@@ -53,7 +59,9 @@ class UsageEvent(msgspec.Struct, gc=False):
     cached_input_tokens: Annotated[
         _Tokens, msgspec.Meta(description="prompt tokens served from cache (part of input_tokens)")
     ] = 0
-    requests: Annotated[int, msgspec.Meta(ge=1, description="calls this event stands for")] = 1
+    requests: Annotated[
+        int, msgspec.Meta(ge=1, le=REQUEST_CEILING, description="calls this event stands for")
+    ] = 1
     cost_usd: Annotated[
         float | None, msgspec.Meta(description="known cost; else priced from the catalog")
     ] = None
@@ -68,6 +76,40 @@ class UsageEvent(msgspec.Struct, gc=False):
 def event_json_schema() -> dict[str, Any]:
     """JSON Schema of the input contract, derived from :class:`UsageEvent`."""
     return msgspec.json.schema(UsageEvent)
+
+
+# Event times outside these years are a broken clock or a unit mistake (milliseconds
+# read as seconds), never history: 2000-01-01 and 2101-01-01 UTC.
+MIN_EVENT_TS = 946_684_800.0
+MAX_EVENT_TS = 4_133_980_800.0
+
+
+@dataclass(frozen=True)
+class EventBounds:
+    """What one admitted event may carry, beyond the schema's types.
+
+    Every bound exists so that no single line can corrupt a sum or the clock: token
+    and request counts stay far inside int64, a cost stays below 2⁵³ nano-dollars
+    (so its float → integer conversion is exact) and event time stays in years
+    2000–2100 (so calendar periods exist). ``max_future_skew`` applies to live input
+    only (see :class:`spendwatch.parser.EventParser`).
+    """
+
+    max_tokens: int = 10**12
+    max_requests: int = 10**9
+    max_cost_usd: float = 1_000_000.0
+    max_future_skew: int = 600
+
+    @classmethod
+    def from_engine(cls, engine: Any) -> EventBounds:
+        """The bounds an ``engine:`` config section sets (defaults for keys it lacks)."""
+        defaults = cls()
+        return cls(
+            max_tokens=getattr(engine, "max_tokens_per_event", defaults.max_tokens),
+            max_requests=getattr(engine, "max_requests_per_event", defaults.max_requests),
+            max_cost_usd=getattr(engine, "max_event_cost_usd", defaults.max_cost_usd),
+            max_future_skew=int(getattr(engine, "max_future_skew", defaults.max_future_skew)),
+        )
 
 
 @dataclass(frozen=True)
@@ -104,6 +146,10 @@ class ParsedBatch:
     caught_up: bool = False
     """The partition has read all there is for now: it must not hold the watermark back
     until it sends events again (an idle Kafka partition, a file at its end)."""
+    stream_time: float | None = None
+    """The partition's robust event time after this batch (see
+    :class:`spendwatch.parser.StreamClock`): what may move the watermark, never one
+    event's own time."""
 
     @property
     def size(self) -> int:

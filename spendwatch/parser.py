@@ -7,13 +7,50 @@ applied here, in input order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from spendwatch.decoding import BlockDecoder, DecodedBlock
-from spendwatch.events import UNATTRIBUTED, DeadLetter, DedupWindow, ParsedBatch
+from spendwatch.events import UNATTRIBUTED, DeadLetter, DedupWindow, EventBounds, ParsedBatch
 from spendwatch.pricing import PriceTable
+
+STREAM_TIME_QUORUM = 3
+"""How many admitted events must have reached a time before the partition's stream time
+(and so the watermark) may move there: one event with a wrong clock never moves it."""
+
+
+class StreamClock:
+    """A partition's robust event time: the ``STREAM_TIME_QUORUM``-th largest time admitted.
+
+    The maximum would let one event from a client whose clock is years ahead close every
+    window and make all later events late. The k-th largest ignores up to k−1 such
+    events and lags a true stream by at most k−1 events.
+    """
+
+    def __init__(self) -> None:
+        self.largest: list[float] = []  # min-heap of the k largest admitted times
+
+    def observe(self, ts: np.ndarray) -> float | None:
+        """Take a batch's admitted times; the stream time after them (None: too few yet)."""
+        if ts.shape[0]:
+            top = ts if ts.shape[0] <= STREAM_TIME_QUORUM else np.partition(
+                ts, -STREAM_TIME_QUORUM
+            )[-STREAM_TIME_QUORUM:]
+            for value in top.tolist():
+                if len(self.largest) < STREAM_TIME_QUORUM:
+                    heapq.heappush(self.largest, value)
+                elif value > self.largest[0]:
+                    heapq.heapreplace(self.largest, value)
+        return self.time()
+
+    def time(self) -> float | None:
+        if len(self.largest) < STREAM_TIME_QUORUM:
+            return None
+        return self.largest[0]
 
 
 class EventParser:
@@ -26,10 +63,13 @@ class EventParser:
         dedup_horizon: int,
         max_event_bytes: int = 65536,
         source: str = "",
+        bounds: EventBounds | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
-        self.decoder = BlockDecoder(prices, dimensions, max_event_bytes)
+        self.decoder = BlockDecoder(prices, dimensions, max_event_bytes, bounds, wall_clock)
         self.dimensions = self.decoder.dimensions
         self.dedup = DedupWindow(dedup_horizon)
+        self.clock = StreamClock()
         self.source = source
 
     def parse(self, lines: Sequence[bytes]) -> ParsedBatch:
@@ -49,15 +89,24 @@ class EventParser:
             return batch
         count = decoded.size
         ts, spend, numbers = decoded.ts, decoded.spend_nanos, decoded.numbers
-        self.dedup.advance(float(ts.max()))
+        rejected = decoded.rejected
+        if rejected:
+            bad = np.zeros(count, dtype=bool)
+            bad[[row for row, _, _ in rejected]] = True
+            admissible = ts[~bad]
+            horizon_ts = float(admissible.max()) if admissible.shape[0] else None
+        else:
+            horizon_ts = float(ts.max())
+        if horizon_ts is not None:  # a rejected time (year 9999) never ages the dedup window
+            self.dedup.advance(horizon_ts)
         first_seen = self.dedup.filter_new(decoded.event_ids)
         valid = np.ones(count, dtype=bool)
         if first_seen is not None:
             valid[:] = False
             valid[first_seen] = True
         keep = valid.copy()
-        for row, reason, raw in decoded.rejected:
-            if valid[row]:  # a repeat of a rejected line is a duplicate, not a second dead letter
+        for row, reason, raw in rejected:
+            if valid[row] and keep[row]:  # a repeat of a rejected line is a duplicate
                 dead.append(DeadLetter(reason, raw, self.source))
                 keep[row] = False
         anomaly_input, fallback_used = decoded.anomaly_input, decoded.fallback_used
@@ -69,6 +118,7 @@ class EventParser:
             models = models.take(positions)
             dims = {d: column.take(positions) for d, column in dims.items()}
         fallback_counts = np.bincount(models.codes[fallback_used], minlength=len(models.values))
+        stream_time = self.clock.observe(ts)
         return ParsedBatch(
             ts=ts,
             spend_nanos=spend,
@@ -84,11 +134,35 @@ class EventParser:
                 for code, n in enumerate(fallback_counts.tolist())
                 if n
             },
+            stream_time=stream_time,
         )
 
-    def snapshot(self) -> tuple[float | None, list[str], list[str]]:
-        return self.dedup.snapshot()
+    def snapshot(self) -> dict[str, Any]:
+        return {"dedup": self.dedup.snapshot(), "stream_clock": list(self.clock.largest)}
 
-    def restore(self, state: tuple[float | None, list[str], list[str]] | None) -> None:
-        if state is not None:
+    def restore(self, state: Any) -> None:
+        if state is None:
+            return
+        if isinstance(state, dict):
+            self.dedup.restore(state["dedup"])
+            self.clock.largest = list(state["stream_clock"])
+            heapq.heapify(self.clock.largest)
+        else:  # snapshots before the stream clock held the dedup window only
             self.dedup.restore(state)
+
+
+def parser_for(
+    config: Any, source: str, *, live: bool = False, clock: Callable[[], float] = time.time
+) -> EventParser:
+    """The one wiring of a partition's parser from a config (flow, replay and tests)."""
+    engine = config.engine
+    return EventParser(
+        PriceTable(config.pricing),
+        config.used_dimensions(),
+        engine.dedup_horizon,
+        max_event_bytes=engine.max_event_bytes,
+        source=source,
+        bounds=EventBounds.from_engine(engine),
+        wall_clock=clock if live else None,
+    )
+

@@ -93,7 +93,8 @@ class PriceTable:
         usd_millionths = (
             uncached * prices[:, 0] + cached * prices[:, 1] + output_tokens * prices[:, 2]
         )
-        nanos = np.round(usd_millionths * _NANOS_PER_TOKEN_PER_USD_PER_MILLION)
+        # Saturate instead of wrapping: a cost this large is rejected by the cost bound.
+        nanos = np.minimum(np.round(usd_millionths * _NANOS_PER_TOKEN_PER_USD_PER_MILLION), 2.0**62)
         return (
             np.where(needed, nanos, 0).astype(np.int64),
             is_fallback[model_codes] & needed,

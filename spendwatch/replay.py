@@ -16,8 +16,7 @@ from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.detectors.base import Totals, WindowDetector
-from spendwatch.parser import EventParser
-from spendwatch.pricing import PriceTable
+from spendwatch.parser import parser_for
 
 BATCH_LINES = 20_000
 
@@ -84,12 +83,7 @@ def replay(
             )
         )
 
-    parser = EventParser(
-        PriceTable(config.pricing),
-        config.used_dimensions(),
-        config.engine.dedup_horizon,
-        config.engine.max_event_bytes,
-    )
+    parser = parser_for(config, input_path)
     aggregator = PreAggregator(plan.aggregations, shards)
     engines = {str(s): ShardEngine(plan, tracer=tracer) for s in range(shards)}
     for lines in _lines(input_path):

@@ -227,22 +227,26 @@ def test_gzipped_csv_exports_load(tmp_path: Path) -> None:
 
 
 def run_focus_backtest(tmp_path: Path, cost_column: str = "BilledCost") -> list[dict]:
-    """Backtest the sample plus one October row, so September's budget periods close and
+    """Backtest the sample plus October rows, so September's budget periods close and
     their resolved alerts report each scope's complete September total."""
     export = tmp_path / "export.csv"
     rows = sample_rows()
-    sentinel = dict(
-        rows[0],
-        Id="sentinel",
-        ChargePeriodStart="2024-10-02 00:00:00",
-        ChargePeriodEnd="2024-10-02 01:00:00",
-        BilledCost="0",
-        EffectiveCost="0",
-    )
+    # three rows: no fewer move the stream clock (one event never moves the watermark)
+    sentinels = [
+        dict(
+            rows[0],
+            Id=f"sentinel-{i}",
+            ChargePeriodStart="2024-10-02 00:00:00",
+            ChargePeriodEnd="2024-10-02 01:00:00",
+            BilledCost="0",
+            EffectiveCost="0",
+        )
+        for i in range(3)
+    ]
     with export.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), quoting=csv.QUOTE_ALL)
         writer.writeheader()
-        writer.writerows([*rows, sentinel])
+        writer.writerows([*rows, *sentinels])
     config_file = tmp_path / "focus.yaml"
     config_file.write_text(
         yaml.safe_dump(
@@ -274,7 +278,7 @@ def run_focus_backtest(tmp_path: Path, cost_column: str = "BilledCost") -> list[
     config = load_config(config_file)
     alerts_out = tmp_path / "alerts.jsonl"
     summary = backtest(config, str(export), str(alerts_out))
-    assert summary["events"] == 1001
+    assert summary["events"] == 1003
     assert summary["dead_lettered"] == 0
     return [json.loads(line) for line in alerts_out.read_text().splitlines()]
 

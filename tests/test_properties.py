@@ -165,7 +165,8 @@ def test_events_later_than_the_lateness_still_count_toward_budgets():
     budget = BudgetConfig(name="b", amount_usd=10, period="day", thresholds=[100], window="5m")
     recorder = RecordingDetector(())
     plan = EnginePlan([recorder], [BudgetRule(budget)], LATENESS, 30 * 86400)
-    early = [{"offset": 0, "cost": 6.0}, {"offset": 7200, "cost": 1.0}]  # closes the first window
+    # three events two hours on (the stream clock's quorum) close the first window
+    early = [{"offset": 0, "cost": 6.0}] + [{"offset": 7200 + i, "cost": 1.0} for i in range(3)]
     late = [{"offset": 10, "cost": 5.0}]  # two hours late: its window is long closed
     batches = [
         [
@@ -180,4 +181,4 @@ def test_events_later_than_the_lateness_still_count_toward_budgets():
     [crossing] = [a for a in alerts if a.status == "firing"]
     assert crossing.observed == 11.0  # the 7200 s window is still open
     assert crossing.window_start == _iso(T0)  # the late event's own window
-    assert sum(t.events for _, _, t in recorder.seen) == 2, "detectors never see late data"
+    assert sum(t.events for _, _, t in recorder.seen) == 4, "detectors never see late data"
