@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from spendwatch.alerts import Alert
+from spendwatch.notifiers.redaction import (  # noqa: F401 - redact: re-exported
+    GENERIC,
+    Redactor,
+    redact,
+)
 
 
 class NotifyError(Exception):
@@ -90,6 +95,13 @@ class Notifier(ABC):
     name: str
     idempotent: ClassVar[bool] = False
     """True when redelivering an alert after a lost response has no second effect."""
+    redactor: Redactor = GENERIC
+    """Removes this receiver's credentials (every form of them) from text; receivers with
+    secrets set their own in ``__init__``."""
+
+    def redact(self, text: str) -> str:
+        """``text`` without any form of this receiver's credentials (for logs and storage)."""
+        return self.redactor(text)
 
     @abstractmethod
     def notify(self, alert: Alert) -> None:
@@ -124,11 +136,3 @@ def register_notifier(type_name: str, config_class: type) -> Callable[[type], ty
         return cls
 
     return decorate
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret (of 4+ characters) in ``text``: errors and logs never carry them."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return text

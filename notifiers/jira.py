@@ -30,9 +30,12 @@ from spendwatch.notifiers.base import (
     Delivery,
     Notifier,
     NotifyError,
-    redact,
     register_notifier,
 )
+from spendwatch.notifiers.redaction import Redactor, guard_library_logs
+
+CLIENT_LOGGERS = ("jira", "jira.resilientsession", "urllib3.connectionpool")
+"""Where the client logs (its session dumps response headers and bodies at DEBUG)."""
 
 
 class JiraConfig(StrictModel):
@@ -70,6 +73,9 @@ class JiraNotifier(Notifier):
         self.name = config.name
         self.config = config
         self._token = config.token.get_secret_value()
+        # The email is no secret, but base64(email:token) is the Basic credential.
+        self.redactor = Redactor([self._token], users=[config.email])
+        guard_library_logs(self.redactor, *CLIENT_LOGGERS)
         self._client: JIRA | None = None
         self._lock = threading.Lock()
 
@@ -97,21 +103,26 @@ class JiraNotifier(Notifier):
         self.deliver(alert, Delivery())
 
     def deliver(self, alert: Alert, delivery: Delivery) -> None:
+        failure: NotifyError | None = None
         try:
             if alert.status == "resolved":
                 self._resolve(alert)
             else:
                 self._fire(alert)
         except JIRAError as error:
-            raise self._api_error(error) from None
+            failure = self._api_error(error)
         except requests.RequestException as error:
             # A timed-out create may still land: wait as long again before searching for it.
             timed_out = isinstance(error, requests.Timeout)
-            raise NotifyError(
+            failure = NotifyError(
                 f"jira: connection failed ({type(error).__name__}); will search before creating",
                 retryable=True,
                 retry_after=self.config.timeout if timed_out else None,
-            ) from None
+            )
+        if failure is not None:
+            # Raised outside the handler: the JIRAError, whose str() prints the request
+            # headers, is not kept as __context__ for a traceback or a log to print.
+            raise failure
 
     # -- firing ---------------------------------------------------------------------------------
 
@@ -228,7 +239,7 @@ class JiraNotifier(Notifier):
 
     def _api_error(self, error: JIRAError) -> NotifyError:
         status = error.status_code or 0
-        text = redact(str(error.text or "")[:200], [self._token])
+        text = self.redactor.clip(str(error.text or ""), 200)  # redact all, then cut
         if status == 429 or status == 503:
             headers = getattr(error.response, "headers", None) or {}
             retry_after = _seconds(headers.get("Retry-After"))

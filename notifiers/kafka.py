@@ -9,6 +9,7 @@ background queue; alerts are rare, so the wait costs nothing that matters.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -17,6 +18,10 @@ from pydantic import Field
 from spendwatch.alerts import Alert
 from spendwatch.kafkaconf import KafkaConnection
 from spendwatch.notifiers.base import Notifier, NotifyError, register_notifier
+from spendwatch.notifiers.redaction import Redactor
+
+_SECRET_PROPERTY = re.compile(r"password|secret|token|username|jaas|oauthbearer\.config|\.pem$")
+"""librdkafka properties whose values are credentials (a SASL username is often an API key)."""
 
 
 class KafkaReceiverConfig(KafkaConnection):
@@ -33,18 +38,26 @@ class KafkaNotifier(Notifier):
     def __init__(self, config: KafkaReceiverConfig) -> None:
         self.name = config.name
         self.config = config
+        self.redactor = Redactor(
+            value.get_secret_value()
+            for key, value in config.client.items()
+            if _SECRET_PROPERTY.search(key)
+        )
         self._producer: Producer | None = self._connect()  # bad settings fail at start-up
 
     def _connect(self) -> Producer:
-        return Producer(
-            self.config.settings(
-                **{
-                    "acks": "all",
-                    "enable.idempotence": True,  # broker-side retries never duplicate an alert
-                    "message.timeout.ms": int(self.config.timeout * 1000),
-                }
-            )
+        settings = self.config.settings(
+            **{
+                "acks": "all",
+                "enable.idempotence": True,  # broker-side retries never duplicate an alert
+                "message.timeout.ms": int(self.config.timeout * 1000),
+            }
         )
+        try:
+            return Producer(settings)
+        except Exception as error:  # librdkafka quotes a rejected property's value
+            message = self.redact(f"kafka {self.config.topic}: bad client settings: {error}")
+        raise NotifyError(message, retryable=False)
 
     def notify(self, alert: Alert) -> None:
         if self._producer is None:  # closed earlier, used again
@@ -66,11 +79,16 @@ class KafkaNotifier(Notifier):
                 headers=headers,
                 on_delivery=delivered,
             )
-        except BufferError as error:
-            message = f"kafka {self.config.topic}: local queue full"
-            raise NotifyError(message, retryable=True) from error
-        except Exception as error:  # a KafkaException carries librdkafka's text, never secrets
-            raise NotifyError(f"kafka {self.config.topic}: {error}", retryable=False) from error
+        except BufferError:
+            failure = NotifyError(f"kafka {self.config.topic}: local queue full", retryable=True)
+        except Exception as error:  # librdkafka's text; redacted, and not chained
+            failure = NotifyError(
+                self.redact(f"kafka {self.config.topic}: {error}"), retryable=False
+            )
+        else:
+            failure = None
+        if failure is not None:
+            raise failure
         self._producer.flush(self.config.timeout)
         if not outcome:
             raise NotifyError(
@@ -80,7 +98,7 @@ class KafkaNotifier(Notifier):
         error = outcome[0]
         if error is not None:
             raise NotifyError(
-                f"kafka {self.config.topic}: {error.str()}",
+                self.redact(f"kafka {self.config.topic}: {error.str()}"),
                 retryable=error.retriable() or error.code() == KafkaError._MSG_TIMED_OUT,
             )
 

@@ -38,6 +38,7 @@ from spendwatch.alerts import Alert
 from spendwatch.configtypes import Duration, StrictModel
 from spendwatch.logging import get_logger
 from spendwatch.notifiers.base import Delivery, Notifier, NotifyError
+from spendwatch.notifiers.redaction import GENERIC, Redactor
 from spendwatch.notifiers.router import Dispatcher, Plan
 
 log = get_logger("spendwatch.outbox")
@@ -48,6 +49,8 @@ DELIVERIES = Counter(
     ["receiver", "outcome"],  # sent | retry | failed | expired
 )
 PENDING = Gauge("spendwatch_deliveries_pending", "Deliveries not yet sent", ["receiver"])
+ERROR_LIMIT = 1000
+"""Characters of a receiver's error kept in ``deliveries.error`` and in the log line."""
 
 
 class DeliveryConfig(StrictModel):
@@ -224,6 +227,10 @@ class Outbox:
         if pending:
             log.info("outbox resumed", path=self.path, pending=pending, revived=revived)
 
+    def _redactor(self, receiver: str) -> Redactor:
+        notifier = self.notifiers.get(receiver)
+        return getattr(notifier, "redactor", None) or GENERIC
+
     def state(self, receiver: str) -> _State:
         """The durable key-value store of ``receiver``."""
         return _State(self, receiver)
@@ -366,7 +373,9 @@ class Outbox:
         error: NotifyError,
         now: float,
     ) -> StepResult:
-        message = str(error)
+        # The receiver redacts its own errors; redact again in case it missed a form, and
+        # before cutting: what is stored and logged never carries a credential.
+        message = self._redactor(receiver).clip(str(error), ERROR_LIMIT)
         if not error.retryable:
             self._finish(conn, receiver, seq, "failed", now, message)
             log.error(
@@ -496,7 +505,11 @@ class Outbox:
             try:
                 notifier.close()
             except Exception as error:
-                log.warning("receiver close failed", receiver=notifier.name, error=str(error))
+                log.warning(
+                    "receiver close failed",
+                    receiver=notifier.name,
+                    error=notifier.redact(str(error)),
+                )
         with self._lock:
             for conn in self._connections:
                 conn.close()

@@ -31,9 +31,12 @@ from spendwatch.notifiers.base import (
     MemoryState,
     Notifier,
     NotifyError,
-    redact,
     register_notifier,
 )
+from spendwatch.notifiers.redaction import Redactor, guard_library_logs
+
+SDK_LOGGERS = ("slack_sdk.web.base_client", "slack_sdk.web.slack_response")
+"""Where slack-sdk logs requests and response bodies (an error body may echo the token)."""
 
 TOKEN_ERRORS = frozenset(
     {
@@ -76,6 +79,8 @@ class SlackNotifier(Notifier):
         self.name = config.name
         self.config = config
         self._token = config.token.get_secret_value()
+        self.redactor = Redactor([self._token])
+        guard_library_logs(self.redactor, *SDK_LOGGERS)
         # retry_handlers=[]: no silent re-posts; the outbox retries after checking.
         self.client = WebClient(
             token=self._token,
@@ -89,23 +94,28 @@ class SlackNotifier(Notifier):
         self.deliver(alert, Delivery(state=self._memory))
 
     def deliver(self, alert: Alert, delivery: Delivery) -> None:
+        failure: NotifyError | None = None
         try:
             if alert.status == "resolved":
                 self._resolve(alert, delivery)
             else:
                 self._fire(alert, delivery)
         except SlackApiError as error:
-            raise self._api_error(error) from None
+            failure = self._api_error(error)
         except (SlackClientError, urllib.error.URLError, OSError, http.client.HTTPException) as e:
             # A timed-out post may still land: wait as long again before looking for it.
             timed_out = isinstance(e, TimeoutError) or isinstance(
                 getattr(e, "reason", None), TimeoutError
             )
-            raise NotifyError(
+            failure = NotifyError(
                 f"slack: connection failed ({type(e).__name__}); will check before re-posting",
                 retryable=True,
                 retry_after=self.config.timeout if timed_out else None,
-            ) from None
+            )
+        if failure is not None:
+            # Raised outside the handler: no __context__ carrying the SDK's error (its
+            # response body may echo the request) reaches a traceback or a log.
+            raise failure
 
     # -- firing ---------------------------------------------------------------------------------
 
@@ -218,8 +228,7 @@ class SlackNotifier(Notifier):
         response = error.response
         status = getattr(response, "status_code", 0) or 0
         data = response.data if isinstance(getattr(response, "data", None), dict) else {}
-        code = str(data.get("error", f"http_{status}"))
-        code = redact(code, [self._token])[:200]
+        code = self.redactor.clip(str(data.get("error", f"http_{status}")), 200)
         if status == 429 or code == "ratelimited":
             headers = {k.lower(): v for k, v in (response.headers or {}).items()}
             retry_after = _seconds(headers.get("retry-after"))
