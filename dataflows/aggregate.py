@@ -117,7 +117,7 @@ class PreAggregator:
         for size in cardinalities:
             capacity *= max(size, 1)
         columns = [
-            pick(values)
+            _summable(pick(values))
             for values in (
                 batch.spend_nanos,
                 batch.requests,
@@ -176,6 +176,22 @@ class PreAggregator:
         )
 
 
+_INT64_HEADROOM = float(2**62)
+
+
+def _summable(values: np.ndarray) -> np.ndarray:
+    """``values`` as int64 when no sum of them can overflow, else as Python integers.
+
+    Admitted events are bounded (a cost below 2⁵³ nano-dollars, counts below 10¹⁵), but a
+    batch of many maximal events could still pass 2⁶³ in one group: the float sum of
+    magnitudes proves the int64 sums safe, and a batch it cannot prove is summed exactly
+    as Python integers instead (slow, and only ever for hostile input).
+    """
+    if values.shape[0] and float(np.abs(values).sum(dtype=np.float64)) >= _INT64_HEADROOM:
+        return values.astype(object)
+    return values
+
+
 def _group_sums(
     key: np.ndarray, capacity: int, columns: list[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -186,7 +202,8 @@ def _group_sums(
     rows are sorted and summed as integers. Both give the same result.
     """
     rows = key.shape[0]
-    if capacity <= max(4 * rows, _DENSE_MIN_CAPACITY) and all(
+    exact_ints = all(values.dtype != object for values in columns)
+    if exact_ints and capacity <= max(4 * rows, _DENSE_MIN_CAPACITY) and all(
         int(np.abs(values).max()) <= _EXACT_FLOAT_INT // rows for values in columns
     ):
         counts = np.bincount(key, minlength=capacity)

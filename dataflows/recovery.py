@@ -27,6 +27,8 @@ def ensure_partitions(state_dir: str | os.PathLike[str], count: int) -> int:
     """
     directory = Path(state_dir)
     directory.mkdir(parents=True, exist_ok=True)
+    # Snapshots hold scopes, dedup ids and budget totals: readable by their owner only.
+    directory.chmod(0o700)
     existing = partition_count(directory)
     if existing:
         return existing
@@ -34,6 +36,7 @@ def ensure_partitions(state_dir: str | os.PathLike[str], count: int) -> int:
     try:
         init_db_dir(scratch, max(count, 1))
         for part in sorted(scratch.glob(_PATTERN)):
+            part.chmod(0o600)
             os.replace(part, directory / part.name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -67,7 +67,8 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
         self._fd = None
         if path:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # raw rejected lines may carry whatever a client sent: owner-only
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def write_batch(self, items: Sequence[DeadLetter]) -> None:
         if self._fd is None or not items:

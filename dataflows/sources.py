@@ -32,6 +32,7 @@ from spendwatch.logging import get_logger
 from spendwatch.parser import parser_for
 
 STDIN = "-"
+_BOM = b"\xef\xbb\xbf"
 _WAITING, _AT_END, _FULL = "waiting", "at end", "full"
 log = get_logger("spendwatch.source")
 
@@ -41,6 +42,7 @@ def record_batch(batch: ParsedBatch) -> None:
     counters = stats.current()
     counters.events += batch.size
     counters.duplicates += batch.duplicates
+    counters.blank_lines += batch.blank_lines
     counters.dead_lettered += len(batch.dead)
     for dead in batch.dead:
         counters.dead_reasons[dead.reason.split(":", 1)[0]] += 1
@@ -131,6 +133,9 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
                 log.warning("decode helper process died; decoding inline from now on")
                 self._stop_helpers()
                 decoded = self._parser.decoder.decode_block(block, self._parser.source)
+            except Exception as error:  # the helper failed on this block: decode it here
+                log.warning("decode helper failed on a block", error=type(error).__name__)
+                decoded = self._parser.decoder.decode_block(block, self._parser.source)
         batch = self._parser.finish(decoded)
         self._offset += consumed
         record_batch(batch)
@@ -171,6 +176,8 @@ class _FilePartition(_LinePartition):
         if resume is not None:
             self._offset, dedup = resume
             self._parser.restore(dedup)
+        elif self._file.read(len(_BOM)) == _BOM:  # editors' byte-order mark: not a line
+            self._offset = len(_BOM)
         self._file.seek(self._offset)
         size = os.fstat(self._file.fileno()).st_size
         counters = stats.current()
@@ -230,6 +237,24 @@ def missing_input(source: Any) -> str | None:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         return f"input file {missing[0]} does not exist (source.path)"
+    return None
+
+
+def clobbered_input(source: Any, outputs: dict[str, str | None]) -> str | None:
+    """Why an output would overwrite an input file (``--alerts-out`` = ``--input``), or None.
+
+    Outputs are opened for writing before the input is read: the same file on both
+    sides would be truncated to nothing and the run would report zero events.
+    """
+    if getattr(source, "type", None) not in ("jsonl", "focus") or source.path == STDIN:
+        return None
+    inputs = [p for p in input_paths(source.path) if os.path.exists(p)]
+    for name, output in outputs.items():
+        if not output or not os.path.exists(output):
+            continue
+        for path in inputs:
+            if os.path.samefile(path, output):
+                return f"{name} {output} is the input file {path}: it would be overwritten"
     return None
 
 

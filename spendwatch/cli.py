@@ -169,10 +169,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    from spendwatch.dataflows.sources import missing_input
+    from spendwatch.dataflows.sources import clobbered_input, missing_input
     from spendwatch.worker import Worker, WorkerOptions
 
-    problem = missing_input(config.source)
+    problem = missing_input(config.source) or clobbered_input(
+        config.source, {"dead_letter.path": config.dead_letter.path}
+    )
     if problem:
         print(f"error: {args.config}: {problem}", file=sys.stderr)
         return 2
@@ -260,9 +262,17 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
-    from spendwatch.dataflows.sources import missing_input
+    from spendwatch.dataflows.sources import clobbered_input, missing_input
 
-    problem = missing_input(replay_source(config, args.input))
+    source = replay_source(config, args.input)
+    problem = missing_input(source) or clobbered_input(
+        source,
+        {
+            "--alerts-out": args.alerts_out,
+            "--dead-letter": args.dead_letter or config.dead_letter.path,
+            "--report": args.report and os.path.join(args.report, "index.html"),
+        },
+    )
     if problem is not None:
         print(f"error: {problem.replace('source.path', '--input')}", file=sys.stderr)
         return 2
@@ -362,7 +372,8 @@ def _print_summary(summary: dict[str, Any], alerts_out: str) -> None:
     out = sys.stderr
     print(
         f"events {summary['events']:,}  dead-lettered {summary['dead_lettered']:,}  "
-        f"duplicates {summary['duplicates']:,}  late {summary['late_events']:,}  "
+        f"duplicates {summary['duplicates']:,}  blank lines {summary['blank_lines']:,}  "
+        f"late {summary['late_events']:,}  "
         f"in {summary['seconds']:.1f}s ({rate:,.0f} events/s)",
         file=out,
     )

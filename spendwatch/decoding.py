@@ -35,9 +35,11 @@ from spendwatch.events import (
     UsageEvent,
 )
 from spendwatch.genai import MARKER, apply_aliases
+from spendwatch.logging import get_logger
 from spendwatch.pricing import PriceTable
 from spendwatch.timefmt import rfc3339
 
+log = get_logger("spendwatch.decoding")
 _one_decoder = msgspec.json.Decoder(UsageEvent)
 _array_decoder = msgspec.json.Decoder(list[UsageEvent])
 _NUMBER_GETTERS = tuple(
@@ -77,6 +79,7 @@ class DecodedBlock:
     fallback_used: np.ndarray  # bool
     rejected: list[tuple[int, str, bytes]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    blank: int = 0  # empty or whitespace-only lines: not events, not dead letters, counted
 
     @property
     def size(self) -> int:
@@ -125,10 +128,50 @@ class BlockDecoder:
         self._get_fields = attrgetter(*self._fields)
 
     def decode_block(self, block: bytes, source: str = "") -> DecodedBlock:
-        """Decode newline-separated events (a block of a file or of stdin)."""
+        """Decode newline-separated events (a block of a file or of stdin); never raises."""
+        try:
+            return self._decode_block(block, source)
+        except Exception as error:  # a poison block is salvaged line by line, never retried
+            return self._salvage(block.split(b"\n"), source, error)
+
+    def decode_lines(self, lines: Sequence[bytes], source: str = "") -> DecodedBlock:
+        """Decode one event per item (Kafka message values, or the lines of a block);
+        never raises."""
+        try:
+            return self._decode_lines(lines, source)
+        except Exception as error:
+            return self._salvage(lines, source, error)
+
+    def _salvage(self, lines: Sequence[bytes], source: str, error: Exception) -> DecodedBlock:
+        """What survives of input whose decoding failed as a whole: each line that fails
+        on its own is a dead letter naming the error, the others decode together."""
+        log.error(
+            "decoding failed; dead-lettering the lines that fail alone",
+            error=type(error).__name__,
+            source=source,
+        )
+        good: list[bytes] = []
+        dead: list[DeadLetter] = []
+        for line in filter(None, (item.strip() for item in lines)):
+            try:
+                self._decode_lines([line], source)
+                good.append(line)
+            except Exception as failure:
+                reason = f"undecodable line: {type(failure).__name__}"
+                dead.append(DeadLetter(reason, line, source))
+        try:
+            decoded = self._decode_lines(good, source)
+        except Exception as failure:  # lines that pass alone fail together: lose none
+            reason = f"undecodable line: {type(failure).__name__}"
+            decoded = DecodedBlock.empty(self.dimensions, [])
+            dead.extend(DeadLetter(reason, line, source) for line in good)
+        decoded.dead = dead + decoded.dead
+        return decoded
+
+    def _decode_block(self, block: bytes, source: str) -> DecodedBlock:
         bounds = self._line_bounds(block)
         if bounds is None or _has_marker(block):
-            return self.decode_lines(block.split(b"\n"), source)
+            return self._decode_lines(block.split(b"\n"), source)
         starts, stops, clean = bounds
 
         def raw_line(i: int) -> bytes:
@@ -143,9 +186,13 @@ class BlockDecoder:
 
         return self._decode_ranges(decode_range, raw_line, len(starts), source)
 
-    def decode_lines(self, lines: Sequence[bytes], source: str = "") -> DecodedBlock:
-        """Decode one event per item (Kafka message values, or the lines of a block)."""
-        lines = list(filter(None, lines))
+    def _decode_lines(self, lines: Sequence[bytes], source: str) -> DecodedBlock:
+        blank = sum(1 for line in lines if not line.strip())
+        decoded = self._decode_nonblank(list(filter(None, lines)), source)
+        decoded.blank = blank
+        return decoded
+
+    def _decode_nonblank(self, lines: list[bytes], source: str) -> DecodedBlock:
         if lines and max(map(len, lines)) <= self.max_event_bytes:
             joined = b"[" + b",".join(lines) + b"]"
             if not _has_marker(joined):  # aliased attribute names: the line-by-line path
@@ -196,6 +243,7 @@ class BlockDecoder:
         events: list[UsageEvent] = []
         rows: list[int] = []  # the line of each event
         dead: list[DeadLetter] = []
+        blank = 0
         pending = [(0, count)]
         while pending:
             lo, hi = pending.pop()
@@ -213,11 +261,15 @@ class BlockDecoder:
                 continue
             for i in range(lo, hi):
                 line = raw_line(i).strip()
-                if line:
-                    decoded, _ = self._decode_each([line], dead, source)
-                    events.extend(decoded)
-                    rows.extend([i] * len(decoded))
-        return self._columns(events, lambda k: raw_line(rows[k]).strip(), dead, source)
+                if not line:
+                    blank += 1
+                    continue
+                decoded, _ = self._decode_each([line], dead, source)
+                events.extend(decoded)
+                rows.extend([i] * len(decoded))
+        block = self._columns(events, lambda k: raw_line(rows[k]).strip(), dead, source)
+        block.blank = blank
+        return block
 
     def _line_bounds(self, block: bytes) -> tuple[list[int], list[int], np.ndarray] | None:
         """Start and end of each line, and a running count of lines starting with ``{``;
@@ -291,7 +343,9 @@ class BlockDecoder:
             else np.zeros(count, dtype=bool)
         )
         out_of_range |= future
-        costly = np.where(has_cost, np.abs(np.nan_to_num(given)) * 1e9, priced) > max_nanos
+        with np.errstate(over="ignore"):  # 1e308 dollars: inf nano-dollars, rejected below
+            given_nanos = np.nan_to_num(given) * 1e9
+        costly = np.where(has_cost, np.abs(given_nanos), priced) > max_nanos
         rejected = []
         for i in np.flatnonzero(negative | unknown | out_of_range | costly).tolist():
             if future[i]:
@@ -319,7 +373,7 @@ class BlockDecoder:
                 )
             rejected.append((i, reason, raw_of(i)))
         # Rejected rows are zeroed before the integer conversion: no value can wrap.
-        spend = np.where(has_cost, np.round(np.nan_to_num(given) * 1e9), priced)
+        spend = np.where(has_cost, np.round(given_nanos), priced)
         spend = np.where(costly | out_of_range, 0.0, spend).astype(np.int64)
         strings["model"] = _attributed(models)
         dims = {

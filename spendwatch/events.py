@@ -142,6 +142,7 @@ class ParsedBatch:
     dims: dict[str, Categorical]
     dead: list[DeadLetter] = field(default_factory=list)
     duplicates: int = 0
+    blank_lines: int = 0
     fallback_priced: dict[str, int] = field(default_factory=dict)
     caught_up: bool = False
     """The partition has read all there is for now: it must not hold the watermark back

@@ -86,6 +86,7 @@ class EventParser:
         if not decoded.size:
             batch = ParsedBatch.empty(self.dimensions)
             batch.dead = dead
+            batch.blank_lines = decoded.blank
             return batch
         count = decoded.size
         ts, spend, numbers = decoded.ts, decoded.spend_nanos, decoded.numbers
@@ -129,6 +130,7 @@ class EventParser:
             dims=dims,
             dead=dead,
             duplicates=int(count - valid.sum()),
+            blank_lines=decoded.blank,
             fallback_priced={
                 str(models.values[code] or UNATTRIBUTED): int(n)
                 for code, n in enumerate(fallback_counts.tolist())

@@ -15,6 +15,7 @@ class RunStats:
     events: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    blank_lines: int = 0
     late_events: int = 0
     windows_closed: int = 0
     # scopes forgotten to stay within max_scopes (budgets: lowest spenders; detectors: quietest)
@@ -35,6 +36,7 @@ class RunStats:
             "events": self.events,
             "dead_lettered": self.dead_lettered,
             "duplicates": self.duplicates,
+            "blank_lines": self.blank_lines,
             "late_events": self.late_events,
             "windows_closed": self.windows_closed,
             "evicted_scopes": self.evicted_scopes,
