@@ -8,7 +8,11 @@ endpoint and consumed in order:
 * ``Fault.reset()``: drop the connection before handling (nothing happened);
 * ``Fault.lost()``: handle the request (the effect happens), then drop the connection
   (the client never learns it worked: the case that creates duplicates);
-* ``Fault.slow(seconds)``: wait, then handle normally.
+* ``Fault.slow(seconds)``: wait, then handle normally;
+* ``Fault.echo(status, plain=False)``: answer with that status and an error body that
+  echoes the request back, ``Authorization`` and every other header included (as some
+  servers and proxies do), as JSON in the API's error shape or as plain text. The bodies
+  sent are kept in :attr:`FakeServer.echoed`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Fault:
     retry_after: float | None = None
     seconds: float = 0.0
     body: Any = None
+    plain: bool = False
 
     @classmethod
     def http(cls, status: int, retry_after: float | None = None, body: Any = None) -> Fault:
@@ -48,6 +53,10 @@ class Fault:
     @classmethod
     def slow(cls, seconds: float) -> Fault:
         return cls("slow", seconds=seconds)
+
+    @classmethod
+    def echo(cls, status: int, plain: bool = False) -> Fault:
+        return cls("echo", status=status, plain=plain)
 
 
 @dataclass
@@ -72,6 +81,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
+        self.echoed: list[str] = []
         self._faults: dict[str, deque[Fault]] = {}
         self._lock = threading.RLock()
         server = self
@@ -172,6 +182,12 @@ class FakeServer:
             body = fault.body if fault.body is not None else self.error_body(fault.status)
             _write(handler, Response(fault.status, body, headers))
             return
+        if fault is not None and fault.kind == "echo":
+            body = self.echo_body(fault.status, request, fault.plain)
+            with self._lock:
+                self.echoed.append(body if isinstance(body, str) else json.dumps(body))
+            _write(handler, Response(fault.status, body))
+            return
         with self._lock:
             response = self.handle(request)
         if fault is not None and fault.kind == "lost":
@@ -181,6 +197,27 @@ class FakeServer:
 
     def error_body(self, status: int) -> Any:
         return {"error": f"HTTP {status}"}
+
+    def echo_body(self, status: int, request: Request, plain: bool) -> Any:
+        """An error body quoting ``request`` back; subclasses use their API's error shape."""
+        if plain:
+            return echo_text(status, request)
+        return {"error": echo_line(request), "request_headers": request.headers}
+
+
+def echo_line(request: Request) -> str:
+    """One line quoting the request's credentials as a careless server would."""
+    return (
+        f"bad request {request.method} {request.path}: "
+        f"Authorization: {request.headers.get('authorization', '')}"
+    )
+
+
+def echo_text(status: int, request: Request) -> str:
+    """A plain-text error page quoting the whole request: line, headers and body."""
+    headers = "\n".join(f"{k}: {v}" for k, v in request.headers.items())
+    body = request.raw.decode("utf-8", "replace")
+    return f"HTTP {status} {echo_line(request)}\n{headers}\n\n{body}"
 
 
 def _parse_body(raw: bytes, content_type: str) -> dict[str, Any]:

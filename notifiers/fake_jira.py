@@ -13,7 +13,7 @@ import itertools
 import re
 from typing import Any
 
-from spendwatch.notifiers.fake_http import FakeServer, Request, Response
+from spendwatch.notifiers.fake_http import FakeServer, Request, Response, echo_line, echo_text
 
 API = "/rest/api/2/"
 _TOKEN = re.compile(r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<op>!=|=)|(?P<word>[A-Za-z0-9_.@-]+))')
@@ -87,6 +87,12 @@ class FakeJira(FakeServer):
 
     def error_body(self, status: int) -> Any:
         return {"errorMessages": [f"HTTP {status}"], "errors": {}}
+
+    def echo_body(self, status: int, request: Request, plain: bool) -> Any:
+        if plain:
+            return echo_text(status, request)
+        errors = {"request": echo_line(request), "headers": str(request.headers)}
+        return {"errorMessages": [], "errors": errors}
 
     # -- inspection -----------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from spendwatch.notifiers.fake_http import FakeServer, Request, Response
+from spendwatch.notifiers.fake_http import FakeServer, Request, Response, echo_line, echo_text
 
 METHODS = (
     "auth.test",
@@ -45,6 +45,11 @@ class FakeSlack(FakeServer):
         if status == 429:
             return {"ok": False, "error": "ratelimited"}
         return "<html><body>Internal Server Error</body></html>"
+
+    def echo_body(self, status: int, request: Request, plain: bool) -> Any:
+        if plain:
+            return echo_text(status, request)
+        return {"ok": False, "error": echo_line(request), "request_headers": request.headers}
 
     # -- inspection -----------------------------------------------------------------------------
 

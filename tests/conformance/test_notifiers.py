@@ -2,21 +2,30 @@
 
 Every ``type:`` in the registry needs a harness here, so a new receiver cannot land
 without being checked for: retry semantics on 429/5xx, no retry on credential errors,
-the secret never in errors, logs or what it sends, and idempotent redelivery after a
-crash (one Slack message, one Jira issue, one file line, one flag entry).
+the secret never in errors, logs or what it sends, no form of the secret (raw, base64
+of ``user:secret``, percent-encoded) anywhere when the remote side echoes the request's
+credentials back, and idempotent redelivery after a crash (one Slack message, one Jira
+issue, one file line, one flag entry). A harness for a receiver without credentials
+says so in ``no_credentials``, and the suite checks that its config has no secret.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
 import time
+import traceback
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
+import structlog
+from pydantic import BaseModel, SecretStr
 
 from spendwatch.notifiers.base import NOTIFIER_TYPES, Delivery, MemoryState, Notifier, NotifyError
 from spendwatch.notifiers.console import ConsoleConfig, ConsoleNotifier
@@ -26,12 +35,37 @@ from spendwatch.notifiers.fake_slack import FakeSlack
 from spendwatch.notifiers.file import FileConfig, FileNotifier
 from spendwatch.notifiers.flags import FlagConfig, FlagNotifier
 from spendwatch.notifiers.jira import JiraConfig, JiraNotifier
+from spendwatch.notifiers.outbox import Outbox
 from spendwatch.notifiers.registry import build_notifier
 from spendwatch.notifiers.slack import SlackConfig
 from tests.notifier_kit import anomaly_alert, budget_alert
 
 SLACK_TOKEN = "xoxb-4242-conformance-secret"
 JIRA_TOKEN = "jira-conformance-secret-4242"
+JIRA_EMAIL = "finops-bot@example.com"
+KAFKA_USER = "KAFKAKEY4242"
+KAFKA_PASSWORD = "kafka-conformance-secret/4242+="
+
+
+def secret_forms(secret: str, user: str | None = None) -> list[str]:
+    """The forms a credential takes on the wire (computed here, not by the redactor)."""
+    forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    for plain in [secret, *([f"{user}:{secret}", f"\0{user}\0{secret}"] if user else [])]:
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(plain.encode()).decode()
+            forms |= {encoded, encoded.rstrip("="), quote(encoded, safe="")}
+    return sorted(forms)
+
+
+@dataclass
+class Echo:
+    """A receiver whose remote side, once armed, answers with an error echoing its credentials."""
+
+    label: str
+    receiver: Notifier
+    arm: Callable[[], None]  # queue the echoing answer for the receiver's next write
+    forms: list[str]  # what must never appear in errors, logs or the outbox
+    echoed: Callable[[], str]  # what the remote side sent back (proves the echo happened)
 
 
 @dataclass
@@ -45,6 +79,33 @@ class Harness:
     write_endpoint: str | None = None
     secret: str | None = None
     sent: Callable[[], str] = lambda: ""  # everything the receiver produced, as text
+    echo: Callable[[], list[Echo]] | None = None  # receivers with credentials
+    no_credentials: str | None = None  # receivers without: why not
+
+
+def _echo_faults(
+    server: FakeServer,
+    endpoint: str,
+    receiver: Callable[[], Notifier],
+    forms: list[str],
+    prefix: str = "",
+) -> list[Echo]:
+    """A non-retryable JSON echo and a retryable plain-text echo of the whole request."""
+    cases = []
+    for label, fault in (
+        ("json-400", Fault.echo(400)),
+        ("text-500", Fault.echo(500, plain=True)),
+    ):
+        cases.append(
+            Echo(
+                prefix + label,
+                receiver(),
+                lambda fault=fault: server.fail(endpoint, fault),
+                forms,
+                lambda: "\n".join(server.echoed),
+            )
+        )
+    return cases
 
 
 def _slack(tmp: Path) -> Iterator[Harness]:
@@ -56,6 +117,11 @@ def _slack(tmp: Path) -> Iterator[Harness]:
                 SlackConfig(token=token, channel="C0ALERTS", base_url=server.api_url, timeout=2)
             )
 
+        def echo() -> list[Echo]:
+            return _echo_faults(
+                server, "chat.postMessage", lambda: build(None), secret_forms(SLACK_TOKEN)
+            )
+
         yield Harness(
             build,
             lambda: len(server.messages()),
@@ -64,6 +130,7 @@ def _slack(tmp: Path) -> Iterator[Harness]:
             "chat.postMessage",
             SLACK_TOKEN,
             lambda: json.dumps(server.messages()),
+            echo=echo,
         )
 
 
@@ -75,6 +142,19 @@ def _jira(tmp: Path) -> Iterator[Harness]:
                 JiraConfig(url=server.url, token=wrong or JIRA_TOKEN, project="FIN", timeout=2)
             )
 
+        def echo() -> list[Echo]:
+            def basic() -> Notifier:  # Cloud: email + API token, sent as HTTP Basic
+                config = JiraConfig(
+                    url=server.url, email=JIRA_EMAIL, token=JIRA_TOKEN, project="FIN", timeout=2
+                )
+                return JiraNotifier(config)
+
+            bearer, basic_forms = secret_forms(JIRA_TOKEN), secret_forms(JIRA_TOKEN, JIRA_EMAIL)
+            return [
+                *_echo_faults(server, "POST issue", lambda: build(None), bearer, "bearer-"),
+                *_echo_faults(server, "POST issue", basic, basic_forms, "basic-"),
+            ]
+
         yield Harness(
             build,
             lambda: len(server.issues),
@@ -83,6 +163,7 @@ def _jira(tmp: Path) -> Iterator[Harness]:
             "POST issue",
             JIRA_TOKEN,
             lambda: json.dumps(server.issues),
+            echo=echo,
         )
 
 
@@ -92,7 +173,12 @@ def _file(tmp: Path) -> Iterator[Harness]:
     def lines() -> int:
         return len(path.read_text().splitlines()) if path.exists() else 0
 
-    yield Harness(lambda _: FileNotifier(FileConfig(path=str(path))), lines, anomaly_alert)
+    yield Harness(
+        lambda _: FileNotifier(FileConfig(path=str(path))),
+        lines,
+        anomaly_alert,
+        no_credentials="appends to a local file; nothing to authenticate",
+    )
 
 
 def _console(tmp: Path) -> Iterator[Harness]:
@@ -101,6 +187,7 @@ def _console(tmp: Path) -> Iterator[Harness]:
         lambda _: ConsoleNotifier(ConsoleConfig(), stream=stream),
         lambda: len(stream.getvalue().splitlines()),
         anomaly_alert,
+        no_credentials="prints to stdout; nothing to authenticate",
     )
 
 
@@ -117,6 +204,7 @@ def _flags(tmp: Path) -> Iterator[Harness]:
         lambda _: FlagNotifier(FlagConfig(path=str(path), mode="apply")),
         entries,
         lambda: budget_alert(100.0),
+        no_credentials="rewrites a local flagd file; nothing to authenticate",
     )
 
 
@@ -126,31 +214,100 @@ def _kafka(tmp: Path) -> Iterator[Harness]:
     from spendwatch.config import SpendwatchConfig
     from spendwatch.devbroker import start_broker, stop_broker
 
-    process, broker = start_broker(tmp / "broker.log")
-    try:
-        admin = AdminClient({"bootstrap.servers": broker})  # must outlive its futures
-        new = NewTopic("alerts", num_partitions=1, replication_factor=1)
-        admin.create_topics([new])["alerts"].result(timeout=30)
+    started: list[tuple[object, str]] = []
+    admins: list[AdminClient] = []  # must outlive their futures
 
-        def build(_: str | None) -> Notifier:
-            config = SpendwatchConfig(
-                receivers=[{"type": "kafka", "brokers": [broker], "topic": "alerts"}]
+    def broker() -> str:
+        """Started on first use: the credential checks need no broker."""
+        if not started:
+            started.append(start_broker(tmp / "broker.log"))
+            admin = AdminClient({"bootstrap.servers": started[0][1]})
+            admins.append(admin)
+            new = NewTopic("alerts", num_partitions=1, replication_factor=1)
+            admin.create_topics([new])["alerts"].result(timeout=30)
+        return started[0][1]
+
+    def build(_: str | None) -> Notifier:
+        config = SpendwatchConfig(
+            receivers=[{"type": "kafka", "brokers": [broker()], "topic": "alerts"}]
+        )
+        return build_notifier(config.receivers[0])
+
+    def messages() -> int:
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": broker(), "group.id": "conformance"})
+        try:
+            _, high = consumer.get_watermark_offsets(TopicPartition("alerts", 0), timeout=10)
+        finally:
+            consumer.close()
+        return high
+
+    def echo() -> list[Echo]:
+        """librdkafka's error texts can quote property values: a producer that says so."""
+        client = {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": KAFKA_USER,
+            "sasl.password": KAFKA_PASSWORD,
+        }
+        config = SpendwatchConfig(
+            receivers=[
+                {
+                    "type": "kafka",
+                    "brokers": ["127.0.0.1:9"],  # never contacted: the producer is replaced
+                    "topic": "alerts",
+                    "client": client,
+                }
+            ]
+        )
+        said = f"SASL authentication failed with {client} (PLAIN {_plain(KAFKA_USER)})"
+        spoken: list[str] = []
+        cases = []
+        for label, where in (("produce", "raise"), ("acknowledgement", "callback")):
+            receiver = build_notifier(config.receivers[0])
+            cases.append(
+                Echo(
+                    label,
+                    receiver,
+                    lambda receiver=receiver, where=where: setattr(
+                        receiver, "_producer", _EchoingProducer(said, where, spoken)
+                    ),
+                    secret_forms(KAFKA_PASSWORD, KAFKA_USER),
+                    lambda: "\n".join(spoken),
+                )
             )
-            return build_notifier(config.receivers[0])
+        return cases
 
-        def messages() -> int:
-            from confluent_kafka import Consumer, TopicPartition
-
-            consumer = Consumer({"bootstrap.servers": broker, "group.id": "conformance"})
-            try:
-                _, high = consumer.get_watermark_offsets(TopicPartition("alerts", 0), timeout=10)
-            finally:
-                consumer.close()
-            return high
-
-        yield Harness(build, messages, budget_alert)
+    try:
+        yield Harness(build, messages, budget_alert, echo=echo)
     finally:
-        stop_broker(process)
+        if started:
+            stop_broker(started[0][0])
+
+
+def _plain(user: str) -> str:
+    """The SASL PLAIN initial response, base64 of ``\\0user\\0password``."""
+    return base64.b64encode(f"\0{user}\0{KAFKA_PASSWORD}".encode()).decode()
+
+
+class _EchoingProducer:
+    """Stands in for the librdkafka producer: fails quoting the client's credentials."""
+
+    def __init__(self, text: str, where: str, spoken: list[str]) -> None:
+        self.text, self.where, self.spoken = text, where, spoken
+
+    def produce(self, topic, key=None, value=None, headers=None, on_delivery=None) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        error = KafkaError(KafkaError._AUTHENTICATION, self.text)
+        self.spoken.append(self.text)
+        if self.where == "raise":
+            raise KafkaException(error)
+        on_delivery(error, None)
+
+    def flush(self, timeout: float = 0) -> int:
+        return 0
 
 
 HARNESSES = {
@@ -280,3 +437,81 @@ def test_lost_response_then_retry_has_one_effect(harness):
 def test_console_and_kafka_are_declared_at_least_once():
     # stdout cannot be checked; Kafka consumers deduplicate on the fingerprint key and alert_id
     assert set(NOTIFIER_TYPES) - set(IDEMPOTENT) == {"console", "kafka"}
+
+
+def _secret_fields(model: type[BaseModel]) -> list[str]:
+    """Fields of a config model that hold a SecretStr (directly or inside a container)."""
+    found = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        stack = [annotation]
+        while stack:
+            node = stack.pop()
+            if node is SecretStr:
+                found.append(name)
+                break
+            if isinstance(node, type) and issubclass(node, BaseModel):
+                found += [f"{name}.{inner}" for inner in _secret_fields(node)]
+            stack.extend(typing.get_args(node))
+    return found
+
+
+def _exception_texts(error: BaseException) -> str:
+    """Everything an exception can show: str, repr, args, traceback, its whole chain."""
+    texts, seen, stack = [], set(), [error]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        texts += [str(current), repr(current), repr(current.args)]
+        texts += traceback.format_exception(type(current), current, current.__traceback__)
+        stack += [current.__cause__, current.__context__]
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize("harness", sorted(NOTIFIER_TYPES), indirect=True)
+def test_an_error_echoing_the_credentials_leaks_no_form_of_them(harness, tmp_path, capfd, caplog):
+    """The remote side answers with the request's Authorization header (and all headers):
+    no form of the secret reaches the exception, the logs (structlog and the libraries'
+    stdlib loggers, at DEBUG), or the bytes of the outbox database."""
+    assert (harness.echo is None) != (harness.no_credentials is None), "say which it is"
+    if harness.echo is None:
+        config = harness.build(None).config
+        assert _secret_fields(type(config)) == [], harness.no_credentials
+        assert not harness.build(None).redactor.has_secrets
+        return
+    caplog.set_level(logging.DEBUG)
+    cases = harness.echo()
+    assert cases
+    for case in cases:
+        echoed_before = case.echoed()
+        case.arm()
+        with structlog.testing.capture_logs() as direct_logs, pytest.raises(NotifyError) as caught:
+            case.receiver.notify(harness.alert())
+        raised = _exception_texts(caught.value)
+        assert len(case.echoed()) > len(echoed_before), f"{case.label}: nothing was echoed"
+        assert any(form in case.echoed() for form in case.forms), f"{case.label}: echo is vacuous"
+
+        path = tmp_path / f"{case.label}.sqlite"
+        outbox = Outbox(str(path), {case.receiver.name: case.receiver})
+        case.arm()
+        outbox.put(harness.alert())
+        with structlog.testing.capture_logs() as outbox_logs:
+            outbox.step(case.receiver.name)
+        [(stored_error,)] = outbox._conn().execute("SELECT error FROM deliveries").fetchall()
+        assert stored_error, f"{case.label}: the failure was not recorded"
+        database = b"".join(p.read_bytes() for p in sorted(tmp_path.glob(f"{case.label}.sqlite*")))
+        outbox.close()
+        database += b"".join(p.read_bytes() for p in sorted(tmp_path.glob(f"{case.label}.sqlite*")))
+
+        captured = capfd.readouterr()
+        logs = "\n".join(
+            [captured.out, captured.err, caplog.text, json.dumps(direct_logs + outbox_logs)]
+        )
+        assert outbox_logs, f"{case.label}: the outbox logged nothing"
+        for form in case.forms:
+            assert form not in raised, f"{case.label}: {form!r} in the exception"
+            assert form not in logs, f"{case.label}: {form!r} in the logs"
+            assert form.encode() not in database, f"{case.label}: {form!r} in the outbox"
+        caplog.clear()
