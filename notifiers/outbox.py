@@ -103,8 +103,36 @@ CREATE TABLE IF NOT EXISTS receiver_state (
 """
 
 
+PRIVATE_MODE = 0o600
+"""The outbox holds alerts and receivers' errors and state: readable by its owner only."""
+
+
+def create_private(path: str) -> None:
+    """Create the database file with mode 0600 before SQLite opens it; tighten an older one.
+
+    SQLite creates ``-wal``, ``-shm`` and ``-journal`` with the database file's mode, so
+    creating the file first (``os.open`` with 0600, no process-wide umask change) covers
+    them too; existing companions from an older, looser file are tightened here.
+    """
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE))
+    except OSError:
+        return  # sqlite3.connect reports the problem in its own words
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-journal"):
+        try:
+            if os.stat(name).st_mode & 0o777 & ~PRIVATE_MODE:
+                os.chmod(name, PRIVATE_MODE)
+        except FileNotFoundError:
+            continue
+        except OSError as error:  # not ours to change: say so, keep going
+            log.warning("outbox file readable by others", path=name, error=type(error).__name__)
+
+
 def connect(path: str) -> sqlite3.Connection:
-    """A connection in autocommit mode with WAL; one per thread."""
+    """A connection in autocommit mode with WAL; one per thread. The files are mode 0600."""
+    create_private(path)
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes

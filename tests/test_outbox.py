@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import time
 
@@ -325,4 +327,31 @@ def test_receivers_with_the_same_name_are_kept_apart(tmp_path):
     outbox.put(anomaly_alert())
     assert outbox.drain(timeout=2)
     assert first.effects == second.effects == [anomaly_alert().alert_id]
+    outbox.close()
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_the_outbox_files_are_readable_by_their_owner_only(tmp_path):
+    previous = os.umask(0o022)  # the usual umask: files would be 0644
+    try:
+        path = tmp_path / "o.db"
+        outbox = Outbox(str(path), [Recorder()])
+        outbox.put(anomaly_alert())  # a write: SQLite creates the -wal and -shm files
+        files = sorted(tmp_path.glob("o.db*"))
+        assert {p.name for p in files} >= {"o.db", "o.db-wal", "o.db-shm"}
+        assert {p.name: _mode(p) for p in files} == {p.name: 0o600 for p in files}
+        outbox.close()
+    finally:
+        os.umask(previous)
+
+
+def test_an_older_outbox_is_tightened_on_open(tmp_path):
+    path = tmp_path / "o.db"
+    Outbox(str(path), [Recorder()]).close()
+    os.chmod(path, 0o644)
+    outbox = Outbox(str(path), [Recorder()])
+    assert _mode(path) == 0o600
     outbox.close()
