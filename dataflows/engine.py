@@ -23,21 +23,24 @@ from spendwatch.detectors import drivers as driver_mix
 from spendwatch.detectors.base import (
     ZERO,
     Aggregation,
+    Detector,
+    GroupDetector,
     Totals,
     WindowDetector,
     driver_aggregation,
 )
 from spendwatch.detectors.budget import BudgetRule, BudgetState
 
-Tracer = Callable[[WindowDetector, Mapping[str, str], int, Totals, Any], None]
-"""Called before a detector observes a window (``explain`` and reports record with it)."""
+Tracer = Callable[[Detector, Mapping[str, str], int, Totals, "dict[str, float] | None"], None]
+"""Called with a detector's explanation of a window just before it judges it (``explain``
+and reports record with it)."""
 
 
 @dataclass
 class EnginePlan:
     """The rules of a config, and the distinct aggregations they need."""
 
-    detectors: list[WindowDetector]
+    detectors: list[Detector]
     budgets: list[BudgetRule]
     allowed_lateness: int
     scope_idle_ttl: int
@@ -290,7 +293,8 @@ class ShardEngine:
     ) -> list[Alert]:
         """One detector call, with tracing and driver attribution around it."""
         if self.tracer is not None:
-            self.tracer(detector, scope_map, window_start, totals, state)
+            explained = detector.explain(state, window_start, totals)
+            self.tracer(detector, scope_map, window_start, totals, explained)
         alerts = detector.observe(state, scope_map, window_start, totals)
         if not detector.drivers or not breakdown:
             return alerts
@@ -312,12 +316,12 @@ class ShardEngine:
 
     def _judge(
         self,
-        detector: WindowDetector,
+        detector: Detector,
         by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]],
         bound: int,
         breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]],
     ) -> list[Alert]:
-        if getattr(detector, "peer_group", False):
+        if isinstance(detector, GroupDetector):
             return self._judge_peers(detector, by_scope)
         aggregation = detector.aggregation
         window = aggregation.window
@@ -392,7 +396,7 @@ class ShardEngine:
             self.counters.evicted_scopes += 1
 
     def _judge_peers(
-        self, detector: Any, by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]]
+        self, detector: GroupDetector, by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]]
     ) -> list[Alert]:
         """Peer-group detectors see all members of a group per window, in window order."""
         k = detector.peer_dims
@@ -415,7 +419,7 @@ class ShardEngine:
                         scope_map = {**peers, **dict(zip(member_names, member, strict=True))}
                         self.tracer(detector, scope_map, window_start, members[member], seen)
                 alerts.extend(detector.observe_group(state, peers, window_start, members))
-            if not state.firing:
+            if not detector.keep_state(state):
                 del states[group]
         return alerts
 

@@ -74,8 +74,14 @@ class Aggregation:
         return scope if self.route_dims is None else scope[: self.route_dims]
 
 
-class WindowDetector(ABC):
-    """A rule judging closed windows of one aggregation, scope by scope."""
+class Detector(ABC):
+    """What every rule of ``detectors:`` is to the engine: an aggregation and per-key state.
+
+    Two kinds exist, and the engine dispatches on the kind: a :class:`WindowDetector`
+    judges one scope's closed window at a time; a :class:`GroupDetector` judges all
+    members of a peer group in a window together (a session against the other sessions
+    of its tenant), because its members are too short-lived to have a history.
+    """
 
     name: str
     aggregation: Aggregation
@@ -86,7 +92,15 @@ class WindowDetector(ABC):
 
     @abstractmethod
     def new_state(self) -> Any:
-        """Fresh per-scope state (picklable)."""
+        """Fresh per-scope (or per-group) state (picklable)."""
+
+    def learning(self, state: Any) -> bool:
+        """Whether the scope is in its normal regime (breakdown baselines may learn)."""
+        return True
+
+
+class WindowDetector(Detector):
+    """A rule judging closed windows of one aggregation, scope by scope."""
 
     @abstractmethod
     def observe(
@@ -94,20 +108,49 @@ class WindowDetector(ABC):
     ) -> list[Alert]:
         """Judge one closed window of one scope (windows arrive in order)."""
 
-    def learning(self, state: Any) -> bool:
-        """Whether the scope is in its normal regime (breakdown baselines may learn)."""
-        return True
-
     def explain(self, state: Any, window_start: int, totals: Totals) -> dict[str, float] | None:
         """Value, expected, band and score of a window *before* it is observed (for
         ``explain`` and reports); ``None`` when the detector cannot tell yet."""
         return None
 
 
+class GroupDetector(Detector):
+    """A rule judging every member of a peer group per window (``agent_loop``).
+
+    The aggregation's first ``peer_dims`` dimensions name the group (rows are routed by
+    them, so a group is judged on one shard); the rest name a member. State is per
+    group. Members are never zero-filled: a session that made no call is not a member.
+    """
+
+    peer_dims: int
+    zero_fill = False
+
+    @abstractmethod
+    def observe_group(
+        self,
+        state: Any,
+        peers: Mapping[str, str],
+        window_start: int,
+        members: Mapping[tuple[str, ...], Totals],
+    ) -> list[Alert]:
+        """Judge every member of one peer group in one window (windows arrive in order)."""
+
+    @abstractmethod
+    def explain_group(
+        self, members: Mapping[tuple[str, ...], Totals]
+    ) -> dict[tuple[str, ...], dict[str, float]]:
+        """Each member's value, expected, band and score in this window, before judging."""
+
+    def keep_state(self, state: Any) -> bool:
+        """Whether a group's state must be kept after a window (an episode is open): groups
+        come and go by the thousand, so state that says nothing is dropped."""
+        return True
+
+
 @dataclass(frozen=True)
 class DetectorType:
     config_class: type
-    build: Callable[[Any], WindowDetector]
+    build: Callable[[Any], Detector]
 
 
 DETECTOR_TYPES: dict[str, DetectorType] = {}
@@ -171,8 +214,9 @@ class SlotsState:
             setattr(self, name, value)
 
 
-class DetectorBase(WindowDetector):
-    """Common construction from a config with ``name``, ``scope``, ``window`` and ``metric``."""
+class ConfiguredRule:
+    """Construction from a config with ``name``, ``scope``, ``window`` and ``metric``, and the
+    anomaly alerts of its episodes; shared by both kinds of detector."""
 
     type_name: ClassVar[str]
 
@@ -234,6 +278,10 @@ class DetectorBase(WindowDetector):
             threshold=self.config.threshold,
             episode_start=episode_start,
         )
+
+
+class DetectorBase(ConfiguredRule, WindowDetector):
+    """A window detector built from its rule config (most detector types)."""
 
 
 def driver_aggregation(parent: Aggregation, dimension: str) -> Aggregation:

@@ -24,7 +24,8 @@ from spendwatch.alerts import Alert, make_alert
 from spendwatch.configtypes import Dimension, Duration
 from spendwatch.detectors.base import (
     Aggregation,
-    DetectorBase,
+    ConfiguredRule,
+    GroupDetector,
     RuleConfig,
     Totals,
     register_detector,
@@ -79,11 +80,10 @@ class PeerState:
 
 
 @register_detector("agent_loop", AgentLoopConfig)
-class AgentLoop(DetectorBase):
+class AgentLoop(ConfiguredRule, GroupDetector):
     """Judges a whole peer group per window (``observe_group``), not one scope at a time."""
 
     config: AgentLoopConfig
-    peer_group = True
 
     def __init__(self, config: AgentLoopConfig) -> None:
         super().__init__(config)
@@ -98,12 +98,8 @@ class AgentLoop(DetectorBase):
     def new_state(self) -> PeerState:
         return PeerState()
 
-    def observe(self, state, scope, window_start, totals) -> list[Alert]:
-        raise TypeError("agent_loop judges peer groups; the engine calls observe_group")
-
-    def explain(self, state, window_start, totals) -> dict[str, float] | None:
-        # The engine's tracer hands a peer-group rule its member's explanation as the state.
-        return state if isinstance(state, dict) else None
+    def keep_state(self, state: PeerState) -> bool:
+        return bool(state.firing)
 
     def explain_group(
         self, members: Mapping[tuple[str, ...], Totals]

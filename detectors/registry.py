@@ -11,8 +11,8 @@ from spendwatch.detectors import (  # noqa: F401 - registration side effects
     seasonal,
     unit_cost,
 )
-from spendwatch.detectors.base import DETECTOR_TYPES, WindowDetector
+from spendwatch.detectors.base import DETECTOR_TYPES, Detector
 
 
-def build_detector(config: Any) -> WindowDetector:
+def build_detector(config: Any) -> Detector:
     return DETECTOR_TYPES[config.type].build(config)

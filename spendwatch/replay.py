@@ -3,7 +3,7 @@
 ``explain`` and ``backtest --report`` need more than the alerts: the baseline, band and
 score of every (rule, scope, window). They replay the input through the same parser,
 pre-aggregator and shard engines as the dataflow (one process, no Bytewax), with a
-tracer that asks each detector to ``explain`` a window just before it observes it.
+tracer that records each detector's ``explain`` of a window just before it judges it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from spendwatch.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
-from spendwatch.detectors.base import Totals, WindowDetector
+from spendwatch.detectors.base import Detector, Totals
 from spendwatch.parser import parser_for
 
 BATCH_LINES = 20_000
@@ -56,7 +56,7 @@ def _lines(path: str) -> Iterator[list[bytes]]:
 def replay(
     config: Any,
     input_path: str,
-    keep: Callable[[WindowDetector, Mapping[str, str], int], bool] | None = None,
+    keep: Callable[[Detector, Mapping[str, str], int], bool] | None = None,
 ) -> Replay:
     """Run ``input_path`` through ``config``'s rules; record the points ``keep`` accepts."""
     plan = EnginePlan.from_config(config)
@@ -64,12 +64,15 @@ def replay(
     result = Replay()
 
     def tracer(
-        detector: WindowDetector, scope: Mapping[str, str], start: int, totals: Totals, state: Any
+        detector: Detector,
+        scope: Mapping[str, str],
+        start: int,
+        totals: Totals,
+        explained: dict[str, float] | None,
     ) -> None:
         if keep is not None and not keep(detector, scope, start):
             return
-        seen = detector.explain(state, start, totals)
-        seen = seen or {}
+        seen = explained or {}
         result.points.append(
             Point(
                 rule=detector.name,
