@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -29,6 +28,7 @@ from spendwatch.notifiers.outbox import DeliveryConfig
 from spendwatch.notifiers.registry import build_notifier  # noqa: F401 - registers notifiers
 from spendwatch.notifiers.router import OwnerConfig, RouteConfig, SilenceConfig
 from spendwatch.pricing import PricingConfig
+from spendwatch.yamlload import DuplicateKeyError, YAMLLimitError, load_yaml
 
 
 def _tagged_union(classes: list[type]) -> Any:
@@ -223,27 +223,56 @@ class ConfigError(ValueError):
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_CONFIG_BYTES = 1 << 20  # 200 times the example config; bounds the work of reading one
 
 
 def load_config(path: str | os.PathLike[str]) -> SpendwatchConfig:
-    """Load and validate a YAML file; :class:`ConfigError` names file, line, key and problem."""
+    """Load and validate a YAML file; :class:`ConfigError` names file, line, key and problem.
+
+    It raises nothing else, whatever the file holds: a reload with a bad file must leave
+    the running engine as it was. The YAML bounds (aliases, size, depth, duplicate keys)
+    are those of :mod:`spendwatch.yamlload`.
+    """
     file = str(path)
     try:
-        text = Path(file).read_text(encoding="utf-8")
+        return _load_config(file)
+    except ConfigError:
+        raise
+    except Exception as error:  # a bug must not take down a reload
+        raise ConfigError(
+            [f"{file}: cannot load the config: unexpected {type(error).__name__} (a bug)"]
+        ) from error
+
+
+def _load_config(file: str) -> SpendwatchConfig:
+    try:
+        with open(file, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                [f"{file}: too large: a config file is at most {MAX_CONFIG_BYTES} bytes"]
+            )
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError([f"{file}: cannot read: {error}"]) from error
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data, root = load_yaml(text)
+    except DuplicateKeyError as error:
+        key = format_key_path([*error.path, error.key])
+        raise ConfigError(
+            [f"{file}:{error.problem_mark.line + 1}: {key}: {error.problem}"]
+        ) from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else file
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from error
+        raise ConfigError([_describe_yaml_error(file, text, error)]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{file}: the top level must be a mapping of sections"])
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(
+                [f"{file}{_line_suffix(root, [key])}: top-level keys must be section names"]
+            )
     problems: list[str] = []
     data = _substitute_env(data, [], problems, file, root)
     if problems:
@@ -251,9 +280,26 @@ def load_config(path: str | os.PathLike[str]) -> SpendwatchConfig:
     try:
         return SpendwatchConfig(**data)
     except ValidationError as error:
-        raise ConfigError(
-            [_describe(file, root, data, err) for err in error.errors(include_input=False)]
-        ) from None
+        described = [_describe(file, root, data, e) for e in error.errors(include_input=False)]
+        raise ConfigError(list(dict.fromkeys(described))) from None
+
+
+def _describe_yaml_error(file: str, text: str, error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}"
+    elif isinstance(error, yaml.reader.ReaderError):
+        where = f"{file}:{text.count(chr(10), 0, error.position) + 1}"
+    else:
+        where = file
+    if isinstance(error, yaml.reader.ReaderError):
+        character = error.character
+        code = character if isinstance(character, int) else ord(character[:1] or "\0")
+        problem = f"character #x{code:04x} is not allowed in YAML"
+    else:
+        problem = getattr(error, "problem", None) or str(error)
+    label = "" if isinstance(error, YAMLLimitError) else "invalid YAML: "
+    return f"{where}: {label}{problem}"
 
 
 def _substitute_env(value: Any, path: list, problems: list[str], file: str, root: Any) -> Any:
@@ -327,7 +373,8 @@ def _line_suffix(root: Any, path: list[Any]) -> str:
     line = None
     for part in path:
         if isinstance(node, yaml.MappingNode):
-            found = next((v for k, v in node.value if k.value == part), None)
+            # The last match: a key given after a ``<<`` merge overrides the merged one.
+            found = next((v for k, v in reversed(node.value) if k.value == str(part)), None)
             if found is None:
                 break
             line = found.start_mark.line + 1
