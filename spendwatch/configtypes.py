@@ -6,12 +6,11 @@ own config classes without importing the root model.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
-
-from spendwatch.timefmt import parse_duration
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, WithJsonSchema
 
 STANDARD_DIMENSIONS: tuple[str, ...] = (
     "tenant",
@@ -48,14 +47,51 @@ Dimension = Annotated[
     ),
 ]
 
+MAX_DURATION_DAYS = 3650
+MAX_DURATION = MAX_DURATION_DAYS * 86400  # ten years: far beyond any setting, far from overflow
+_DURATION_TEXT = re.compile(r"^\s*([0-9]{1,15})\s*(s|m|h|d|w)\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_EXAMPLES = "e.g. 30s, 5m, 1h, 1d, 1w, or a whole number of seconds"
+
+
+def parse_config_duration(value: object, info: ValidationInfo) -> int:
+    """A config duration in whole seconds: ``30s``, ``5m``, ``1h``, ``1d``, ``1w`` or seconds.
+
+    Every duration is at least 0 and at most :data:`MAX_DURATION` (so no arithmetic on
+    it can overflow a ``timedelta`` or leave the calendar); a field named ``window``
+    (or ``*_window``) must also be positive. Messages never repeat the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a duration ({_DURATION_EXAMPLES})")
+    if isinstance(value, str):
+        match = _DURATION_TEXT.match(value)
+        if not match:
+            raise ValueError(f"invalid duration: expected {_DURATION_EXAMPLES}")
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("a duration must be a finite number of seconds")
+    elif isinstance(value, float) and not value.is_integer():
+        raise ValueError("a duration must be a whole number of seconds")
+    else:
+        seconds = int(value)
+    if seconds < 0:
+        raise ValueError("duration must not be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration out of range: at most {MAX_DURATION_DAYS}d (ten years)")
+    field = info.field_name or ""
+    if seconds == 0 and (field == "window" or field.endswith("_window")):
+        raise ValueError("a window must be positive (e.g. 5m, 1h), not 0")
+    return seconds
+
+
 Duration = Annotated[
     int,
-    BeforeValidator(parse_duration),
+    BeforeValidator(parse_config_duration),
     WithJsonSchema(
         {
             "anyOf": [
                 {"type": "string", "pattern": r"^\d+(s|m|h|d|w)$"},
-                {"type": "integer", "minimum": 0},
+                {"type": "integer", "minimum": 0, "maximum": MAX_DURATION},
             ],
             "description": "a duration such as 30s, 5m, 1h, 1d, 1w (or seconds)",
         }
@@ -77,6 +113,10 @@ Severity = Literal["info", "warning", "critical"]
 
 
 class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors, so typos never pass silently."""
+    """Base for config sections: unknown keys are errors, so typos never pass silently.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Floats must be finite: ``.inf`` would pass every ``gt``/``ge`` bound and ``.nan``
+    compares false with everything, so neither is a usable setting.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -193,6 +193,71 @@ def test_a_key_overridden_after_a_nested_merge_is_no_duplicate(tmp_path):
     assert [(d.name, d.window) for d in config.detectors] == [("a", 300), ("b", 600), ("c", 600)]
 
 
+# --- durations ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0s", "a window must be positive"),
+        ("0", "a window must be positive"),
+        ("100000d", "duration out of range: at most 3650d"),
+        ("99999999999999999999999999999999w", "invalid duration"),
+        (str(10**30), "duration out of range"),
+        ("1.0e+300", "duration out of range"),
+        (".inf", "a duration must be a finite number of seconds"),
+        (".nan", "a duration must be a finite number of seconds"),
+        ("1.5", "a duration must be a whole number of seconds"),
+        ("~", "expected a duration"),
+        ("[5m]", "expected a duration"),
+        ("{a: 1}", "expected a duration"),
+        ("true", "expected a duration"),
+        ("-5m", "invalid duration"),
+    ],
+)
+def test_bad_window_gets_its_own_message_at_its_line(tmp_path, value, message):
+    [problem] = problems_of(tmp_path, GOOD.replace("window: 5m", f"window: {value}"))
+    assert problem.startswith(f"{tmp_path / 'config.yaml'}:6: detectors[0].window: {message}")
+
+
+DURATION_FIELDS = [
+    ("engine:\n  allowed_lateness: {v}\n", 2, "engine.allowed_lateness"),
+    ("engine:\n  dedup_horizon: {v}\n", 2, "engine.dedup_horizon"),
+    ("engine:\n  scope_idle_ttl: {v}\n", 2, "engine.scope_idle_ttl"),
+    ("engine:\n  max_future_skew: {v}\n", 2, "engine.max_future_skew"),
+    ("delivery:\n  max_age: {v}\n", 2, "delivery.max_age"),
+    ("delivery:\n  flush_timeout: {v}\n", 2, "delivery.flush_timeout"),
+    (
+        "budgets:\n  - name: b\n    amount_usd: 1\n    window: {v}\n",
+        4,
+        "budgets[0].window",
+    ),
+    (
+        "budgets:\n  - name: b\n    amount_usd: 1\n    forecast_min_history: {v}\n",
+        4,
+        "budgets[0].forecast_min_history",
+    ),
+    (
+        "detectors:\n  - name: r\n    type: robust_seasonal\n    warmup: {v}\n",
+        4,
+        "detectors[0].warmup",
+    ),
+]
+
+
+@pytest.mark.parametrize(("template", "line", "key"), DURATION_FIELDS)
+@pytest.mark.parametrize("value", ["100000d", ".inf", "~", "-1", "12 parsecs"])
+def test_every_duration_field_is_bounded_and_named(tmp_path, template, line, key, value):
+    problems = problems_of(tmp_path, template.format(v=value))
+    assert any(p.startswith(f"{tmp_path / 'config.yaml'}:{line}: {key}: ") for p in problems)
+    assert not any("Traceback" in p for p in problems)
+
+
+def test_longest_duration_still_loads(tmp_path):
+    config = load_config(write_config(tmp_path, "engine:\n  dedup_horizon: 3650d\n"))
+    assert config.engine.dedup_horizon == 3650 * 86400
+
+
 # --- other hostile YAML ---------------------------------------------------------------------
 
 
