@@ -3,7 +3,8 @@
 Every section is a pydantic model with unknown keys forbidden; detector and
 receiver sections are unions over the registries, so a new ``type:`` only needs
 its own config class. Errors name the file, the line, the key path (e.g.
-``detectors[2].threshold``) and the problem, never the value (it may be a secret).
+``detectors[2].threshold``) and the problem, never the value (it may be a secret);
+a value that a ``SPENDWATCH_SECTION__KEY`` variable sets is blamed on that variable.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from spendwatch.configtypes import Dimension, Duration, StrictModel
 from spendwatch.detectors.base import DETECTOR_TYPES
@@ -223,6 +225,8 @@ class ConfigError(ValueError):
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_PREFIX = "SPENDWATCH_"
+ENV_DELIMITER = "__"
 MAX_CONFIG_BYTES = 1 << 20  # 200 times the example config; bounds the work of reading one
 
 
@@ -277,10 +281,16 @@ def _load_config(file: str) -> SpendwatchConfig:
     data = _substitute_env(data, [], problems, file, root)
     if problems:
         raise ConfigError(problems)
+    overrides, env_problem = _environment_overrides()
+    if env_problem:
+        raise ConfigError([env_problem])
     try:
         return SpendwatchConfig(**data)
     except ValidationError as error:
-        described = [_describe(file, root, data, e) for e in error.errors(include_input=False)]
+        merged = _deep_merge(overrides, data)
+        described = [
+            _describe(file, root, data, merged, e) for e in error.errors(include_input=False)
+        ]
         raise ConfigError(list(dict.fromkeys(described))) from None
 
 
@@ -300,6 +310,54 @@ def _describe_yaml_error(file: str, text: str, error: yaml.YAMLError) -> str:
         problem = getattr(error, "problem", None) or str(error)
     label = "" if isinstance(error, YAMLLimitError) else "invalid YAML: "
     return f"{where}: {label}{problem}"
+
+
+def _environment_overrides() -> tuple[dict[str, Any], str | None]:
+    """What ``SPENDWATCH_*`` variables set (as pydantic-settings reads them), or a problem."""
+    try:
+        return EnvSettingsSource(SpendwatchConfig)(), None
+    except SettingsError as error:
+        field = re.search(r'field "([^"]+)"', str(error))
+        name = _env_variable([field.group(1)]) if field else None
+        where = f"environment variable {name}" if name else f"a {ENV_PREFIX}* environment variable"
+        return {}, f"{where}: cannot parse its value (a section or a list is given as JSON)"
+
+
+def _env_variable(path: list[Any]) -> str | None:
+    """The set variable that gives the longest prefix of ``path``, as spelled in the environment."""
+    keys: list[str] = []
+    for part in path:
+        if not isinstance(part, str):
+            break
+        keys.append(part)
+    names = {name.upper(): name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
+    for length in range(len(keys), 0, -1):
+        wanted = (ENV_PREFIX + ENV_DELIMITER.join(keys[:length])).upper()
+        if wanted in names:
+            return names[wanted]
+    return None
+
+
+def _deep_merge(base: Any, override: Any) -> Any:
+    """``override`` over ``base``, mappings merged key by key (as pydantic-settings does)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _deep_merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+def _has_path(data: Any, path: list[Any]) -> bool:
+    node = data
+    for part in path:
+        if not isinstance(node, (dict, list)):
+            return False
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return True
 
 
 def _substitute_env(value: Any, path: list, problems: list[str], file: str, root: Any) -> Any:
@@ -325,14 +383,22 @@ def _substitute_env(value: Any, path: list, problems: list[str], file: str, root
     return value
 
 
-def _describe(file: str, root: Any, data: Any, error: dict[str, Any]) -> str:
-    path = _data_path(data, list(error["loc"]))
+def _describe(file: str, root: Any, data: Any, merged: Any, error: dict[str, Any]) -> str:
+    """``file:line: key: problem``, or ``environment variable NAME: key: problem``.
+
+    A key the YAML does not give but a ``SPENDWATCH_*`` variable does is blamed on that
+    variable: the file has no line for it.
+    """
+    path = _data_path(merged, list(error["loc"]))
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     if error["type"] == "extra_forbidden":
         message = "unknown key (check the spelling; see `spendwatch schema`)"
     key = format_key_path(path) or "(top level)"
+    variable = None if _has_path(data, path) else _env_variable(path)
+    if variable is not None:
+        return f"environment variable {variable}: {key}: {message}"
     return f"{file}{_line_suffix(root, path)}: {key}: {message}"
 
 

@@ -258,6 +258,54 @@ def test_longest_duration_still_loads(tmp_path):
     assert config.engine.dedup_horizon == 3650 * 86400
 
 
+# --- environment overrides ------------------------------------------------------------------
+
+
+def test_bad_environment_override_names_the_variable_not_a_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPENDWATCH_ENGINE__MAX_EVENT_BYTES", "abc-secret")
+    for text in (GOOD, "engine:\n  shards: 4\n" + GOOD):
+        [problem] = problems_of(tmp_path, text)
+        assert problem.startswith(
+            "environment variable SPENDWATCH_ENGINE__MAX_EVENT_BYTES: engine.max_event_bytes: "
+        ), problem
+        assert "valid integer" in problem
+        assert "secret" not in problem and "config.yaml" not in problem
+
+
+def test_environment_variable_is_named_as_spelled(tmp_path, monkeypatch):
+    monkeypatch.setenv("spendwatch_server__port", "99999")
+    [problem] = problems_of(tmp_path, GOOD)
+    assert problem.startswith("environment variable spendwatch_server__port: server.port: ")
+
+
+def test_unknown_key_from_the_environment_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPENDWATCH_ENGINE__SHARDZ", "4")
+    [problem] = problems_of(tmp_path, GOOD)
+    assert problem.startswith("environment variable SPENDWATCH_ENGINE__SHARDZ: engine.shardz: ")
+    assert "unknown key" in problem
+
+
+def test_unparsable_json_in_the_environment_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPENDWATCH_DETECTORS", "[{secret-token")
+    [problem] = problems_of(tmp_path, GOOD)
+    assert problem.startswith("environment variable SPENDWATCH_DETECTORS: cannot parse")
+    assert "secret" not in problem
+
+
+def test_list_from_the_environment_names_the_variable_and_the_item(tmp_path, monkeypatch):
+    monkeypatch.setenv(
+        "SPENDWATCH_BUDGETS", '[{"name": "b", "scope": {"tenant": "acme"}, "amount_usd": -1}]'
+    )
+    [problem] = problems_of(tmp_path, GOOD.split("budgets:")[0])
+    assert problem.startswith("environment variable SPENDWATCH_BUDGETS: budgets[0].amount_usd: ")
+
+
+def test_a_yaml_value_next_to_a_good_override_is_still_blamed_on_its_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPENDWATCH_ENGINE__MAX_EVENT_BYTES", "4096")
+    [problem] = problems_of(tmp_path, "engine:\n  shards: 0\n")
+    assert problem.startswith(f"{tmp_path / 'config.yaml'}:2: engine.shards: ")
+
+
 # --- other hostile YAML ---------------------------------------------------------------------
 
 
