@@ -54,9 +54,14 @@ class JsonlSourceConfig(StrictModel):
     )
     follow: bool = Field(default=False, description="keep reading as the file grows")
     batch_bytes: int = Field(
-        default=4 << 20, ge=1024, description="bytes read per batch (throughput vs latency)"
+        default=4 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="bytes read per batch (throughput vs latency)",
     )
-    poll_interval: float = Field(default=0.5, gt=0, description="seconds between polls at EOF")
+    poll_interval: float = Field(
+        default=0.5, gt=0, le=3600, description="seconds between polls at EOF"
+    )
     decode_processes: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
         default="auto",
         description="helper processes that decode a file's backlog (8+ batches: a backtest, "
@@ -73,7 +78,7 @@ SourceConfig = Annotated[
 
 
 class EngineConfig(StrictModel):
-    """Windowing and state settings shared by every rule."""
+    """Windowing and state settings shared by every rule, and what one event may carry."""
 
     allowed_lateness: Duration = Field(
         default=300, description="event-time delay before a window closes"
@@ -84,17 +89,48 @@ class EngineConfig(StrictModel):
     shards: int = Field(
         default=16, ge=1, le=4096, description="state shards (keep fixed across restarts)"
     )
-    max_event_bytes: int = Field(default=65536, ge=256, description="longer lines dead-letter")
+    max_event_bytes: int = Field(
+        default=65536, ge=256, le=1 << 30, description="longer lines dead-letter"
+    )
+    max_json_depth: int = Field(
+        default=32, ge=2, le=256, description="events nested deeper than this dead-letter"
+    )
+    max_tokens_per_event: int = Field(
+        default=10**12,
+        ge=1,
+        le=10**15,  # the event schema's own ceiling (spendwatch.events.TOKEN_CEILING)
+        description="an event with more tokens of one kind dead-letters (sums stay exact)",
+    )
+    max_requests_per_event: int = Field(
+        default=10**9,
+        ge=1,
+        le=10**12,  # the event schema's own ceiling (spendwatch.events.REQUEST_CEILING)
+        description="an event counting more requests dead-letters",
+    )
+    max_event_cost_usd: float = Field(
+        default=1_000_000.0,
+        gt=0,
+        le=9_000_000.0,  # below 2**53 nano-dollars: the integer conversion stays exact
+        description="an event costing more (USD) dead-letters",
+    )
+    max_future_skew: Duration = Field(
+        default=600,
+        description="live input: an event stamped further ahead of the wall clock dead-letters",
+    )
     scope_idle_ttl: Duration = Field(
         default=8 * 86400, description="forget a detector scope idle for this long"
     )
     snapshot_interval: float = Field(
         default=5.0,
         gt=0,
+        le=86400,
         description="seconds of wall time between recovery snapshots (one Bytewax epoch)",
     )
     shutdown_grace: float = Field(
-        default=10.0, gt=0, description="seconds SIGTERM may take before the worker exits anyway"
+        default=10.0,
+        gt=0,
+        le=86400,
+        description="seconds SIGTERM may take before the worker exits anyway",
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from spendwatch.config import MAX_CONFIG_BYTES, ConfigError, load_config
+from spendwatch.config import MAX_CONFIG_BYTES, ConfigError, SpendwatchConfig, load_config
 from spendwatch.yamlload import MAX_ALIASES, MAX_DEPTH, MAX_NODES
 from tests.conftest import REPO, write_config
 from tests.test_config import GOOD, problems_of
@@ -304,6 +304,71 @@ def test_a_yaml_value_next_to_a_good_override_is_still_blamed_on_its_line(tmp_pa
     monkeypatch.setenv("SPENDWATCH_ENGINE__MAX_EVENT_BYTES", "4096")
     [problem] = problems_of(tmp_path, "engine:\n  shards: 0\n")
     assert problem.startswith(f"{tmp_path / 'config.yaml'}:2: engine.shards: ")
+
+
+# --- engine bounds --------------------------------------------------------------------------
+
+
+def test_engine_event_bounds_have_defaults_and_load():
+    engine = SpendwatchConfig().engine
+    assert engine.max_tokens_per_event == 10**12
+    assert engine.max_requests_per_event == 10**9
+    assert engine.max_event_cost_usd == 1_000_000.0
+    assert engine.max_future_skew == 600
+    assert engine.max_json_depth == 32
+
+
+def test_engine_event_bounds_from_yaml(tmp_path):
+    text = (
+        "engine:\n  max_tokens_per_event: 5000000\n  max_requests_per_event: 1000\n"
+        "  max_event_cost_usd: 250.5\n  max_future_skew: 15m\n  max_json_depth: 8\n"
+    )
+    engine = load_config(write_config(tmp_path, text)).engine
+    assert (engine.max_tokens_per_event, engine.max_requests_per_event) == (5_000_000, 1000)
+    assert (engine.max_event_cost_usd, engine.max_future_skew, engine.max_json_depth) == (
+        250.5,
+        900,
+        8,
+    )
+    zero_skew = load_config(write_config(tmp_path, "engine:\n  max_future_skew: 0s\n"))
+    assert zero_skew.engine.max_future_skew == 0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_tokens_per_event", "0"),
+        ("max_tokens_per_event", str(10**16)),
+        ("max_tokens_per_event", "lots"),
+        ("max_requests_per_event", "0"),
+        ("max_requests_per_event", str(10**13)),
+        ("max_event_cost_usd", "0"),
+        ("max_event_cost_usd", "1.0e+7"),
+        ("max_event_cost_usd", ".inf"),
+        ("max_event_cost_usd", ".nan"),
+        ("max_future_skew", "-1"),
+        ("max_future_skew", "100000d"),
+        ("max_json_depth", "1"),
+        ("max_json_depth", "257"),
+        ("max_event_bytes", str(1 << 40)),
+        ("snapshot_interval", "1.0e+300"),
+        ("shutdown_grace", ".inf"),
+    ],
+)
+def test_engine_bounds_are_validated(tmp_path, key, value):
+    [problem] = problems_of(tmp_path, f"engine:\n  {key}: {value}\n")
+    assert problem.startswith(f"{tmp_path / 'config.yaml'}:2: engine.{key}: ")
+
+
+@pytest.mark.parametrize("value", ["1.0e+300", ".inf", "0"])
+def test_poll_interval_is_bounded(tmp_path, value):
+    [problem] = problems_of(tmp_path, f"source:\n  type: jsonl\n  poll_interval: {value}\n")
+    assert problem.startswith(f"{tmp_path / 'config.yaml'}:3: source.poll_interval: ")
+
+
+def test_infinite_float_is_refused_in_any_section(tmp_path):
+    [problem] = problems_of(tmp_path, GOOD.replace("window: 5m", "window: 5m\n    threshold: .inf"))
+    assert problem.startswith(f"{tmp_path / 'config.yaml'}:7: detectors[0].threshold: ")
 
 
 # --- other hostile YAML ---------------------------------------------------------------------
