@@ -1,4 +1,10 @@
-"""``type: console``: one readable line per alert on stdout (or JSON)."""
+"""``type: console``: one readable line per alert on stdout (or JSON).
+
+Scope values, rule names and drivers are user-controlled: a newline in them would
+forge a second line, an ESC a terminal escape sequence. Text lines show every control
+character as an escape (``\\n``, ``\\x1b``); JSON lines escape the ones JSON leaves raw
+(DEL, the C1 controls such as CSI, line separators and bidi overrides) as ``\\uXXXX``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from pydantic import Field
 
 from spendwatch.alerts import Alert
 from spendwatch.configtypes import StrictModel
+from spendwatch.notifiers import render
 from spendwatch.notifiers.base import Notifier, register_notifier
 
 
@@ -42,10 +49,15 @@ def render_line(alert: Alert) -> str:
             f"{d.dimension}={d.value} {d.share:.0%}" for d in alert.drivers
         )
     owner = f" owner {alert.owner}" if alert.owner else ""
-    return (
+    return render.visible(
         f"[{marker:8}] {alert.severity:8} {alert.kind}/{alert.rule} {scope}: {detail} "
         f"window {alert.window_start}..{alert.window_end}{drivers}{owner}"
     )
+
+
+def json_line(alert: Alert) -> str:
+    """The alert's JSON on one line, with no raw character a terminal acts on."""
+    return render.CONTROL.sub(lambda m: f"\\u{ord(m.group(0)):04x}", alert.to_json_bytes().decode())
 
 
 def _num(value: float) -> str:
@@ -60,9 +72,6 @@ class ConsoleNotifier(Notifier):
         self.stream = stream or sys.stdout
 
     def notify(self, alert: Alert) -> None:
-        if self.config.format == "json":
-            line = alert.to_json_bytes().decode()
-        else:
-            line = render_line(alert)
+        line = json_line(alert) if self.config.format == "json" else render_line(alert)
         self.stream.write(line + "\n")
         self.stream.flush()

@@ -135,7 +135,7 @@ class JiraNotifier(Notifier):
         fields: dict[str, Any] = {
             "project": {"key": self.config.project},
             "issuetype": {"name": self.config.issue_type},
-            "summary": render.title(alert)[:250],
+            "summary": summary(alert),
             "description": self._description(alert),
             "labels": [*self.config.labels, fingerprint_label(alert)],
             "priority": {"name": self.config.priorities.get(alert.severity, "Medium")},
@@ -268,11 +268,34 @@ def jql_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-_WIKI_SPECIAL = re.compile(r"([\\{}\[\]|*_^~!])")
+SUMMARY_LIMIT = 255
+"""Jira's limit on a summary, in UTF-16 code units (Java string length)."""
+_WIKI_SPECIAL = re.compile(r"([{}\[\]|*_^~!#]|(?<![^\W_])[-+?]|[-+?](?![^\W_]))")
+"""Wiki markup characters; ``-``/``+``/``?`` only where they can open or close a span."""
+
+
+def summary(alert: Alert) -> str:
+    """The issue summary: one line, no control characters, at most 255 characters."""
+    text = " ".join(render.one_line(render.title(alert)).split())
+    if _utf16_length(text) <= SUMMARY_LIMIT:
+        return text
+    text = text[: SUMMARY_LIMIT - 1]  # a character is at least one UTF-16 unit
+    while _utf16_length(text) > SUMMARY_LIMIT - 1:
+        text = text[:-1]
+    return text + "…"
+
+
+def _utf16_length(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
 
 
 def wiki_escape(text: str) -> str:
-    """Escape Jira wiki markup so user text renders as typed."""
+    """Jira wiki markup for user text that renders as typed, on one line.
+
+    A backslash becomes a look-alike (``\\`` is Jira's forced line break), line breaks
+    and control characters a space, and every markup character is escaped.
+    """
+    text = render.one_line(text).replace("\\", "\u29f5")
     return _WIKI_SPECIAL.sub(r"\\\1", text)
 
 

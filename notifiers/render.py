@@ -1,13 +1,40 @@
 """Plain-text facts about an alert, shared by the Slack, Jira and flag receivers.
 
 Everything here returns *unescaped* text; each receiver escapes for its own markup
-(Slack mrkdwn, Jira wiki), because scope values, rule names and driver values are
-user-controlled.
+(Slack mrkdwn, Jira wiki, a terminal), because scope values, rule names and driver
+values are user-controlled. Two helpers neutralise what no markup escape covers:
+:func:`one_line` (control characters, line breaks and bidi overrides become a space)
+and :func:`visible` (they become ``\\n``/``\\x1b``-style escapes, for terminals).
 """
 
 from __future__ import annotations
 
+import re
+
 from spendwatch.alerts import Alert
+
+_CONTROL = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+CONTROL = re.compile(f"[{_CONTROL}]")
+"""C0 and C1 controls (ESC, CR, LF, tab, NEL, CSI...), DEL, line/paragraph separators
+and the bidirectional overrides that make text display in another order."""
+_CONTROL_RUN = re.compile(f"[ ]*(?:[{_CONTROL}][ ]*)+")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: each run of control characters becomes one space."""
+    return _CONTROL_RUN.sub(" ", text)
+
+
+def visible(text: str) -> str:
+    """``text`` with each control character shown as an escape (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    return CONTROL.sub(lambda m: _NAMED.get(m.group(0)) or _escape_code(m.group(0)), text)
+
+
+def _escape_code(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
 
 _UNITS = {
     "spend_usd": ("$", ""),

@@ -1,7 +1,13 @@
 """Block Kit rendering of alerts for Slack (no I/O; escaping lives here).
 
 Every user-controlled string (rule names, scope values, drivers, owners) goes through
-:func:`escape`, so a tenant called ``<!channel>`` cannot ping a channel.
+:func:`escape` or :func:`code`, so a tenant called ``<!channel>`` cannot ping a channel
+and one called ``acme\n*ALL CLEAR*`` cannot start a bold line: the text is put on one
+line, ``&<>`` become entities (no links, mentions or ``>`` quotes), and the formatting
+markers are replaced by look-alikes (mrkdwn has no escape for them; inline code, where
+they are inert, is used for rule names). mrkdwn objects carrying user text are
+``verbatim`` (no auto-linking of URLs, channel names or mentions); notes from other
+receivers go out as ``plain_text``, which Slack never parses.
 """
 
 from __future__ import annotations
@@ -22,9 +28,29 @@ _ICONS = {
 }
 
 
-def escape(text: str) -> str:
-    """Escape Slack mrkdwn control characters (``&``, ``<``, ``>``)."""
+_LOOKALIKES = {"*": "\u2217", "~": "\u223c", "`": "\u02cb", "_": "\uff3f"}
+_MARKER = re.compile(r"[*~`]|(?<![^\W_])_|_(?![^\W_])")
+"""Formatting markers; ``_`` only where it can open or close italics (snake_case stays)."""
+
+
+def _entities(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def escape(text: str) -> str:
+    """User text as inert mrkdwn: one line, ``&<>`` as entities, markers neutralised."""
+    return _MARKER.sub(lambda m: _LOOKALIKES[m.group(0)], _entities(render.one_line(text)))
+
+
+def code(text: str) -> str:
+    """User text as an inline code span (shown as typed, nothing inside is formatting)."""
+    inner = _entities(render.one_line(text)).replace("`", _LOOKALIKES["`"])
+    return f"`{inner}`" if inner.strip() else escape(text)
+
+
+def plain(text: str, limit: int = 3000) -> dict[str, Any]:
+    """A ``plain_text`` object: never parsed for markup, mentions or links."""
+    return {"type": "plain_text", "text": _clip(render.one_line(text), limit), "emoji": True}
 
 
 def mention(alert: Alert) -> str | None:
@@ -32,9 +58,9 @@ def mention(alert: Alert) -> str | None:
     slack_id = render.owner_id(alert, "slack") or alert.owner
     if not slack_id:
         return None
-    if _USER_ID.match(slack_id):
+    if _USER_ID.fullmatch(slack_id):  # fullmatch: "$" would let a trailing newline through
         return f"<@{slack_id}>"
-    if _GROUP_ID.match(slack_id):
+    if _GROUP_ID.fullmatch(slack_id):
         return f"<!subteam^{slack_id}>"
     return escape(slack_id)
 
@@ -69,7 +95,7 @@ def blocks(alert: Alert, notes: list[str] | None = None) -> list[dict[str, Any]]
     state = "Resolved" if resolved else alert.severity.capitalize()
     header = f"{state}: {render.title(alert)}"
     fields = [
-        _field("Rule", f"`{escape(alert.rule)}` ({alert.kind})"),
+        _field("Rule", f"{code(alert.rule)} ({alert.kind})"),
         _field("Scope", escape(render.scope_text(alert))),
         _field("Observed vs expected", escape(render.comparison(alert))),
         _field("Window", escape(render.window_text(alert))),
@@ -80,16 +106,16 @@ def blocks(alert: Alert, notes: list[str] | None = None) -> list[dict[str, Any]]
     if owner:
         fields.append(_field("Owner", owner))
     result: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _clip(header, 150)}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"{icon} *{escape(header)}*"}},
+        {"type": "header", "text": plain(header, 150)},
+        {"type": "section", "text": _mrkdwn(f"{icon} *{escape(header)}*")},
         {"type": "section", "fields": fields},
     ]
     drivers = render.driver_lines(alert)
     if drivers:
         text = "*Drivers*\n" + "\n".join(f"• {escape(line)}" for line in drivers)
-        result.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+        result.append({"type": "section", "text": _mrkdwn(text)})
     for note in notes or []:
-        result.append({"type": "section", "text": {"type": "mrkdwn", "text": escape(note)}})
+        result.append({"type": "section", "text": plain(note)})
     result.append(
         {
             "type": "context",
@@ -111,7 +137,7 @@ def resolved_reply(alert: Alert) -> list[dict[str, Any]]:
         f"{escape(render.comparison(alert))} (window {escape(render.window_text(alert))})"
     )
     return [
-        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "section", "text": _mrkdwn(text)},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": marker(alert)}]},
     ]
 
@@ -126,8 +152,12 @@ def is_ours(message: dict[str, Any], alert: Alert) -> bool:
     )
 
 
-def _field(label: str, value: str) -> dict[str, str]:
-    return {"type": "mrkdwn", "text": f"*{label}*\n{value}"}
+def _mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": text, "verbatim": True}
+
+
+def _field(label: str, value: str) -> dict[str, Any]:
+    return _mrkdwn(f"*{label}*\n{value}")
 
 
 def _clip(text: str, limit: int) -> str:
