@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import random
 import signal
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from spendwatch import demo
-from tests.conftest import read_alerts
 from tests.workers import (
     CLI,
-    budget_totals,
+    HOURLY_BUDGET,
+    assert_exactly_once,
     identities,
+    kill_loop,
     run_cli,
     worker_config,
 )
-
-# Many alerts all along the stream, so some are always raised after the last snapshot
-# when a kill lands: those are the ones a restart raises again and must not re-deliver.
-HOURLY_BUDGET = """
-  - name: tenant-hourly
-    scope_by: [tenant]
-    amount_usd: 2
-    period: hour
-    thresholds: [20, 40, 60, 80, 100]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -65,52 +54,11 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing(stream_file, tmp_pat
     state = tmp_path / "crashed-state"
     command = [*CLI, "run", "--config", str(config), "--state-dir", str(state)]
     command += ["--dump-state", str(tmp_path / "crashed.json")]
-    rng = random.Random(20261116)
-    kills = 0
-    finished_after_last_kill = False
-    while kills < 10 or not finished_after_last_kill:
-        worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 12:
-            time.sleep(rng.uniform(0.2, 1.0))
-        if kills < 12 and worker.poll() is None:
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(timeout=30)
-            kills += 1
-            finished_after_last_kill = False
-            continue
-        _, stderr = worker.communicate(timeout=120)
-        assert worker.returncode == 0, stderr.decode()[-3000:]
-        finished_after_last_kill = True
+    kills = kill_loop(command, seed=20261116, pause=(0.2, 1.0))
     assert kills >= 10
-
-    expected = identities(reference_alerts)
-    delivered = identities(alerts)
-    assert len(expected) >= 500 and len(set(expected)) == len(expected)
-    repeated = [key for key, count in Counter(delivered).items() if count > 1]
-    assert not repeated, f"delivered more than once: {repeated}"
-    assert {(f, s) for f, s, _ in delivered} == {(f, s) for f, s, _ in expected}
-    assert set(delivered) == set(expected)
-
-    totals, reference = (
-        budget_totals(tmp_path / "crashed.json"),
-        budget_totals(tmp_path / "reference.json"),
+    assert_exactly_once(
+        reference_alerts, alerts, tmp_path / "reference.json", tmp_path / "crashed.json"
     )
-    weekly = {k: v for k, v in reference.items() if k[0] == "tenant-weekly"}
-    assert sum(k[0] == "tenant-hourly" for k in reference) >= 1
-    assert len(weekly) == 5, "the weekly budget covers the whole stream for every tenant"
-    assert totals == reference  # integer nano-dollars: exact, so certainly to the cent
-    # Day periods that ended were resolved; their final spend travels in the alert.
-    resolved = {
-        a["fingerprint"]: round(a["observed"], 2)
-        for a in read_alerts(reference_alerts)
-        if a["kind"] == "budget" and a["status"] == "resolved"
-    }
-    assert resolved
-    assert resolved == {
-        a["fingerprint"]: round(a["observed"], 2)
-        for a in read_alerts(alerts)
-        if a["kind"] == "budget" and a["status"] == "resolved"
-    }
 
 
 def test_sigterm_stops_reading_flushes_and_exits_zero_within_grace(stream_file, tmp_path):

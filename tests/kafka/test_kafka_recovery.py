@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import time
-from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -14,22 +10,19 @@ import pytest
 from kafka_helpers import create_topic, produce
 
 from spendwatch import demo
-from tests.conftest import read_alerts
-from tests.workers import CLI, budget_totals, identities, run_cli, worker_config
+from tests.workers import (
+    CLI,
+    HOURLY_BUDGET,
+    assert_exactly_once,
+    identities,
+    kill_loop,
+    run_cli,
+    worker_config,
+)
 
 # Several partitions, read at different speeds: the watermark follows the slowest one
 # (until it is caught up), so every run judges the same windows with the same contents.
 PARTITIONS = 3
-
-# Many alerts all along the stream, so some are always raised after the last snapshot
-# when a kill lands: those are the ones a restart raises again and must not re-deliver.
-HOURLY_BUDGET = """
-  - name: tenant-hourly
-    scope_by: [tenant]
-    amount_usd: 2
-    period: hour
-    thresholds: [20, 40, 60, 80, 100]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -84,50 +77,16 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing_from_kafka(
     state = tmp_path / "crashed-state"
     command = [*CLI, "run", "--config", str(config), "--state-dir", str(state)]
     command += ["--dump-state", str(tmp_path / "crashed.json")]
-    rng = random.Random(20261117)
-    kills = 0
-    finished_after_last_kill = False
     progress: list[int] = []  # alerts delivered when each kill landed
-    while kills < 10 or not finished_after_last_kill:
-        worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 12:
-            time.sleep(rng.uniform(0.8, 2.5))
-        if kills < 12 and worker.poll() is None:
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(timeout=30)
-            kills += 1
-            progress.append(len(identities(alerts)) if alerts.exists() else 0)
-            finished_after_last_kill = False
-            continue
-        _, stderr = worker.communicate(timeout=120)
-        assert worker.returncode == 0, stderr.decode()[-3000:]
-        finished_after_last_kill = True
-    assert kills >= 10
 
+    def record() -> None:
+        progress.append(len(identities(alerts)) if alerts.exists() else 0)
+
+    kills = kill_loop(command, seed=20261117, pause=(0.8, 2.5), on_kill=record)
+    assert kills >= 10
     expected = identities(reference_alerts)
-    delivered = identities(alerts)
-    assert len(expected) >= 500 and len(set(expected)) == len(expected)
-    repeated = [key for key, count in Counter(delivered).items() if count > 1]
-    assert not repeated, f"delivered more than once: {repeated}"
-    assert {(f, s) for f, s, _ in delivered} == {(f, s) for f, s, _ in expected}
-    assert set(delivered) == set(expected)
     mid_stream = [n for n in progress if 0 < n < len(expected)]
     assert len(mid_stream) >= 5, f"kills should land while the topic is read: {progress}"
-
-    totals = budget_totals(tmp_path / "crashed.json")
-    reference = budget_totals(tmp_path / "reference.json")
-    weekly = {k: v for k, v in reference.items() if k[0] == "tenant-weekly"}
-    assert sum(k[0] == "tenant-hourly" for k in reference) >= 1
-    assert len(weekly) == 5, "the weekly budget covers the whole stream for every tenant"
-    assert totals == reference  # integer nano-dollars: exact, so certainly to the cent
-    resolved = {
-        a["fingerprint"]: round(a["observed"], 2)
-        for a in read_alerts(reference_alerts)
-        if a["kind"] == "budget" and a["status"] == "resolved"
-    }
-    assert resolved
-    assert resolved == {
-        a["fingerprint"]: round(a["observed"], 2)
-        for a in read_alerts(alerts)
-        if a["kind"] == "budget" and a["status"] == "resolved"
-    }
+    assert_exactly_once(
+        reference_alerts, alerts, tmp_path / "reference.json", tmp_path / "crashed.json"
+    )
