@@ -1,0 +1,141 @@
+"""The scenario-family bench (bench/scenarios.py) in its quick mode: what it plants is in
+the stream and labelled, it runs exactly the production detectors, its last line is the
+JSON it promises, and a ×10 request loop on a busy scope is caught."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench import scenario_family as family
+from bench.scenario_scoring import consistent
+from bench.scenarios import PRODUCTION, bench_config, evaluate, family_options, main
+from spendwatch.config import load_config
+from spendwatch.timefmt import parse_rfc3339
+
+SEEDS = (0, 1)  # one on the generated background, one on the Azure trace
+KEYS = {
+    "scenarios", "seeds", "incidents", "recall", "recall_by_type", "recall_by_rate_band",
+    "recall_by_effect_band", "chance_recall", "recall_above_chance", "delay_minutes",
+    "delay_minutes_by_type_rate_band", "false_alerts", "false_per_scope_day", "false_per_day",
+    "false_on_normal_changes", "budget_alerts", "worst_seed_false", "worst_seed_recall",
+    "baseline", "ratio_false_per_scope_day_vs_baseline", "ratio_recall_vs_baseline",
+}  # fmt: skip
+
+
+def _events(path: Path) -> list[dict]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("scenarios")
+    stdout = io.StringIO()
+    seeds = f"{SEEDS[0]}-{SEEDS[-1]}"
+    argv = ["--quick", "--seeds", seeds, "--out", str(out), "--jobs", "2", "--keep-events"]
+    with contextlib.redirect_stdout(stdout):
+        assert main(argv) == 0
+    return out, stdout.getvalue().splitlines()
+
+
+def test_the_last_line_is_json_with_the_figures_and_the_baseline(quick):
+    _, lines = quick
+    figures = json.loads(lines[-1])
+    assert set(figures) >= KEYS
+    assert figures["scenarios"] == len(SEEDS) and figures["seeds"] == list(SEEDS)
+    assert figures["baseline"]["name"] == "naive-z3-hourly-spend"
+    assert 0 <= figures["recall"] <= 1 and figures["false_per_scope_day"] >= 0
+    assert set(figures["recall_by_type"]) == set(family.INCIDENT_TYPES)
+    assert set(figures["recall_by_rate_band"]) == {"<5/h", "5-20/h", "20-200/h", ">200/h"}
+    assert any(line.startswith("| request_loop |") for line in lines), "the readable table"
+
+
+def test_incidents_and_normal_changes_are_labelled_and_inside_the_stream(quick):
+    out, _ = quick
+    for seed in SEEDS:
+        labels = json.loads((out / f"seed-{seed}" / "labels.json").read_text())
+        assert labels["background"] == ("azure" if seed % 2 else "family")
+        assert {c["type"] for c in labels["normal_changes"]} == {"launch", "drift", "holiday"}
+        assert all(not c["incident"] for c in labels["normal_changes"])
+        assert len(labels["incidents"]) >= 3
+        events = _events(out / f"seed-{seed}" / "events.jsonl")
+        assert len(events) == labels["events"]
+        assert sum(e.get("requests", 1) for e in events) == labels["requests"]
+        stamps = [parse_rfc3339(e["ts"]) for e in events]
+        for incident in labels["incidents"]:
+            assert incident["type"] in family.INCIDENT_TYPES
+            assert labels["warmup_end"] <= incident["onset"] < incident["end"] <= labels["end"]
+            assert 1.5 <= incident["effect"] <= 10.0 + 1e-9
+            assert incident["scope"] and incident["scope_rate"] > 0
+            assert incident["rate_band"] and incident["effect_band"]
+            assert all(leaf in labels["series"] for leaf in incident["leaves"])
+            inside = [
+                e
+                for e, ts in zip(events, stamps, strict=True)
+                if incident["onset"] <= ts < incident["label_end"]
+                and consistent(incident["scope"], e)
+            ]
+            assert inside, f"no traffic of {incident['scope']} during {incident['id']}"
+            if incident["type"] == "model_switch":
+                moved = incident["detail"]["model_to"]
+                assert any(e["model"] == moved for e in inside), "the pricier model is used"
+
+
+def test_the_bench_runs_exactly_the_production_detectors(quick, tmp_path):
+    out, _ = quick
+    config = load_config(PRODUCTION)
+    replay = bench_config(config, str(tmp_path / "events.jsonl"))
+    assert replay.detectors == config.detectors and replay.budgets == config.budgets
+    assert replay.engine == config.engine
+    names = {d.name for d in config.detectors} | {b.name for b in config.budgets}
+    for seed in SEEDS:
+        lines = (out / f"seed-{seed}" / "alerts.jsonl").read_text().splitlines()
+        assert {json.loads(line)["rule"] for line in lines} <= names
+        assert (out / f"seed-{seed}" / "dead_letter.jsonl").read_text() == ""
+
+
+def test_a_tenfold_request_loop_on_a_busy_scope_is_caught(tmp_path):
+    config = load_config(PRODUCTION)
+    options = family_options(config, replace(family.QUICK, incidents=0))
+    spec = family.draw(SEEDS[0], options)
+    (tenant, feature), _ = max(
+        spec.scopes().items(), key=lambda kv: sum(spec.leaves[i].rate for i in kv[1])
+    )
+    shape = spec.shapes[tenant]
+    holiday = next(c for c in spec.changes if c.type == "holiday")
+    day = next(
+        d
+        for d in range(spec.warmup_days, spec.days - 1)
+        if not holiday.start - family.DAY < spec.start + d * family.DAY < holiday.label_end
+    )
+    peak = (shape.peak_hour - shape.tz_hours) % 24  # UTC hour of the tenant's busiest time
+    onset = spec.start + day * family.DAY + peak * family.HOUR + 7 * 60
+    loop = family.make_incident(
+        spec, "request_loop", {"tenant": tenant, "feature": feature}, onset, 2 * family.HOUR, 10.0
+    )
+    spec = family.with_incidents(spec, [loop])
+    assert loop.scope_rate > 200, "a busy scope"
+
+    result = evaluate(spec, config, tmp_path, keep_events=True)
+
+    def requests(lo: float, hi: float) -> int:
+        return sum(
+            e.get("requests", 1)
+            for e in _events(tmp_path / "events.jsonl")
+            if e["tenant"] == tenant
+            and e.get("feature") == feature
+            and lo <= parse_rfc3339(e["ts"]) < hi
+        )
+
+    during = requests(onset, onset + 2 * family.HOUR)
+    day_before = requests(onset - family.DAY, onset - family.DAY + 2 * family.HOUR)
+    assert during >= 5 * day_before > 0, (during, day_before)
+    (caught,) = result["incidents"]
+    assert caught["type"] == "request_loop" and caught["detected"], caught
+    assert caught["delay_minutes"] <= 45, caught
