@@ -383,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
     seeds = parse_seeds(args.seeds or ("0-1" if args.quick else REPORT_SEEDS))
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    for stale in out.glob("seed-*"):  # an earlier run's scenarios, not anything else there
+        shutil.rmtree(stale)
+    out.mkdir(parents=True, exist_ok=True)
     jobs = max(1, min(args.jobs, len(seeds)))
     # one decode helper per CPU is the default; scenarios in parallel take the CPUs instead
     decode: int | str = "auto" if jobs == 1 else 0
