@@ -92,9 +92,6 @@ class EngineConfig(StrictModel):
     max_event_bytes: int = Field(
         default=65536, ge=256, le=1 << 30, description="longer lines dead-letter"
     )
-    max_json_depth: int = Field(
-        default=32, ge=2, le=256, description="events nested deeper than this dead-letter"
-    )
     max_tokens_per_event: int = Field(
         default=10**12,
         ge=1,

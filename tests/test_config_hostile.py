@@ -315,21 +315,16 @@ def test_engine_event_bounds_have_defaults_and_load():
     assert engine.max_requests_per_event == 10**9
     assert engine.max_event_cost_usd == 1_000_000.0
     assert engine.max_future_skew == 600
-    assert engine.max_json_depth == 32
 
 
 def test_engine_event_bounds_from_yaml(tmp_path):
     text = (
         "engine:\n  max_tokens_per_event: 5000000\n  max_requests_per_event: 1000\n"
-        "  max_event_cost_usd: 250.5\n  max_future_skew: 15m\n  max_json_depth: 8\n"
+        "  max_event_cost_usd: 250.5\n  max_future_skew: 15m\n"
     )
     engine = load_config(write_config(tmp_path, text)).engine
     assert (engine.max_tokens_per_event, engine.max_requests_per_event) == (5_000_000, 1000)
-    assert (engine.max_event_cost_usd, engine.max_future_skew, engine.max_json_depth) == (
-        250.5,
-        900,
-        8,
-    )
+    assert (engine.max_event_cost_usd, engine.max_future_skew) == (250.5, 900)
     zero_skew = load_config(write_config(tmp_path, "engine:\n  max_future_skew: 0s\n"))
     assert zero_skew.engine.max_future_skew == 0
 
@@ -348,8 +343,6 @@ def test_engine_event_bounds_from_yaml(tmp_path):
         ("max_event_cost_usd", ".nan"),
         ("max_future_skew", "-1"),
         ("max_future_skew", "100000d"),
-        ("max_json_depth", "1"),
-        ("max_json_depth", "257"),
         ("max_event_bytes", str(1 << 40)),
         ("snapshot_interval", "1.0e+300"),
         ("shutdown_grace", ".inf"),
