@@ -44,8 +44,9 @@ from bench.scenario_family import (
     EFFECT_BANDS,
     INCIDENT_TYPES,
     RATE_BANDS,
+    rate_band,
 )
-from spendwatch.timefmt import parse_rfc3339
+from spendwatch.core.timefmt import parse_rfc3339
 
 CHANGE_TYPES_BY_PRIORITY = ("holiday", "launch", "drift")
 DETECTOR_WARMUP_DAYS = 2
@@ -100,6 +101,23 @@ def rule_scopes(series: Sequence[Mapping[str, str]], dims: Sequence[str]) -> lis
 def scope_counts(series: Sequence[Mapping[str, str]], rules: Mapping[str, Sequence[str]]):
     """Distinct scopes per rule, from the series of the stream."""
     return {rule: len(rule_scopes(series, dims)) for rule, dims in rules.items()}
+
+
+def scope_rate(scope: Mapping[str, str], series, rates) -> float:
+    """Usual requests per hour of a scope."""
+    return sum(r for s, r in zip(series, rates, strict=True) if consistent(scope, s))
+
+
+def band_scope_days(labels: Mapping[str, Any], rules: Mapping[str, Sequence[str]]):
+    """Scope-days after the warm-up per rate band of the scopes (of every rule)."""
+    series, rates = labels["series"], labels["series_rates"]
+    days = (labels["end"] - labels["warmup_end"]) / 86400
+    out: dict[str, float] = {}
+    for dims in rules.values():
+        for scope in rule_scopes(series, dims):
+            band = rate_band(scope_rate(scope, series, rates))
+            out[band] = out.get(band, 0.0) + days
+    return out
 
 
 def change_scope_days(labels: Mapping[str, Any], rules: Mapping[str, Sequence[str]]):
@@ -188,6 +206,7 @@ def score(
                 "scope": alert["scope"],
                 "window_start": alert["window_start"],
                 "on": on,
+                "rate_band": rate_band(scope_rate(alert["scope"], series, rates)),
             }
         )
     scopes = scope_counts(labels["series"], rules)
@@ -201,6 +220,7 @@ def score(
         "scopes": scopes,
         "scope_days": sum(scopes.values()) * post_days,
         "change_scope_days": change_scope_days(labels, rules),
+        "band_scope_days": band_scope_days(labels, rules),
         "incidents": incidents,
         "false": false,
         "warmup_false": warmup_false,
@@ -337,6 +357,13 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             for c in CHANGE_TYPES
         },
         "false_on_no_change": sum(1 for f in false if not f["on"]),
+        "false_per_scope_day_by_rate_band": {
+            b: _per(
+                sum(1 for f in false if f["rate_band"] == b),
+                sum(r["band_scope_days"].get(b, 0) for r in results),
+            )
+            for b in rate_names
+        },
         "false_by_background": {
             g: round(sum(len(r["false"]) for r in rs) / sum(r["post_days"] for r in rs), 4)
             for g, rs in sorted(_grouped(results, lambda r: r["background"]).items())

@@ -46,8 +46,8 @@ from bench import scenario_family as family  # noqa: E402
 from bench import scenario_scoring as scoring  # noqa: E402
 from spendwatch.cli import backtest  # noqa: E402  (the one place the bench imports it)
 from spendwatch.config import JsonlSourceConfig, SpendwatchConfig, load_config  # noqa: E402
-from spendwatch.logging import configure as configure_logging  # noqa: E402
-from spendwatch.pricing import ModelPrice, PricingConfig  # noqa: E402
+from spendwatch.core.logging import configure as configure_logging  # noqa: E402
+from spendwatch.ingest.pricing import ModelPrice, PricingConfig  # noqa: E402
 
 PRODUCTION = REPO / "config" / "production.yaml"
 TUNING_SEEDS = "0-19"
@@ -230,6 +230,11 @@ def print_tables(summary: dict[str, Any], baseline: dict[str, Any], out: Any = N
             f"{_percent(s['chance_recall'])} | {_percent(s['recall_above_chance'])} |"
         )
     line()
+    by_band = summary["false_per_scope_day_by_rate_band"]
+    line(
+        "false per scope-day by the scope's usual rate: "
+        + ", ".join(f"{k} {_number(v)}" for k, v in by_band.items())
+    )
     by_rule = ", ".join(f"{k} {v}" for k, v in summary["false_by_rule"].items()) or "none"
     line(f"false alerts by rule: {by_rule}")
     on = summary["false_on_normal_changes"]
@@ -311,6 +316,7 @@ def figures(summary: dict[str, Any], baseline: dict[str, Any], seconds: float) -
         "false_on_normal_changes",
         "false_per_scope_day_on_normal_changes",
         "false_on_no_change",
+        "false_per_scope_day_by_rate_band",
         "false_by_background",
         "warmup_false_per_day",
         "budget_alerts",
