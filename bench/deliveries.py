@@ -22,11 +22,11 @@ import time
 import structlog
 from slack_sdk import WebClient
 
-from spendwatch.alerts import make_alert
-from spendwatch.notifiers.fake_slack import FakeSlack
+from spendwatch.core.alerts import make_alert
 from spendwatch.notifiers.outbox import DeliveryConfig, Outbox
 from spendwatch.notifiers.slack import SlackConfig, SlackNotifier
 from spendwatch.notifiers.slack_blocks import blocks, fallback_text, metadata
+from spendwatch.testing.fake_slack import FakeSlack
 
 TOKEN = "xoxb-bench-token"
 

@@ -28,10 +28,10 @@ from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from spendwatch import stats
 from spendwatch.config import JsonlSourceConfig, SpendwatchConfig
+from spendwatch.core import stats
 from spendwatch.dataflows.flow import get_flow
-from spendwatch.devbroker import local_broker
+from spendwatch.testing.devbroker import local_broker
 
 TENANTS = [f"tenant-{i:02d}" for i in range(40)]
 FEATURES = ["search", "chat", "summarize", "rerank", "agent"]

@@ -21,7 +21,7 @@ import tracemalloc
 
 from spendwatch.config import SpendwatchConfig
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
-from spendwatch.pricing import NANOS_PER_USD
+from spendwatch.ingest.pricing import NANOS_PER_USD
 
 WINDOW = 900
 T0 = 1_795_000_000 - 1_795_000_000 % 86400

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from spendwatch import demo
+from spendwatch.ops import demo
 
 CONFIG = """
 source:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from spendwatch.detectors.base import Aggregation
-from spendwatch.events import ParsedBatch
+from spendwatch.ingest.events import ParsedBatch
 
 # (aggregation index, scope values, window start, spend nanos, requests, in, out, events)
 PartialRow = tuple[int, tuple[str, ...], int, int, int, int, int, int]

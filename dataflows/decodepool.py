@@ -28,8 +28,8 @@ from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import IO, Literal
 
-from spendwatch.decoding import BlockDecoder, DecodedBlock
-from spendwatch.gctuning import tune_gc
+from spendwatch.core.gctuning import tune_gc
+from spendwatch.ingest.decoding import BlockDecoder, DecodedBlock
 
 # A partition uses helpers only for a backlog of at least this many blocks: starting
 # them costs a fraction of a second, which a short file would not win back.

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spendwatch.alerts import Alert
+from spendwatch.core.alerts import Alert
 from spendwatch.dataflows.aggregate import PartialRow
 from spendwatch.detectors import drivers as driver_mix
 from spendwatch.detectors.base import (

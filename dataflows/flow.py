@@ -21,8 +21,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.operators import StatefulBatchLogic
 
-from spendwatch import liveview, stats
-from spendwatch.alerts import Alert
+from spendwatch.core import liveview, stats
+from spendwatch.core.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.dataflows.inputs import build_source

@@ -1,7 +1,7 @@
 """FOCUS billing exports as a recoverable Bytewax source that emits parsed batches.
 
-Rows are mapped to contract JSON by :class:`~spendwatch.focus.FocusMapper` and parsed
-by the shared :class:`~spendwatch.events.EventParser` inside the partition, which
+Rows are mapped to contract JSON by :class:`~spendwatch.ingest.focus.FocusMapper` and parsed
+by the shared :class:`~spendwatch.ingest.events.EventParser` inside the partition, which
 snapshots the number of rows consumed together with the dedup window. On resume the
 export is read again from the top and the consumed rows are skipped (CSV has no
 stable byte offsets once quoted newlines are allowed; exports are re-read rarely).
@@ -16,9 +16,9 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from spendwatch.dataflows.sources import record_batch
-from spendwatch.events import ParsedBatch
-from spendwatch.focus import FocusMapper, FocusSourceConfig, open_rows
-from spendwatch.parser import parser_for
+from spendwatch.ingest.events import ParsedBatch
+from spendwatch.ingest.focus import FocusMapper, FocusSourceConfig, open_rows
+from spendwatch.ingest.parser import parser_for
 
 
 class _FocusPartition(StatefulSourcePartition[ParsedBatch, Any]):

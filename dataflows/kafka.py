@@ -28,12 +28,12 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from spendwatch import stats
+from spendwatch.core import stats
+from spendwatch.core.kafkaconf import KafkaSourceConfig
+from spendwatch.core.logging import get_logger
 from spendwatch.dataflows.sources import record_batch
-from spendwatch.events import DeadLetter, ParsedBatch
-from spendwatch.kafkaconf import KafkaSourceConfig
-from spendwatch.logging import get_logger
-from spendwatch.parser import parser_for
+from spendwatch.ingest.events import DeadLetter, ParsedBatch
+from spendwatch.ingest.parser import parser_for
 
 log = get_logger("spendwatch.kafka")
 

@@ -16,8 +16,8 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import cluster_main, run_main
 
+from spendwatch.core.gctuning import tune_gc
 from spendwatch.dataflows.decodepool import DecodePool
-from spendwatch.gctuning import tune_gc
 
 
 class Shutdown(KeyboardInterrupt):

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from spendwatch import liveview, stats
-from spendwatch.alerts import Alert
-from spendwatch.events import DeadLetter
-from spendwatch.logging import get_logger
+from spendwatch.core import liveview, stats
+from spendwatch.core.alerts import Alert
+from spendwatch.core.logging import get_logger
+from spendwatch.ingest.events import DeadLetter
 from spendwatch.notifiers.outbox import Outbox
 
 log = get_logger("spendwatch.sink")

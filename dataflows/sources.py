@@ -24,12 +24,12 @@ from typing import Any, Literal
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from spendwatch import stats
+from spendwatch.core import stats
+from spendwatch.core.logging import get_logger
 from spendwatch.dataflows.decodepool import MIN_BACKLOG_BLOCKS, DecodePool, helper_count
-from spendwatch.decoding import DecodedBlock
-from spendwatch.events import ParsedBatch
-from spendwatch.logging import get_logger
-from spendwatch.parser import parser_for
+from spendwatch.ingest.decoding import DecodedBlock
+from spendwatch.ingest.events import ParsedBatch
+from spendwatch.ingest.parser import parser_for
 
 STDIN = "-"
 _BOM = b"\xef\xbb\xbf"

@@ -3,7 +3,7 @@
 The engine's state lives inside Bytewax and is mutated by the worker thread; the
 HTTP thread must never iterate those dicts. So the worker *copies* what humans
 ask about (budget spend, detector baselines, watermark) into plain values here,
-throttled by the caller, and hands the copy to :mod:`spendwatch.liveview`.
+throttled by the caller, and hands the copy to :mod:`spendwatch.core.liveview`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from spendwatch.core.timefmt import rfc3339
 from spendwatch.dataflows.engine import ShardEngine
-from spendwatch.pricing import NANOS_PER_USD
-from spendwatch.timefmt import rfc3339
+from spendwatch.ingest.pricing import NANOS_PER_USD
 
 
 def describe(engine: ShardEngine) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
-from spendwatch.alerts import Alert, make_alert
-from spendwatch.configtypes import RATIO_METRICS, Dimension, Severity, StrictModel
-from spendwatch.pricing import NANOS_PER_USD
+from spendwatch.core.alerts import Alert, make_alert
+from spendwatch.core.configtypes import RATIO_METRICS, Dimension, Severity, StrictModel
+from spendwatch.ingest.pricing import NANOS_PER_USD
 
 
 class Totals(NamedTuple):

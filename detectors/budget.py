@@ -23,11 +23,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from spendwatch.alerts import Alert, make_alert
-from spendwatch.configtypes import Dimension, Duration, Severity, StrictModel
+from spendwatch.core.alerts import Alert, make_alert
+from spendwatch.core.configtypes import Dimension, Duration, Severity, StrictModel
 from spendwatch.detectors.base import Aggregation, SlotsState
 from spendwatch.detectors.forecast import SlotClock, SpendModel
-from spendwatch.pricing import NANOS_PER_USD
+from spendwatch.ingest.pricing import NANOS_PER_USD
 
 Period = Literal["hour", "day", "week", "month"]
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from spendwatch.alerts import Driver
+from spendwatch.core.alerts import Driver
 from spendwatch.detectors.base import Totals
-from spendwatch.pricing import NANOS_PER_USD
+from spendwatch.ingest.pricing import NANOS_PER_USD
 
 MAX_VALUES = 64
 MAX_DRIVERS = 3

@@ -20,8 +20,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from spendwatch.alerts import Alert, make_alert
-from spendwatch.configtypes import Dimension, Duration
+from spendwatch.core.alerts import Alert, make_alert
+from spendwatch.core.configtypes import Dimension, Duration
 from spendwatch.detectors.base import (
     Aggregation,
     ConfiguredRule,

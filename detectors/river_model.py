@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from spendwatch.alerts import Alert
-from spendwatch.configtypes import Duration, Metric
+from spendwatch.core.alerts import Alert
+from spendwatch.core.configtypes import Duration, Metric
 from spendwatch.detectors.base import (
     DetectorBase,
     ExplainedRuleConfig,

@@ -24,8 +24,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from spendwatch.alerts import Alert
-from spendwatch.configtypes import Duration
+from spendwatch.core.alerts import Alert
+from spendwatch.core.configtypes import Duration
 from spendwatch.detectors.base import (
     DetectorBase,
     ExplainedRuleConfig,

@@ -17,8 +17,8 @@ from typing import Literal
 from pydantic import Field
 from river import stats
 
-from spendwatch.alerts import Alert
-from spendwatch.configtypes import Duration, Metric
+from spendwatch.core.alerts import Alert
+from spendwatch.core.configtypes import Duration, Metric
 from spendwatch.detectors.base import (
     DetectorBase,
     ExplainedRuleConfig,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from spendwatch.alerts import Alert
+from spendwatch.core.alerts import Alert
 from spendwatch.notifiers.redaction import (  # noqa: F401 - redact: re-exported
     GENERIC,
     Redactor,

@@ -13,8 +13,8 @@ from typing import Literal, TextIO
 
 from pydantic import Field
 
-from spendwatch.alerts import Alert
-from spendwatch.configtypes import StrictModel
+from spendwatch.core.alerts import Alert
+from spendwatch.core.configtypes import StrictModel
 from spendwatch.notifiers import render
 from spendwatch.notifiers.base import Notifier, register_notifier
 

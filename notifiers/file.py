@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from spendwatch.alerts import Alert
-from spendwatch.configtypes import StrictModel
+from spendwatch.core.alerts import Alert
+from spendwatch.core.configtypes import StrictModel
 from spendwatch.notifiers.base import Delivery, Notifier, NotifyError, register_notifier
 
 

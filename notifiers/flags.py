@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from spendwatch.alerts import Alert
-from spendwatch.configtypes import StrictModel
+from spendwatch.core.alerts import Alert
+from spendwatch.core.configtypes import StrictModel
 from spendwatch.notifiers import render
 from spendwatch.notifiers.base import (
     Delivery,

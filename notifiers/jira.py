@@ -23,8 +23,8 @@ import requests
 from jira import JIRA, JIRAError
 from pydantic import Field, SecretStr
 
-from spendwatch.alerts import Alert
-from spendwatch.configtypes import Severity, StrictModel
+from spendwatch.core.alerts import Alert
+from spendwatch.core.configtypes import Severity, StrictModel
 from spendwatch.notifiers import render
 from spendwatch.notifiers.base import (
     Delivery,

@@ -15,8 +15,8 @@ from typing import Literal
 from confluent_kafka import KafkaError, Message, Producer
 from pydantic import Field
 
-from spendwatch.alerts import Alert
-from spendwatch.kafkaconf import KafkaConnection
+from spendwatch.core.alerts import Alert
+from spendwatch.core.kafkaconf import KafkaConnection
 from spendwatch.notifiers.base import Notifier, NotifyError, register_notifier
 from spendwatch.notifiers.redaction import Redactor
 

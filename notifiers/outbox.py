@@ -34,9 +34,9 @@ from typing import Any, Literal
 from prometheus_client import Counter, Gauge
 from pydantic import Field
 
-from spendwatch.alerts import Alert
-from spendwatch.configtypes import Duration, StrictModel
-from spendwatch.logging import get_logger
+from spendwatch.core.alerts import Alert
+from spendwatch.core.configtypes import Duration, StrictModel
+from spendwatch.core.logging import get_logger
 from spendwatch.notifiers.base import Delivery, Notifier, NotifyError
 from spendwatch.notifiers.redaction import GENERIC, Redactor
 from spendwatch.notifiers.router import Dispatcher, Plan

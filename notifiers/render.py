@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from spendwatch.alerts import Alert
+from spendwatch.core.alerts import Alert
 
 _CONTROL = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 CONTROL = re.compile(f"[{_CONTROL}]")

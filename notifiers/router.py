@@ -25,8 +25,8 @@ from functools import lru_cache
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from spendwatch.alerts import Alert, AlertKind, AlertStatus
-from spendwatch.configtypes import Severity, StrictModel
+from spendwatch.core.alerts import Alert, AlertKind, AlertStatus
+from spendwatch.core.configtypes import Severity, StrictModel
 
 
 @lru_cache(maxsize=4096)

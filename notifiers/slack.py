@@ -22,8 +22,8 @@ from pydantic import Field, SecretStr
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from spendwatch.alerts import Alert
-from spendwatch.configtypes import StrictModel
+from spendwatch.core.alerts import Alert
+from spendwatch.core.configtypes import StrictModel
 from spendwatch.notifiers import render
 from spendwatch.notifiers import slack_blocks as sb
 from spendwatch.notifiers.base import (

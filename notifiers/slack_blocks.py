@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from spendwatch.alerts import Alert
+from spendwatch.core.alerts import Alert
 from spendwatch.notifiers import render
 
 EVENT_TYPE = "spendwatch_alert"

@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from spendwatch import stats
 from spendwatch.config import ConfigError, SpendwatchConfig, config_json_schema, load_config
-from spendwatch.logging import configure, get_logger
+from spendwatch.core import stats
+from spendwatch.core.logging import configure, get_logger
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,7 +131,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     if args.events:
-        from spendwatch.events import event_json_schema
+        from spendwatch.ingest.events import event_json_schema
 
         schema = event_json_schema()
     else:
@@ -141,14 +141,14 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_reference(args: argparse.Namespace) -> int:
-    from spendwatch.configdoc import render
+    from spendwatch.ops.configdoc import render
 
     print(render())
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from spendwatch.demo import generate
+    from spendwatch.ops.demo import generate
 
     stream = generate(days=args.days, scale=args.scale, seed=args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -157,7 +157,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for incident in stream.incidents:
         print(f"planted {incident.kind} on {incident.scope} x{incident.factor:g}")
     if args.incidents_out:
-        from spendwatch.evaluation import dump_incidents
+        from spendwatch.ops.evaluation import dump_incidents
 
         dump_incidents(args.incidents_out, stream.incidents, stream.start, stream.end)
     return 0
@@ -170,7 +170,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     from spendwatch.dataflows.sources import clobbered_input, missing_input
-    from spendwatch.worker import Worker, WorkerOptions
+    from spendwatch.service.worker import Worker, WorkerOptions
 
     problem = missing_input(config.source) or clobbered_input(
         config.source, {"dead_letter.path": config.dead_letter.path}
@@ -191,7 +191,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     stats.reset()
     if args.processes > 1 and options.addresses is None:
-        from spendwatch.cluster import Supervisor
+        from spendwatch.service.cluster import Supervisor
 
         return Supervisor(config, options, args.processes, args.log_level).run()
     return Worker(config, options).run()
@@ -298,8 +298,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     if args.incidents:
         scores = _score(config, args.incidents, args.alerts_out)
     if args.report:
-        from spendwatch.replay import replay
-        from spendwatch.report import write_report
+        from spendwatch.ops.replay import replay
+        from spendwatch.ops.report import write_report
 
         page = write_report(args.report, config, replay(config, args.input), scores)
         print(f"report -> {page}", file=sys.stderr)
@@ -308,7 +308,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 
 def _score(config: SpendwatchConfig, incidents_path: str, alerts_out: str) -> dict[str, Any]:
     """Print false alerts/day and detection delays per detector against known incidents."""
-    from spendwatch.evaluation import load_incidents, score_rules
+    from spendwatch.ops.evaluation import load_incidents, score_rules
 
     incidents, start, end = load_incidents(incidents_path)
     with open(alerts_out, "rb") as handle:
@@ -328,8 +328,8 @@ def _score(config: SpendwatchConfig, incidents_path: str, alerts_out: str) -> di
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from spendwatch.replay import replay
-    from spendwatch.timefmt import parse_rfc3339, rfc3339
+    from spendwatch.core.timefmt import parse_rfc3339, rfc3339
+    from spendwatch.ops.replay import replay
 
     config = _load(args.config)
     if config is None:

@@ -18,19 +18,19 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
-from spendwatch.configtypes import Dimension, Duration, StrictModel
+from spendwatch.core.configtypes import Dimension, Duration, StrictModel
+from spendwatch.core.kafkaconf import KafkaSourceConfig
+from spendwatch.core.yamlload import DuplicateKeyError, YAMLLimitError, load_yaml
 from spendwatch.detectors.base import DETECTOR_TYPES
 from spendwatch.detectors.budget import BudgetConfig
 from spendwatch.detectors.registry import build_detector  # noqa: F401 - registers detectors
-from spendwatch.focus import FocusSourceConfig
-from spendwatch.kafkaconf import KafkaSourceConfig
+from spendwatch.ingest.focus import FocusSourceConfig
+from spendwatch.ingest.pricing import PricingConfig
 from spendwatch.notifiers.base import NOTIFIER_TYPES
 from spendwatch.notifiers.console import ConsoleConfig
 from spendwatch.notifiers.outbox import DeliveryConfig
 from spendwatch.notifiers.registry import build_notifier  # noqa: F401 - registers notifiers
 from spendwatch.notifiers.router import OwnerConfig, RouteConfig, SilenceConfig
-from spendwatch.pricing import PricingConfig
-from spendwatch.yamlload import DuplicateKeyError, YAMLLimitError, load_yaml
 
 
 def _tagged_union(classes: list[type]) -> Any:
@@ -95,13 +95,13 @@ class EngineConfig(StrictModel):
     max_tokens_per_event: int = Field(
         default=10**12,
         ge=1,
-        le=10**15,  # the event schema's own ceiling (spendwatch.events.TOKEN_CEILING)
+        le=10**15,  # the event schema's own ceiling (spendwatch.ingest.events.TOKEN_CEILING)
         description="an event with more tokens of one kind dead-letters (sums stay exact)",
     )
     max_requests_per_event: int = Field(
         default=10**9,
         ge=1,
-        le=10**12,  # the event schema's own ceiling (spendwatch.events.REQUEST_CEILING)
+        le=10**12,  # the event schema's own ceiling (spendwatch.ingest.events.REQUEST_CEILING)
         description="an event counting more requests dead-letters",
     )
     max_event_cost_usd: float = Field(
@@ -268,7 +268,7 @@ def load_config(path: str | os.PathLike[str]) -> SpendwatchConfig:
 
     It raises nothing else, whatever the file holds: a reload with a bad file must leave
     the running engine as it was. The YAML bounds (aliases, size, depth, duplicate keys)
-    are those of :mod:`spendwatch.yamlload`.
+    are those of :mod:`spendwatch.core.yamlload`.
     """
     file = str(path)
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spendwatch import demo
 from spendwatch.config import SpendwatchConfig, load_config
+from spendwatch.ops import demo
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -100,7 +100,7 @@ def detection_config(tmp_path: Path) -> tuple[SpendwatchConfig, Path]:
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog():
-    """Tests that call ``spendwatch.logging.configure`` bind structlog to the stderr of
+    """Tests that call ``spendwatch.core.logging.configure`` bind structlog to the stderr of
     that moment (pytest's capture, closed later); give every test the defaults again."""
     import structlog
 

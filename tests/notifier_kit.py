@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from spendwatch.alerts import Alert, make_alert
+from spendwatch.core.alerts import Alert, make_alert
 from spendwatch.notifiers.base import Delivery, Notifier, NotifyError
 
 DAY = 1763251200  # 2025-11-16T00:00:00Z

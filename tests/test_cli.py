@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from spendwatch import demo
+from spendwatch.ops import demo
 from tests.conftest import DETECTION_CONFIG, comparable, read_alerts, write_config
 
 CLI = [sys.executable, "-m", "spendwatch.cli"]
@@ -201,7 +201,7 @@ def test_backtest_reads_a_glob_of_files_like_their_concatenation(
     detection_config, planted, tmp_path, capsys
 ):
     from spendwatch.cli import main
-    from spendwatch.timefmt import parse_rfc3339
+    from spendwatch.core.timefmt import parse_rfc3339
 
     _, config = detection_config
     lines = sorted(planted.lines, key=lambda line: parse_rfc3339(json.loads(line)["ts"]))

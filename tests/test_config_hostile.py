@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from spendwatch.config import MAX_CONFIG_BYTES, ConfigError, SpendwatchConfig, load_config
-from spendwatch.yamlload import MAX_ALIASES, MAX_DEPTH, MAX_NODES
+from spendwatch.core.yamlload import MAX_ALIASES, MAX_DEPTH, MAX_NODES
 from tests.conftest import REPO, write_config
 from tests.test_config import GOOD, problems_of
 
@@ -392,7 +392,7 @@ def test_python_tags_are_refused(tmp_path):
 
 
 def test_reload_of_a_hostile_file_keeps_the_running_config(tmp_path):
-    from spendwatch.worker import reload_config
+    from spendwatch.service.worker import reload_config
 
     current = load_config(write_config(tmp_path, GOOD))
     for text in (_bomb(9), "a: &a [*a]\n", "detectors: " + "[" * 3000):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from spendwatch import demo
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
-from spendwatch.notifiers.fake_http import Fault
-from spendwatch.notifiers.fake_jira import FakeJira
-from spendwatch.notifiers.fake_slack import FakeSlack
+from spendwatch.ops import demo
+from spendwatch.testing.fake_http import Fault
+from spendwatch.testing.fake_jira import FakeJira
+from spendwatch.testing.fake_slack import FakeSlack
 from tests.conftest import DETECTION_CONFIG, read_alerts, write_config
 
 SLACK_TOKEN = "xoxb-e2e-token-123456"

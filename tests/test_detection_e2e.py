@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from spendwatch.cli import backtest
-from spendwatch.timefmt import parse_rfc3339, rfc3339
+from spendwatch.core.timefmt import parse_rfc3339, rfc3339
 from tests.conftest import comparable, read_alerts
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from spendwatch import demo
 from spendwatch.config import load_config
 from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
-from spendwatch.parser import EventParser
-from spendwatch.pricing import PriceTable
+from spendwatch.ingest.parser import EventParser
+from spendwatch.ingest.pricing import PriceTable
+from spendwatch.ops import demo
 from tests.conftest import REPO
 
 

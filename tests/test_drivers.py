@@ -5,16 +5,16 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from spendwatch import demo
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
+from spendwatch.core.timefmt import parse_rfc3339
 from spendwatch.dataflows.aggregate import PreAggregator, shard_of
 from spendwatch.dataflows.engine import EnginePlan
 from spendwatch.detectors import drivers
 from spendwatch.detectors.base import Totals
-from spendwatch.parser import EventParser
-from spendwatch.pricing import NANOS_PER_USD, PriceTable
-from spendwatch.timefmt import parse_rfc3339
+from spendwatch.ingest.parser import EventParser
+from spendwatch.ingest.pricing import NANOS_PER_USD, PriceTable
+from spendwatch.ops import demo
 from tests.conftest import read_alerts, write_config
 
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spendwatch.events import UNATTRIBUTED
-from spendwatch.parser import EventParser
-from spendwatch.pricing import ModelPrice, PriceTable, PricingConfig
+from spendwatch.ingest.events import UNATTRIBUTED
+from spendwatch.ingest.parser import EventParser
+from spendwatch.ingest.pricing import ModelPrice, PriceTable, PricingConfig
 
 PRICES = PricingConfig(
     models={"mini": ModelPrice(input=0.15, cached_input=0.075, output=0.60)},

@@ -7,11 +7,11 @@ from pathlib import Path
 import orjson
 from bytewax.testing import run_main
 
-from spendwatch import stats
 from spendwatch.config import SpendwatchConfig
+from spendwatch.core import stats
 from spendwatch.dataflows.flow import get_flow
-from spendwatch.metrics import build_registry
 from spendwatch.notifiers.file import FileConfig, FileNotifier
+from spendwatch.service.metrics import build_registry
 
 USERS = 30
 MAX_SCOPES = 10

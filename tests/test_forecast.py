@@ -10,14 +10,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spendwatch import demo
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
+from spendwatch.core.timefmt import parse_rfc3339
 from spendwatch.detectors.budget import BudgetConfig, BudgetRule, period_of
 from spendwatch.detectors.forecast import SlotClock, SpendModel
-from spendwatch.parser import EventParser
-from spendwatch.pricing import NANOS_PER_USD, PriceTable, PricingConfig
-from spendwatch.timefmt import parse_rfc3339
+from spendwatch.ingest.parser import EventParser
+from spendwatch.ingest.pricing import NANOS_PER_USD, PriceTable, PricingConfig
+from spendwatch.ops import demo
 from tests.conftest import read_alerts, write_config
 
 NOV_1 = int(parse_rfc3339("2026-11-01T00:00:00Z"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from spendwatch.genai import apply_aliases
-from spendwatch.parser import EventParser
-from spendwatch.pricing import PriceTable, PricingConfig
+from spendwatch.ingest.genai import apply_aliases
+from spendwatch.ingest.parser import EventParser
+from spendwatch.ingest.pricing import PriceTable, PricingConfig
 
 PRICES = PricingConfig.model_validate({"models": {"gpt-4o-mini": {"input": 1.0, "output": 2.0}}})
 

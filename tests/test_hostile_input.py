@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spendwatch import demo
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
-from spendwatch.decoding import BlockDecoder
-from spendwatch.events import EventBounds
-from spendwatch.parser import STREAM_TIME_QUORUM, EventParser
-from spendwatch.pricing import PriceTable, PricingConfig
-from spendwatch.timefmt import parse_rfc3339
+from spendwatch.core.timefmt import parse_rfc3339
+from spendwatch.ingest.decoding import BlockDecoder
+from spendwatch.ingest.events import EventBounds
+from spendwatch.ingest.parser import STREAM_TIME_QUORUM, EventParser
+from spendwatch.ingest.pricing import PriceTable, PricingConfig
+from spendwatch.ops import demo
 from tests.conftest import DETECTION_CONFIG, comparable, read_alerts, write_config
 
 CLI = [sys.executable, "-m", "spendwatch.cli"]

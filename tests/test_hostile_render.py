@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from spendwatch.alerts import Alert, Driver
+from spendwatch.core.alerts import Alert, Driver
 from spendwatch.notifiers import slack_blocks as sb
 from spendwatch.notifiers.console import ConsoleConfig, ConsoleNotifier, json_line, render_line
-from spendwatch.notifiers.fake_jira import FakeJira
-from spendwatch.notifiers.fake_slack import FakeSlack
 from spendwatch.notifiers.jira import JiraConfig, JiraNotifier, summary
 from spendwatch.notifiers.slack import SlackConfig, SlackNotifier
+from spendwatch.testing.fake_jira import FakeJira
+from spendwatch.testing.fake_slack import FakeSlack
 from tests.notifier_kit import anomaly_alert, budget_alert
 
 HOSTILE = {

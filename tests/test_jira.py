@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from spendwatch.notifiers.fake_http import Fault
-from spendwatch.notifiers.fake_jira import FakeJira, JqlError, parse_jql
 from spendwatch.notifiers.jira import JiraConfig, JiraNotifier, fingerprint_label, jql_quote
 from spendwatch.notifiers.outbox import DeliveryConfig, Outbox
+from spendwatch.testing.fake_http import Fault
+from spendwatch.testing.fake_jira import FakeJira, JqlError, parse_jql
 from tests.notifier_kit import anomaly_alert
 
 TOKEN = "jira-api-token-0123456789"

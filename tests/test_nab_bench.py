@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spendwatch.nabdetect import (
+from bench.nab.detect import (
     combined,
     river_hst,
     robust_seasonal,
@@ -19,7 +19,7 @@ from spendwatch.nabdetect import (
     robust_seasonal_z,
     windowed_gaussian,
 )
-from spendwatch.nabscore import FileLabels, NabCorpus, read_scores
+from bench.nab.score import FileLabels, NabCorpus, read_scores
 
 REPO = Path(__file__).resolve().parents[1]
 NAB = Path(__file__).resolve().parents[2] / "shared" / "nab"
@@ -48,7 +48,8 @@ def test_bench_writes_nab_layout_and_ends_with_json(tmp_path: Path, corpus: NabC
     run = subprocess.run(
         [
             sys.executable,
-            str(REPO / "bench" / "nab.py"),
+            "-m",
+            "bench.nab.run",
             "--results-dir",
             str(out),
             "--detector",
@@ -58,6 +59,7 @@ def test_bench_writes_nab_layout_and_ends_with_json(tmp_path: Path, corpus: NabC
         text=True,
         check=True,
         timeout=120,
+        cwd=REPO,
     )
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     robust = summary["detectors"]["spendwatch_robust"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spendwatch.nabscore import (
+from bench.nab.score import (
     PROFILES,
     NabCorpus,
     normalise,

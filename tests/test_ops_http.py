@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from spendwatch import demo
+from spendwatch.ops import demo
 from tests.conftest import read_alerts
 from tests.workers import CLI, free_port, http_get, wait_for, worker_config
 

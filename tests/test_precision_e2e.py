@@ -15,8 +15,8 @@ import pytest
 from bench.precision import realistic
 from spendwatch.cli import backtest
 from spendwatch.config import load_config
-from spendwatch.evaluation import dump_incidents, load_incidents, score_rules
-from spendwatch.timefmt import parse_rfc3339
+from spendwatch.core.timefmt import parse_rfc3339
+from spendwatch.ops.evaluation import dump_incidents, load_incidents, score_rules
 from tests.conftest import REPO, read_alerts
 
 PRODUCTION = ("tenant-spend", "feature-unit-cost", "prompt-output-tokens", "agent-loop")

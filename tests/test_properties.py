@@ -18,8 +18,8 @@ from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.detectors.base import Aggregation, Totals, WindowDetector
 from spendwatch.detectors.budget import BudgetConfig, BudgetRule
-from spendwatch.parser import EventParser
-from spendwatch.pricing import PriceTable, PricingConfig
+from spendwatch.ingest.parser import EventParser
+from spendwatch.ingest.pricing import PriceTable, PricingConfig
 
 T0 = 1_795_000_000 - 1_795_000_000 % 86400  # a midnight
 LATENESS = 600
@@ -72,7 +72,7 @@ def _lines(events) -> list[bytes]:
 
 
 def _iso(epoch: int) -> str:
-    from spendwatch.timefmt import rfc3339
+    from spendwatch.core.timefmt import rfc3339
 
     return rfc3339(epoch)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spendwatch.configdoc import BEGIN, END, render
+from spendwatch.ops.configdoc import BEGIN, END, render
 from tests.conftest import REPO
 
 

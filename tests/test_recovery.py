@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spendwatch import demo
+from spendwatch.ops import demo
 from tests.workers import (
     CLI,
     HOURLY_BUDGET,

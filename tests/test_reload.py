@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from spendwatch import demo
+from spendwatch.ops import demo
 from tests.conftest import read_alerts
 from tests.workers import CLI, free_port, http_get, identities, wait_for, worker_config
 

@@ -6,10 +6,10 @@ import json
 import re
 from pathlib import Path
 
-from spendwatch import demo
 from spendwatch.cli import main
-from spendwatch.evaluation import dump_incidents
-from spendwatch.timefmt import rfc3339
+from spendwatch.core.timefmt import rfc3339
+from spendwatch.ops import demo
+from spendwatch.ops.evaluation import dump_incidents
 from tests.conftest import DETECTION_CONFIG, write_config
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import orjson
 
-from spendwatch import demo
-from spendwatch.liveview import budget_order
+from spendwatch.core.liveview import budget_order
+from spendwatch.ops import demo
 from tests.conftest import comparable, read_alerts
 from tests.workers import (
     CLI,

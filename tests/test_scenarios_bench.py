@@ -17,7 +17,7 @@ from bench import scenario_family as family
 from bench.scenario_scoring import consistent
 from bench.scenarios import PRODUCTION, bench_config, evaluate, family_options, main
 from spendwatch.config import load_config
-from spendwatch.timefmt import parse_rfc3339
+from spendwatch.core.timefmt import parse_rfc3339
 
 SEEDS = (0, 1)  # one on the generated background, one on the Azure trace
 KEYS = {

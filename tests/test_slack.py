@@ -7,11 +7,11 @@ import time
 import pytest
 
 from spendwatch.notifiers.base import Delivery, MemoryState, NotifyError
-from spendwatch.notifiers.fake_http import Fault
-from spendwatch.notifiers.fake_slack import FakeSlack
 from spendwatch.notifiers.outbox import DeliveryConfig, Outbox
 from spendwatch.notifiers.slack import SlackConfig, SlackNotifier
 from spendwatch.notifiers.slack_blocks import blocks, escape
+from spendwatch.testing.fake_http import Fault
+from spendwatch.testing.fake_slack import FakeSlack
 from tests.notifier_kit import anomaly_alert, budget_alert
 
 TOKEN = "xoxb-111-222-secretsecret"

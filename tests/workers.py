@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from spendwatch import demo
+from spendwatch.ops import demo
 from tests.conftest import DETECTION_CONFIG, read_alerts, write_config
 
 CLI = [sys.executable, "-m", "spendwatch.cli"]

@@ -15,13 +15,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from bench.nab.score import FileLabels, FloatArray
 from spendwatch.detectors.base import Totals
 from spendwatch.detectors.river_model import RiverConfig, RiverDetector
 from spendwatch.detectors.robust import RobustConfig, RobustRecordScorer, SlidingMax
 from spendwatch.detectors.robust_seasonal import RobustSeasonal, RobustSeasonalConfig
 from spendwatch.detectors.seasonal import SeasonalZScore, SeasonalZScoreConfig
-from spendwatch.nabscore import FileLabels, FloatArray
-from spendwatch.pricing import NANOS_PER_USD
+from spendwatch.ingest.pricing import NANOS_PER_USD
 
 GAUSSIAN_WINDOW = 6400
 GAUSSIAN_STEP = 100

@@ -1,12 +1,12 @@
 """Grade spendwatch's detectors on the Numenta Anomaly Benchmark (NAB) and print the table.
 
-Usage: ``.venv/bin/python bench/nab.py [--nab-dir DIR] [--results-dir OUT] [--detector NAME]``
+Usage: ``.venv/bin/python -m bench.nab.run [--nab-dir DIR] [--results-dir OUT] [--detector NAME]``
 
 ``--results-dir`` receives the first detector's rows (default ``spendwatch_robust``; pick
 another with ``--detector``) in NAB's layout, ``OUT/<category>/<name>.csv``.
 
 Every detector scores all 58 series row by row (no labels at detection time), then
-``spendwatch.nabscore`` picks NAB's corpus-wide threshold per profile and normalises.
+``bench.nab.score`` picks NAB's corpus-wide threshold per profile and normalises.
 The last line printed is one JSON object with every figure, for scripts and CI.
 """
 
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from spendwatch.nabdetect import DETECTORS
-from spendwatch.nabscore import PROFILES, NabCorpus
+from bench.nab.detect import DETECTORS
+from bench.nab.score import PROFILES, NabCorpus
 
-DEFAULT_NAB = Path(__file__).resolve().parents[2] / "shared" / "nab"
+DEFAULT_NAB = Path(__file__).resolve().parents[3] / "shared" / "nab"
 PUBLISHED_FOR_RATIO = ("numenta", "windowedGaussian")
 SHORT = {"standard": "standard", "reward_low_FP_rate": "low_FP", "reward_low_FN_rate": "low_FN"}
 

@@ -15,8 +15,8 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from spendwatch.configtypes import Severity
-from spendwatch.timefmt import rfc3339
+from spendwatch.core.configtypes import Severity
+from spendwatch.core.timefmt import rfc3339
 
 AlertKind = Literal["anomaly", "budget", "forecast"]
 AlertStatus = Literal["firing", "resolved"]

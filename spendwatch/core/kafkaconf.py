@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from spendwatch.configtypes import StrictModel
+from spendwatch.core.configtypes import StrictModel
 
 # Properties the source and receiver manage themselves: overriding them would break
 # offset handling or delivery guarantees, so they are rejected in `client:`.

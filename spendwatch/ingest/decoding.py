@@ -3,7 +3,7 @@
 Decoding needs nothing but the config (the schema, the prices, the dimensions), so it can
 run anywhere: inline, or in a helper process while the worker aggregates the previous
 block (:mod:`spendwatch.dataflows.decodepool`). What depends on history, the dedup of
-event ids, is done afterwards by :meth:`spendwatch.parser.EventParser.finish`, in input
+event ids, is done afterwards by :meth:`spendwatch.ingest.parser.EventParser.finish`, in input
 order, so both ways give the same batches.
 
 The fast path decodes a whole block of JSON lines in one C call and reads each field out
@@ -24,8 +24,10 @@ from operator import attrgetter
 import msgspec
 import numpy as np
 
-from spendwatch.columns import Categorical, factorize
-from spendwatch.events import (
+from spendwatch.core.logging import get_logger
+from spendwatch.core.timefmt import rfc3339
+from spendwatch.ingest.columns import Categorical, factorize
+from spendwatch.ingest.events import (
     MAX_EVENT_TS,
     MIN_EVENT_TS,
     NON_ANOMALY_CATEGORIES,
@@ -34,12 +36,10 @@ from spendwatch.events import (
     EventBounds,
     UsageEvent,
 )
-from spendwatch.genai import MARKER, apply_aliases
-from spendwatch.logging import get_logger
-from spendwatch.pricing import PriceTable
-from spendwatch.timefmt import rfc3339
+from spendwatch.ingest.genai import MARKER, apply_aliases
+from spendwatch.ingest.pricing import PriceTable
 
-log = get_logger("spendwatch.decoding")
+log = get_logger("spendwatch.ingest.decoding")
 _one_decoder = msgspec.json.Decoder(UsageEvent)
 _array_decoder = msgspec.json.Decoder(list[UsageEvent])
 _NUMBER_GETTERS = tuple(

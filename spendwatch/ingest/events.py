@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from spendwatch.columns import Categorical
+from spendwatch.ingest.columns import Categorical
 
 UNATTRIBUTED = "unattributed"
 NON_ANOMALY_CATEGORIES = frozenset({"credit", "adjustment"})
@@ -92,7 +92,7 @@ class EventBounds:
     and request counts stay far inside int64, a cost stays below 2⁵³ nano-dollars
     (so its float → integer conversion is exact) and event time stays in years
     2000–2100 (so calendar periods exist). ``max_future_skew`` applies to live input
-    only (see :class:`spendwatch.parser.EventParser`).
+    only (see :class:`spendwatch.ingest.parser.EventParser`).
     """
 
     max_tokens: int = 10**12
@@ -149,7 +149,7 @@ class ParsedBatch:
     until it sends events again (an idle Kafka partition, a file at its end)."""
     stream_time: float | None = None
     """The partition's robust event time after this batch (see
-    :class:`spendwatch.parser.StreamClock`): what may move the watermark, never one
+    :class:`spendwatch.ingest.parser.StreamClock`): what may move the watermark, never one
     event's own time."""
 
     @property

@@ -2,7 +2,7 @@
 
 Cloud billing lines become ordinary usage events so that cloud spend and LLM
 gateway usage feed the same detectors and budgets. The mapping produces the JSON
-of the input contract and hands it to the same :class:`~spendwatch.events.EventParser`
+of the input contract and hands it to the same :class:`~spendwatch.ingest.events.EventParser`
 as every other input, so validation, dedup and counting have one definition.
 
 Mapping (FOCUS column -> event field):
@@ -36,8 +36,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, field_validator
 
-from spendwatch.configtypes import Dimension, StrictModel
-from spendwatch.events import NON_ANOMALY_CATEGORIES, DeadLetter
+from spendwatch.core.configtypes import Dimension, StrictModel
+from spendwatch.ingest.events import NON_ANOMALY_CATEGORIES, DeadLetter
 
 TS_COLUMN = "ChargePeriodStart"
 CATEGORY_COLUMN = "ChargeCategory"

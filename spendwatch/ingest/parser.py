@@ -1,6 +1,6 @@
 """The per-partition event parser: decode a batch, then drop the ids seen before.
 
-Decoding (:mod:`spendwatch.decoding`) is stateless and may run in a helper process;
+Decoding (:mod:`spendwatch.ingest.decoding`) is stateless and may run in a helper process;
 the dedup window is the partition's state, snapshotted with its input offset, so it is
 applied here, in input order.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from spendwatch.decoding import BlockDecoder, DecodedBlock
-from spendwatch.events import UNATTRIBUTED, DeadLetter, DedupWindow, EventBounds, ParsedBatch
-from spendwatch.pricing import PriceTable
+from spendwatch.ingest.decoding import BlockDecoder, DecodedBlock
+from spendwatch.ingest.events import UNATTRIBUTED, DeadLetter, DedupWindow, EventBounds, ParsedBatch
+from spendwatch.ingest.pricing import PriceTable
 
 STREAM_TIME_QUORUM = 3
 """How many admitted events must have reached a time before the partition's stream time

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 import numpy as np
 from pydantic import Field, model_validator
 
-from spendwatch.columns import Categorical
-from spendwatch.configtypes import StrictModel
+from spendwatch.core.configtypes import StrictModel
+from spendwatch.ingest.columns import Categorical
 
 NANOS_PER_USD = 1_000_000_000
 _NANOS_PER_TOKEN_PER_USD_PER_MILLION = NANOS_PER_USD / 1_000_000

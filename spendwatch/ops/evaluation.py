@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from spendwatch.timefmt import parse_rfc3339
+from spendwatch.core.timefmt import parse_rfc3339
 
 GRACE = 2 * 3600
 ONSET_HORIZON = 6 * 3600

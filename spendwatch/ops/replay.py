@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spendwatch.alerts import Alert
+from spendwatch.core.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.detectors.base import Detector, Totals
-from spendwatch.parser import parser_for
+from spendwatch.ingest.parser import parser_for
 
 BATCH_LINES = 20_000
 

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 
-from spendwatch.replay import Point, Replay
+from spendwatch.ops.replay import Point, Replay
 
 TOP_SCOPES = 3
 

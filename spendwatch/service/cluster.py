@@ -23,11 +23,11 @@ from types import FrameType
 import orjson
 
 from spendwatch.config import SpendwatchConfig
+from spendwatch.core.logging import get_logger
 from spendwatch.dataflows.decodepool import LOCAL_PROCESSES_ENV
-from spendwatch.logging import get_logger
-from spendwatch.worker import WorkerOptions, reload_config
+from spendwatch.service.worker import WorkerOptions, reload_config
 
-log = get_logger("spendwatch.cluster")
+log = get_logger("spendwatch.service.cluster")
 
 # Consecutive failed cluster runs before giving up. Timely's network threads can panic
 # while a cluster tears down at the end of input ("Send thread panic"), and any process

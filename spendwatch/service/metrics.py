@@ -1,7 +1,7 @@
 """Prometheus metrics of a worker, read at scrape time from the run counters and live view.
 
 Nothing on the hot path touches prometheus-client: workers bump plain counters
-(``spendwatch.stats``) and publish shard copies (``spendwatch.liveview``); this
+(``spendwatch.core.stats``) and publish shard copies (``spendwatch.core.liveview``); this
 collector turns them into metric families when Prometheus asks. Its registry is
 private to the server, so tests and several workers in one process never collide.
 """
@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from spendwatch import liveview, stats
+from spendwatch.core import liveview, stats
 
 
 class WorkerCollector(Collector):

@@ -7,7 +7,7 @@
 ``GET /alerts``   recent alerts, newest first (``?limit=N``, default 100).
 ``GET /scopes/<rule>?dim=value``  the current baseline of a detector's scopes.
 
-Everything is served from copies (``spendwatch.liveview``), never from live engine
+Everything is served from copies (``spendwatch.core.liveview``), never from live engine
 state, and nothing is writable: the API is safe to expose to dashboards.
 
 In a cluster each process holds the state of its own shards. The query endpoints of any
@@ -28,9 +28,9 @@ from urllib.request import urlopen
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from spendwatch import liveview
-from spendwatch.logging import get_logger
-from spendwatch.metrics import build_registry
+from spendwatch.core import liveview
+from spendwatch.core.logging import get_logger
+from spendwatch.service.metrics import build_registry
 
 log = get_logger("spendwatch.http")
 PEER_TIMEOUT = 2.0  # seconds a cluster query waits for each other process

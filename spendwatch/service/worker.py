@@ -12,7 +12,7 @@ reload keeps state even then):
   from the snapshot: the engine keeps the state of unchanged rules.
 
 ``--processes N`` makes this process a supervisor of N cluster processes on
-localhost (see :mod:`spendwatch.cluster`).
+localhost (see :mod:`spendwatch.service.cluster`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from types import FrameType
 
 import orjson
 
-from spendwatch import liveview, stats
 from spendwatch.config import ConfigError, SpendwatchConfig, load_config
-from spendwatch.logging import get_logger
+from spendwatch.core import liveview, stats
+from spendwatch.core.logging import get_logger
 
-log = get_logger("spendwatch.worker")
+log = get_logger("spendwatch.service.worker")
 
 OUTBOX_FILE = "outbox.sqlite"
 
@@ -190,7 +190,7 @@ class Worker:
         port = self.config.server.port
         if port is None:
             return None
-        from spendwatch.server import OpsServer
+        from spendwatch.service.server import OpsServer
 
         peers: list[str] = []
         if port:

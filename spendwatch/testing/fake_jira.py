@@ -13,7 +13,7 @@ import itertools
 import re
 from typing import Any
 
-from spendwatch.notifiers.fake_http import FakeServer, Request, Response, echo_line, echo_text
+from spendwatch.testing.fake_http import FakeServer, Request, Response, echo_line, echo_text
 
 API = "/rest/api/2/"
 _TOKEN = re.compile(r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<op>!=|=)|(?P<word>[A-Za-z0-9_.@-]+))')

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from spendwatch.notifiers.fake_http import FakeServer, Request, Response, echo_line, echo_text
+from spendwatch.testing.fake_http import FakeServer, Request, Response, echo_line, echo_text
 
 METHODS = (
     "auth.test",

@@ -29,15 +29,15 @@ from pydantic import BaseModel, SecretStr
 
 from spendwatch.notifiers.base import NOTIFIER_TYPES, Delivery, MemoryState, Notifier, NotifyError
 from spendwatch.notifiers.console import ConsoleConfig, ConsoleNotifier
-from spendwatch.notifiers.fake_http import FakeServer, Fault
-from spendwatch.notifiers.fake_jira import FakeJira
-from spendwatch.notifiers.fake_slack import FakeSlack
 from spendwatch.notifiers.file import FileConfig, FileNotifier
 from spendwatch.notifiers.flags import FlagConfig, FlagNotifier
 from spendwatch.notifiers.jira import JiraConfig, JiraNotifier
 from spendwatch.notifiers.outbox import Outbox
 from spendwatch.notifiers.registry import build_notifier
 from spendwatch.notifiers.slack import SlackConfig
+from spendwatch.testing.fake_http import FakeServer, Fault
+from spendwatch.testing.fake_jira import FakeJira
+from spendwatch.testing.fake_slack import FakeSlack
 from tests.notifier_kit import anomaly_alert, budget_alert
 
 SLACK_TOKEN = "xoxb-4242-conformance-secret"
@@ -212,7 +212,7 @@ def _kafka(tmp: Path) -> Iterator[Harness]:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from spendwatch.config import SpendwatchConfig
-    from spendwatch.devbroker import start_broker, stop_broker
+    from spendwatch.testing.devbroker import start_broker, stop_broker
 
     started: list[tuple[object, str]] = []
     admins: list[AdminClient] = []  # must outlive their futures

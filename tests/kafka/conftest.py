@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spendwatch.devbroker import start_broker, stop_broker
+from spendwatch.testing.devbroker import start_broker, stop_broker
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ from pathlib import Path
 import orjson
 from kafka_helpers import create_topic, produce
 
-from spendwatch import stats
 from spendwatch.config import SpendwatchConfig
+from spendwatch.core import stats
 from spendwatch.dataflows.kafka import KafkaSource
-from spendwatch.metrics import build_registry
+from spendwatch.service.metrics import build_registry
 
 MESSAGES = 120
 

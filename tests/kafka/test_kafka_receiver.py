@@ -8,11 +8,11 @@ import time
 import pytest
 from kafka_helpers import consume_all, create_topic
 
-from spendwatch.alerts import make_alert
 from spendwatch.config import SpendwatchConfig
-from spendwatch.devbroker import free_port
+from spendwatch.core.alerts import make_alert
 from spendwatch.notifiers.base import NotifyError
 from spendwatch.notifiers.registry import build_notifier
+from spendwatch.testing.devbroker import free_port
 
 
 def alert(status: str = "firing", tenant: str = "acme"):

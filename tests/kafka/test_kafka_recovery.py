@@ -9,7 +9,7 @@ import orjson
 import pytest
 from kafka_helpers import create_topic, produce
 
-from spendwatch import demo
+from spendwatch.ops import demo
 from tests.workers import (
     CLI,
     HOURLY_BUDGET,

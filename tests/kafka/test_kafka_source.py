@@ -10,8 +10,8 @@ import orjson
 from bytewax.testing import run_main
 from kafka_helpers import committed_offsets, consume_all, create_topic, produce
 
-from spendwatch import stats
 from spendwatch.config import DeadLetterConfig, JsonlSourceConfig, SpendwatchConfig
+from spendwatch.core import stats
 from spendwatch.dataflows.flow import get_flow
 from spendwatch.dataflows.kafka import ORIGIN_HEADER, REASON_HEADER, KafkaSource
 from spendwatch.notifiers.file import FileConfig, FileNotifier
