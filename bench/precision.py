@@ -22,9 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spendwatch.ops import demo  # noqa: E402
-from spendwatch.cli import backtest  # noqa: E402
 from spendwatch.config import load_config  # noqa: E402
+from spendwatch.ops import demo  # noqa: E402
+from spendwatch.ops.backtest import backtest  # noqa: E402
 from spendwatch.ops.evaluation import as_dict, dump_incidents, load_incidents, score_rules  # noqa: E402
 
 START = datetime(2026, 11, 12, tzinfo=timezone.utc)  # a Thursday

@@ -44,10 +44,10 @@ if str(REPO) not in sys.path:
 
 from bench import scenario_family as family  # noqa: E402
 from bench import scenario_scoring as scoring  # noqa: E402
-from spendwatch.cli import backtest  # noqa: E402  (the one place the bench imports it)
 from spendwatch.config import JsonlSourceConfig, SpendwatchConfig, load_config  # noqa: E402
 from spendwatch.core.logging import configure as configure_logging  # noqa: E402
 from spendwatch.ingest.pricing import ModelPrice, PricingConfig  # noqa: E402
+from spendwatch.ops.backtest import backtest  # noqa: E402  (the one place the bench imports it)
 
 PRODUCTION = REPO / "config" / "production.yaml"
 TUNING_SEEDS = "0-19"

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import orjson
 
-from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.core.logging import configure
 from spendwatch.dataflows.decodepool import helper_count
 from spendwatch.ops import demo
+from spendwatch.ops.backtest import backtest
 
 CONFIG = """
 source: {{type: jsonl, decode_processes: {decode}}}

@@ -7,12 +7,12 @@ import textwrap
 import tracemalloc
 from pathlib import Path
 
-from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.detectors.budget import BudgetConfig, BudgetRule
 from spendwatch.ingest.pricing import NANOS_PER_USD
 from spendwatch.ops import demo
+from spendwatch.ops.backtest import backtest
 from tests.conftest import read_alerts, write_config
 
 T0 = 1_795_000_000 - 1_795_000_000 % 86400

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.core.gctuning import GC_THRESHOLDS
 from spendwatch.dataflows.aggregate import _group_sums
 from spendwatch.dataflows.decodepool import LOCAL_PROCESSES_ENV, DecodePool, helper_count
 from spendwatch.dataflows.sources import _FilePartition
 from spendwatch.ops import demo
+from spendwatch.ops.backtest import backtest
 from tests.conftest import comparable, read_alerts, write_config
 
 BLOCK = 16 << 10

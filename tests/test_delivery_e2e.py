@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.ops import demo
+from spendwatch.ops.backtest import backtest
 from spendwatch.testing.fake_http import Fault
 from spendwatch.testing.fake_jira import FakeJira
 from spendwatch.testing.fake_slack import FakeSlack

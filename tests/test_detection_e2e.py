@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spendwatch.cli import backtest
 from spendwatch.core.timefmt import parse_rfc3339, rfc3339
+from spendwatch.ops.backtest import backtest
 from tests.conftest import comparable, read_alerts
 
 

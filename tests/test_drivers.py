@@ -5,7 +5,6 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.core.timefmt import parse_rfc3339
 from spendwatch.dataflows.aggregate import PreAggregator, shard_of
@@ -15,6 +14,7 @@ from spendwatch.detectors.base import Totals
 from spendwatch.ingest.parser import EventParser
 from spendwatch.ingest.pricing import NANOS_PER_USD, PriceTable
 from spendwatch.ops import demo
+from spendwatch.ops.backtest import backtest
 from tests.conftest import read_alerts, write_config
 
 

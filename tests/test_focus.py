@@ -20,13 +20,13 @@ import orjson
 import pytest
 import yaml
 
-from spendwatch.cli import backtest
 from spendwatch.config import ConfigError, SpendwatchConfig, load_config
 from spendwatch.core import stats
 from spendwatch.dataflows.focus import FocusSource, _skip_rows
 from spendwatch.ingest.focus import FocusMapper, FocusSourceConfig
 from spendwatch.ingest.parser import EventParser
 from spendwatch.ingest.pricing import PriceTable, PricingConfig
+from spendwatch.ops.backtest import backtest
 
 # the repository sits next to the team's shared/ folder: ../shared/real
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "real" / "focus_1.0_sample.csv"

@@ -10,7 +10,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.core.timefmt import parse_rfc3339
 from spendwatch.detectors.budget import BudgetConfig, BudgetRule, period_of
@@ -18,6 +17,7 @@ from spendwatch.detectors.forecast import SlotClock, SpendModel
 from spendwatch.ingest.parser import EventParser
 from spendwatch.ingest.pricing import NANOS_PER_USD, PriceTable, PricingConfig
 from spendwatch.ops import demo
+from spendwatch.ops.backtest import backtest
 from tests.conftest import read_alerts, write_config
 
 NOV_1 = int(parse_rfc3339("2026-11-01T00:00:00Z"))

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.core.timefmt import parse_rfc3339
 from spendwatch.ingest.decoding import BlockDecoder
@@ -27,6 +26,7 @@ from spendwatch.ingest.events import EventBounds
 from spendwatch.ingest.parser import STREAM_TIME_QUORUM, EventParser
 from spendwatch.ingest.pricing import PriceTable, PricingConfig
 from spendwatch.ops import demo
+from spendwatch.ops.backtest import backtest
 from tests.conftest import DETECTION_CONFIG, comparable, read_alerts, write_config
 
 CLI = [sys.executable, "-m", "spendwatch.cli"]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from bench.precision import realistic
-from spendwatch.cli import backtest
 from spendwatch.config import load_config
 from spendwatch.core.timefmt import parse_rfc3339
+from spendwatch.ops.backtest import backtest
 from spendwatch.ops.evaluation import dump_incidents, load_incidents, score_rules
 from tests.conftest import REPO, read_alerts
 

@@ -7,10 +7,20 @@ import re
 from pathlib import Path
 
 from spendwatch.cli import main
+from spendwatch.config import load_config
 from spendwatch.core.timefmt import rfc3339
 from spendwatch.ops import demo
+from spendwatch.ops.backtest import backtest
 from spendwatch.ops.evaluation import dump_incidents
-from tests.conftest import DETECTION_CONFIG, write_config
+from spendwatch.ops.replay import replay
+from tests.conftest import (
+    DETECTION_CONFIG,
+    REPO,
+    SHARED,
+    comparable,
+    read_alerts,
+    write_config,
+)
 
 
 def _config(tmp_path: Path) -> Path:
@@ -140,3 +150,22 @@ def test_explain_shows_a_looping_session_against_its_peers(tmp_path: Path, capsy
     seen = json.loads(line)
     assert seen["rule"] == "session-loop" and seen["scope"] == loop.scope
     assert seen["value"] >= seen["upper"] > seen["expected"] and seen["z"] > 4.5
+
+
+def test_replay_of_a_focus_export_sees_what_backtest_sees(tmp_path):
+    """``--report`` and ``explain`` read a FOCUS export as FOCUS, like ``backtest``."""
+    sample = SHARED / "real" / "focus_1.0_sample.csv"
+    text = (REPO / "config" / "focus.yaml").read_text()
+    text = text.replace("  - type: console", f"  - type: file\n    path: {tmp_path / 'r.jsonl'}")
+    config = load_config(write_config(tmp_path, text + f"dead_letter: {{path: {tmp_path}/d}}\n"))
+    alerts_out = tmp_path / "backtest.jsonl"
+    summary = backtest(config, str(sample), str(alerts_out))
+    assert summary["events"] > 900
+    replayed = replay(config, str(sample))
+    assert replayed.points, "the detector judged windows of the export"
+    backtested = read_alerts(alerts_out)
+    assert backtested, "the sample crosses budgets"
+    as_written = [json.loads(a.model_dump_json(exclude_none=True)) for a in replayed.alerts]
+    assert comparable(as_written) == comparable(
+        backtested
+    )

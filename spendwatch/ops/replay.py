@@ -1,9 +1,10 @@
 """In-process replay with a tracer: what each detector expected for every window it judged.
 
 ``explain`` and ``backtest --report`` need more than the alerts: the baseline, band and
-score of every (rule, scope, window). They replay the input through the same parser,
-pre-aggregator and shard engines as the dataflow (one process, no Bytewax), with a
-tracer that records each detector's ``explain`` of a window just before it judges it.
+score of every (rule, scope, window). They replay the input through the same source
+partitions (so JSONL and FOCUS alike), pre-aggregator and shard engines as the dataflow
+(one process, Bytewax not running), with a tracer that records each detector's
+``explain`` of a window just before it judges it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any
 from spendwatch.core.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
+from spendwatch.dataflows.inputs import build_source
 from spendwatch.detectors.base import Detector, Totals
-from spendwatch.ingest.parser import parser_for
-
-BATCH_LINES = 20_000
+from spendwatch.ingest.events import ParsedBatch
+from spendwatch.ops.backtest import replay_source
 
 
 @dataclass(frozen=True)
@@ -41,16 +42,21 @@ class Replay:
     alerts: list[Alert] = field(default_factory=list)
 
 
-def _lines(path: str) -> Iterator[list[bytes]]:
-    with open(path, "rb") as handle:
-        batch: list[bytes] = []
-        for line in handle:
-            batch.append(line.rstrip(b"\r\n"))
-            if len(batch) >= BATCH_LINES:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+def _batches(config: Any, input_path: str) -> Iterator[tuple[str, ParsedBatch]]:
+    """The parsed batches ``backtest`` would read, partition by partition: the very source
+    partitions of the dataflow (JSONL or FOCUS, one per file), driven by hand."""
+    replayed = config.model_copy(update={"source": replay_source(config, input_path)})
+    source = build_source(replayed)
+    for part in source.list_parts():
+        partition = source.build_part("replay", part, None)
+        try:
+            while True:
+                for batch in partition.next_batch():
+                    yield part, batch
+        except StopIteration:
+            pass
+        finally:
+            partition.close()
 
 
 def replay(
@@ -59,7 +65,8 @@ def replay(
     keep: Callable[[Detector, Mapping[str, str], int], bool] | None = None,
 ) -> Replay:
     """Run ``input_path`` through ``config``'s rules; record the points ``keep`` accepts."""
-    plan = EnginePlan.from_config(config)
+    replayed = config.model_copy(update={"source": replay_source(config, input_path)})
+    plan = EnginePlan.from_config(config, build_source(replayed).list_parts())
     shards = config.engine.shards
     result = Replay()
 
@@ -86,12 +93,12 @@ def replay(
             )
         )
 
-    parser = parser_for(config, input_path)
     aggregator = PreAggregator(plan.aggregations, shards)
     engines = {str(s): ShardEngine(plan, tracer=tracer) for s in range(shards)}
-    for lines in _lines(input_path):
-        for key, (max_ts, rows) in aggregator.route(parser.parse(lines)):
-            result.alerts.extend(engines[key].on_message(max_ts, rows))
+    for part, batch in _batches(config, input_path):
+        for key, (stream_time, rows) in aggregator.route(batch):
+            message = engines[key].on_message(stream_time, rows, part, idle=batch.caught_up)
+            result.alerts.extend(message)
     for engine in engines.values():
         result.alerts.extend(engine.flush())
     return result
