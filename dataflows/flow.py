@@ -128,7 +128,7 @@ def get_flow(
     until they send events again.
     """
     outbox = outbox or _outbox_for(config, receivers)
-    source = source or build_source(config)
+    source = source or build_source(config.source, config.parser_settings())
     partitions: list[str] = []
     is_tagged = False
     if isinstance(source, FixedPartitionedSource):

@@ -18,13 +18,12 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from spendwatch.dataflows.sources import record_batch
 from spendwatch.ingest.events import ParsedBatch
 from spendwatch.ingest.focus import FocusMapper, FocusSourceConfig, open_rows
-from spendwatch.ingest.parser import parser_for
+from spendwatch.ingest.parser import ParserSettings, parser_for
 
 
 class _FocusPartition(StatefulSourcePartition[ParsedBatch, Any]):
-    def __init__(self, config: Any, resume: Any) -> None:
-        source: FocusSourceConfig = config.source
-        self._parser = parser_for(config, source.path)
+    def __init__(self, source: FocusSourceConfig, parsing: ParserSettings, resume: Any) -> None:
+        self._parser = parser_for(parsing, source.path)
         self._mapper = FocusMapper(source, source.path)
         self._rows_done = 0
         if resume is not None:
@@ -70,11 +69,12 @@ def _skip_rows(batches: Iterator[list[dict]], count: int) -> Iterator[list[dict]
 class FocusSource(FixedPartitionedSource[ParsedBatch, Any]):
     """One partition per export file, emitting :class:`ParsedBatch` items."""
 
-    def __init__(self, config: Any) -> None:
-        self.config = config
+    def __init__(self, source: FocusSourceConfig, parsing: ParserSettings) -> None:
+        self.source = source
+        self.parsing = parsing
 
     def list_parts(self) -> list[str]:
-        return [self.config.source.path]
+        return [self.source.path]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _FocusPartition:
-        return _FocusPartition(self.config, resume_state)
+        return _FocusPartition(self.source, self.parsing, resume_state)

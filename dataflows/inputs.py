@@ -10,21 +10,24 @@ from typing import Any
 
 from bytewax.inputs import Source
 
+from spendwatch.ingest.parser import ParserSettings
 
-def build_source(config: Any) -> Source:
-    """The source for ``config.source`` (``jsonl``, ``kafka`` or ``focus``)."""
-    kind = config.source.type
+
+def build_source(source: Any, parsing: ParserSettings) -> Source:
+    """The Bytewax source for a ``source:`` config (``jsonl``, ``kafka`` or ``focus``);
+    each gets its own config section and the parser settings, nothing else."""
+    kind = source.type
     if kind == "kafka":
         from spendwatch.dataflows.kafka import KafkaSource
 
-        return KafkaSource(config)
+        return KafkaSource(source, parsing)
     if kind == "focus":
         from spendwatch.dataflows.focus import FocusSource
 
-        return FocusSource(config)
+        return FocusSource(source, parsing)
     from spendwatch.dataflows.sources import JsonlSource
 
-    return JsonlSource(config)
+    return JsonlSource(source, parsing)
 
 
 def describe_source(source: Any) -> str:

@@ -33,7 +33,7 @@ from spendwatch.core.kafkaconf import KafkaSourceConfig
 from spendwatch.core.logging import get_logger
 from spendwatch.dataflows.sources import record_batch
 from spendwatch.ingest.events import DeadLetter, ParsedBatch
-from spendwatch.ingest.parser import parser_for
+from spendwatch.ingest.parser import ParserSettings, parser_for
 
 log = get_logger("spendwatch.kafka")
 
@@ -105,11 +105,17 @@ class DeadLetterPublisher:
 
 
 class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
-    def __init__(self, config: Any, topic: str, partition: int, resume: Any) -> None:
-        source: KafkaSourceConfig = config.source
+    def __init__(
+        self,
+        source: KafkaSourceConfig,
+        parsing: ParserSettings,
+        topic: str,
+        partition: int,
+        resume: Any,
+    ) -> None:
         self._source = source
         self._topic, self._partition = topic, partition
-        self._parser = parser_for(config, f"kafka:{part_name(topic, partition)}", live=True)
+        self._parser = parser_for(parsing, f"kafka:{part_name(topic, partition)}", live=True)
         self._offset: int | None = None  # next offset to read; None until known
         if resume is not None:
             self._offset, dedup = resume
@@ -246,11 +252,12 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
 class KafkaSource(FixedPartitionedSource[ParsedBatch, Any]):
     """Every partition of the configured topics, emitting :class:`ParsedBatch` items."""
 
-    def __init__(self, config: Any) -> None:
-        self.config = config
+    def __init__(self, source: KafkaSourceConfig, parsing: ParserSettings) -> None:
+        self.source = source
+        self.parsing = parsing
 
     def list_parts(self) -> list[str]:
-        source: KafkaSourceConfig = self.config.source
+        source = self.source
         admin = AdminClient(source.settings())
         parts = []
         for topic in source.topics:
@@ -262,4 +269,4 @@ class KafkaSource(FixedPartitionedSource[ParsedBatch, Any]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _KafkaPartition:
         topic, partition = parse_part_name(for_part)
-        return _KafkaPartition(self.config, topic, partition, resume_state)
+        return _KafkaPartition(self.source, self.parsing, topic, partition, resume_state)

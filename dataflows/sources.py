@@ -29,7 +29,8 @@ from spendwatch.core.logging import get_logger
 from spendwatch.dataflows.decodepool import MIN_BACKLOG_BLOCKS, DecodePool, helper_count
 from spendwatch.ingest.decoding import DecodedBlock
 from spendwatch.ingest.events import ParsedBatch
-from spendwatch.ingest.parser import parser_for
+from spendwatch.ingest.jsonl import JsonlSourceConfig
+from spendwatch.ingest.parser import ParserSettings, parser_for
 
 STDIN = "-"
 _BOM = b"\xef\xbb\xbf"
@@ -62,10 +63,12 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
     ``_offset`` counts the bytes of complete lines consumed: where a restart resumes.
     """
 
-    def __init__(self, config: Any, name: str, *, live: bool) -> None:
-        self._parser = parser_for(config, name, live=live)
-        self._batch_bytes = config.source.batch_bytes
-        self._poll = timedelta(seconds=config.source.poll_interval)
+    def __init__(
+        self, source: JsonlSourceConfig, parsing: ParserSettings, name: str, *, live: bool
+    ) -> None:
+        self._parser = parser_for(parsing, name, live=live)
+        self._batch_bytes = source.batch_bytes
+        self._poll = timedelta(seconds=source.poll_interval)
         self._pending = b""
         self._offset = 0
         self._awake: datetime | None = None
@@ -168,10 +171,12 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
 class _FilePartition(_LinePartition):
     """A JSONL file, resumable from its byte offset; ``follow`` waits for it to grow."""
 
-    def __init__(self, config: Any, path: str, resume: Any) -> None:
-        super().__init__(config, path, live=config.source.follow)
+    def __init__(
+        self, source: JsonlSourceConfig, parsing: ParserSettings, path: str, resume: Any
+    ) -> None:
+        super().__init__(source, parsing, path, live=source.follow)
         self._path = path
-        self._follow = config.source.follow
+        self._follow = source.follow
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         if resume is not None:
             self._offset, dedup = resume
@@ -183,7 +188,7 @@ class _FilePartition(_LinePartition):
         counters = stats.current()
         counters.bytes_total += size
         counters.bytes_read += self._offset
-        self._start_helpers(size - self._offset, config.source.decode_processes)
+        self._start_helpers(size - self._offset, source.decode_processes)
 
     def _read(self) -> bytes | None:
         data = self._file.read(self._batch_bytes)
@@ -205,8 +210,8 @@ class _FilePartition(_LinePartition):
 class _StdinPartition(_LinePartition):
     """Reads whatever stdin has without blocking the worker; not resumable (no offsets)."""
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config, STDIN, live=True)
+    def __init__(self, source: JsonlSourceConfig, parsing: ParserSettings) -> None:
+        super().__init__(source, parsing, STDIN, live=True)
         self._poll = min(self._poll, timedelta(seconds=0.1))
         self._fd = sys.stdin.buffer.fileno()
 
@@ -266,13 +271,14 @@ class JsonlSource(FixedPartitionedSource[ParsedBatch, Any]):
     every process and each resumes independently after a crash.
     """
 
-    def __init__(self, config: Any) -> None:
-        self.config = config
+    def __init__(self, source: JsonlSourceConfig, parsing: ParserSettings) -> None:
+        self.source = source
+        self.parsing = parsing
 
     def list_parts(self) -> list[str]:
-        return input_paths(self.config.source.path)
+        return input_paths(self.source.path)
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> StatefulSourcePartition:
         if for_part == STDIN:
-            return _StdinPartition(self.config)
-        return _FilePartition(self.config, for_part, resume_state)
+            return _StdinPartition(self.source, self.parsing)
+        return _FilePartition(self.source, self.parsing, for_part, resume_state)

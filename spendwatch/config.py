@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -24,7 +24,10 @@ from spendwatch.core.yamlload import DuplicateKeyError, YAMLLimitError, load_yam
 from spendwatch.detectors.base import DETECTOR_TYPES
 from spendwatch.detectors.budget import BudgetConfig
 from spendwatch.detectors.registry import build_detector  # noqa: F401 - registers detectors
+from spendwatch.ingest.events import EventBounds
 from spendwatch.ingest.focus import FocusSourceConfig
+from spendwatch.ingest.jsonl import JsonlSourceConfig
+from spendwatch.ingest.parser import ParserSettings
 from spendwatch.ingest.pricing import PricingConfig
 from spendwatch.notifiers.base import NOTIFIER_TYPES
 from spendwatch.notifiers.console import ConsoleConfig
@@ -41,33 +44,6 @@ def _tagged_union(classes: list[type]) -> Any:
 
 DetectorConfig = _tagged_union([t.config_class for t in DETECTOR_TYPES.values()])
 ReceiverConfig = _tagged_union([t.config_class for t in NOTIFIER_TYPES.values()])
-
-
-class JsonlSourceConfig(StrictModel):
-    """``type: jsonl``: a JSONL file (``-`` for stdin), optionally followed like ``tail -f``."""
-
-    type: Literal["jsonl"] = "jsonl"
-    path: str | list[str] = Field(
-        default="-",
-        description="JSONL file of usage events, - for stdin, or glob pattern(s) / a list "
-        "of files (one input partition per file, spread over the workers)",
-    )
-    follow: bool = Field(default=False, description="keep reading as the file grows")
-    batch_bytes: int = Field(
-        default=4 << 20,
-        ge=1024,
-        le=1 << 30,
-        description="bytes read per batch (throughput vs latency)",
-    )
-    poll_interval: float = Field(
-        default=0.5, gt=0, le=3600, description="seconds between polls at EOF"
-    )
-    decode_processes: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
-        default="auto",
-        description="helper processes that decode a file's backlog (8+ batches: a backtest, "
-        "a catch-up) while the worker aggregates; 0 decodes inline; auto: one per CPU "
-        "(shared among the processes of run --processes), at most 4, none with one CPU",
-    )
 
 
 SOURCE_TYPES = frozenset({"jsonl", "kafka", "focus"})
@@ -222,6 +198,17 @@ class SpendwatchConfig(BaseSettings):
             if unknown:
                 raise ValueError(f"routes[{index}] names unknown receiver(s): {', '.join(unknown)}")
         return self
+
+    def parser_settings(self) -> ParserSettings:
+        """What the source partitions need of this config to parse their input."""
+        engine = self.engine
+        return ParserSettings(
+            pricing=self.pricing,
+            dimensions=tuple(self.used_dimensions()),
+            dedup_horizon=engine.dedup_horizon,
+            max_event_bytes=engine.max_event_bytes,
+            bounds=EventBounds.from_engine(engine),
+        )
 
     def used_dimensions(self) -> list[str]:
         """Dimensions some rule keys on: the only ones worth extracting from each event."""

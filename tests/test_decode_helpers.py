@@ -45,6 +45,11 @@ def messy_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def slices(config):
+    """What a file partition is given: its source section and the parser settings."""
+    return config.source, config.parser_settings()
+
+
 def config_for(tmp_path: Path, helpers: int, follow: bool = False):
     text = f"""
         source: {{type: jsonl, batch_bytes: {BLOCK}, decode_processes: {helpers},
@@ -90,8 +95,8 @@ def read_all(partition: _FilePartition, kill_helpers_after: int | None = None) -
 
 
 def test_helpers_decode_the_same_batches_as_inline(messy_file, tmp_path):
-    inline = read_all(_FilePartition(config_for(tmp_path, 0), str(messy_file), None))
-    helped = _FilePartition(config_for(tmp_path, 2), str(messy_file), None)
+    inline = read_all(_FilePartition(*slices(config_for(tmp_path, 0)), str(messy_file), None))
+    helped = _FilePartition(*slices(config_for(tmp_path, 2)), str(messy_file), None)
     pool = helped._pool
     assert pool is not None, "a backlog of many blocks is decoded by helpers"
     assert read_all(helped) == inline
@@ -101,8 +106,8 @@ def test_helpers_decode_the_same_batches_as_inline(messy_file, tmp_path):
 
 
 def test_a_helper_that_dies_is_replaced_by_inline_decoding(messy_file, tmp_path):
-    inline = read_all(_FilePartition(config_for(tmp_path, 0), str(messy_file), None))
-    helped = _FilePartition(config_for(tmp_path, 2), str(messy_file), None)
+    inline = read_all(_FilePartition(*slices(config_for(tmp_path, 0)), str(messy_file), None))
+    helped = _FilePartition(*slices(config_for(tmp_path, 2)), str(messy_file), None)
     assert read_all(helped, kill_helpers_after=2) == inline
     assert DecodePool._shared is None, "the pool is released when its partition closes"
 
@@ -110,7 +115,7 @@ def test_a_helper_that_dies_is_replaced_by_inline_decoding(messy_file, tmp_path)
 def test_a_short_file_is_decoded_inline(tmp_path):
     path = tmp_path / "short.jsonl"
     path.write_bytes(b"\n".join(demo.generate(days=1, scale=0.01, seed=1).lines[:100]))
-    partition = _FilePartition(config_for(tmp_path, 2), str(path), None)
+    partition = _FilePartition(*slices(config_for(tmp_path, 2)), str(path), None)
     assert partition._pool is None
     assert sum(len(b[0]) for b in read_all(partition)) == 100
 
@@ -118,7 +123,7 @@ def test_a_short_file_is_decoded_inline(tmp_path):
 def test_a_followed_file_stops_its_helpers_once_caught_up(messy_file, tmp_path):
     path = tmp_path / "growing.jsonl"
     path.write_bytes(messy_file.read_bytes())
-    partition = _FilePartition(config_for(tmp_path, 2, follow=True), str(path), None)
+    partition = _FilePartition(*slices(config_for(tmp_path, 2, follow=True)), str(path), None)
     assert partition._pool is not None
     events, caught_up = 0, False
     first_line = messy_file.read_bytes().split(b"\n", 1)[0]
@@ -190,8 +195,8 @@ def test_auto_helpers_share_the_cpus_among_the_local_processes(monkeypatch):
 
 
 def test_helpers_that_cannot_start_leave_decoding_inline(messy_file, tmp_path, monkeypatch):
-    inline = read_all(_FilePartition(config_for(tmp_path, 0), str(messy_file), None))
+    inline = read_all(_FilePartition(*slices(config_for(tmp_path, 0)), str(messy_file), None))
     monkeypatch.setattr(sys, "executable", "/bin/false")  # exits at once, decodes nothing
-    helped = _FilePartition(config_for(tmp_path, 2), str(messy_file), None)
+    helped = _FilePartition(*slices(config_for(tmp_path, 2)), str(messy_file), None)
     assert helped._pool is not None
     assert read_all(helped) == inline

@@ -171,7 +171,9 @@ def test_parquet_without_pyarrow_says_what_to_install(monkeypatch, tmp_path: Pat
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     config = SpendwatchConfig(source={"type": "focus", "path": str(tmp_path / "x.parquet")})
     with pytest.raises(ValueError, match="needs pyarrow"):
-        FocusSource(config).build_part("events", str(tmp_path / "x.parquet"), None)
+        FocusSource(config.source, config.parser_settings()).build_part(
+            "events", str(tmp_path / "x.parquet"), None
+        )
 
 
 def test_currencies_convert_with_configured_rates_or_dead_letter() -> None:
@@ -188,7 +190,7 @@ def test_a_file_without_the_cost_column_fails_fast_naming_it(tmp_path: Path) -> 
     path.write_text("ChargePeriodStart,Cost\n2024-09-01 00:00:00,1\n")
     config = SpendwatchConfig(source={"type": "focus", "path": str(path)})
     with pytest.raises(ValueError, match="missing BilledCost"):
-        FocusSource(config).build_part("events", str(path), None)
+        FocusSource(config.source, config.parser_settings()).build_part("events", str(path), None)
 
 
 def test_resume_skips_the_rows_already_consumed() -> None:
@@ -198,13 +200,17 @@ def test_resume_skips_the_rows_already_consumed() -> None:
         source={"type": "focus", "path": str(SAMPLE), "batch_rows": 300},
         dimensions=["provider"],
     )
-    first = FocusSource(config).build_part("events", str(SAMPLE), None)
+    first = FocusSource(config.source, config.parser_settings()).build_part(
+        "events", str(SAMPLE), None
+    )
     first.next_batch()
     first.next_batch()
     state = first.snapshot()
     first.close()
     assert state[0] == 600
-    resumed = FocusSource(config).build_part("events", str(SAMPLE), state)
+    resumed = FocusSource(config.source, config.parser_settings()).build_part(
+        "events", str(SAMPLE), state
+    )
     sizes = []
     with pytest.raises(StopIteration):
         while True:
@@ -218,7 +224,9 @@ def test_gzipped_csv_exports_load(tmp_path: Path) -> None:
     with SAMPLE.open("rb") as source, gzip.open(path, "wb") as target:
         shutil.copyfileobj(source, target)
     config = SpendwatchConfig(source={"type": "focus", "path": str(path)}, dimensions=["provider"])
-    part = FocusSource(config).build_part("events", str(path), None)
+    part = FocusSource(config.source, config.parser_settings()).build_part(
+        "events", str(path), None
+    )
     assert sum(b.size for b in part.next_batch()) == 1000
     part.close()
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from spendwatch.ingest.decoding import BlockDecoder, DecodedBlock
 from spendwatch.ingest.events import UNATTRIBUTED, DeadLetter, DedupWindow, EventBounds, ParsedBatch
-from spendwatch.ingest.pricing import PriceTable
+from spendwatch.ingest.pricing import PriceTable, PricingConfig
 
 STREAM_TIME_QUORUM = 3
 """How many admitted events must have reached a time before the partition's stream time
@@ -153,18 +154,33 @@ class EventParser:
             self.dedup.restore(state)
 
 
+@dataclass(frozen=True)
+class ParserSettings:
+    """The slice of the config a source partition needs to parse its input: prices, the
+    dimensions the rules use, the dedup horizon and the per-event bounds."""
+
+    pricing: PricingConfig
+    dimensions: tuple[str, ...]
+    dedup_horizon: int
+    max_event_bytes: int = 65536
+    bounds: EventBounds = field(default_factory=EventBounds)
+
+
 def parser_for(
-    config: Any, source: str, *, live: bool = False, clock: Callable[[], float] = time.time
+    settings: ParserSettings,
+    source: str,
+    *,
+    live: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> EventParser:
-    """The one wiring of a partition's parser from a config (flow, replay and tests)."""
-    engine = config.engine
+    """The one wiring of a partition's parser (flow, replay and tests)."""
     return EventParser(
-        PriceTable(config.pricing),
-        config.used_dimensions(),
-        engine.dedup_horizon,
-        max_event_bytes=engine.max_event_bytes,
+        PriceTable(settings.pricing),
+        settings.dimensions,
+        settings.dedup_horizon,
+        max_event_bytes=settings.max_event_bytes,
         source=source,
-        bounds=EventBounds.from_engine(engine),
+        bounds=settings.bounds,
         wall_clock=clock if live else None,
     )
 

@@ -45,8 +45,7 @@ class Replay:
 def _batches(config: Any, input_path: str) -> Iterator[tuple[str, ParsedBatch]]:
     """The parsed batches ``backtest`` would read, partition by partition: the very source
     partitions of the dataflow (JSONL or FOCUS, one per file), driven by hand."""
-    replayed = config.model_copy(update={"source": replay_source(config, input_path)})
-    source = build_source(replayed)
+    source = build_source(replay_source(config, input_path), config.parser_settings())
     for part in source.list_parts():
         partition = source.build_part("replay", part, None)
         try:
@@ -65,8 +64,8 @@ def replay(
     keep: Callable[[Detector, Mapping[str, str], int], bool] | None = None,
 ) -> Replay:
     """Run ``input_path`` through ``config``'s rules; record the points ``keep`` accepts."""
-    replayed = config.model_copy(update={"source": replay_source(config, input_path)})
-    plan = EnginePlan.from_config(config, build_source(replayed).list_parts())
+    parts = build_source(replay_source(config, input_path), config.parser_settings()).list_parts()
+    plan = EnginePlan.from_config(config, parts)
     shards = config.engine.shards
     result = Replay()
 

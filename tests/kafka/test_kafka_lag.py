@@ -39,7 +39,7 @@ def test_lag_is_the_messages_left_after_each_batch_and_zero_at_the_end(
     )
     stats.reset()
     registry = build_registry()
-    source = KafkaSource(config)
+    source = KafkaSource(config.source, config.parser_settings())
     partition = source.build_part("events", f"{topic_name}/1", None)
     name = f"{topic_name}/1"
     read, seen = 0, []

@@ -187,7 +187,7 @@ def test_a_resumed_partition_reads_on_from_its_snapshot_and_keeps_dedup(
     create_topic(broker, topic_name, 1)
     produce(broker, topic_name, keyed(valid[:12]))
     config = config_for(broker, [topic_name], tmp_path, batch_size=5, commit_offsets=False)
-    source = KafkaSource(config)
+    source = KafkaSource(config.source, config.parser_settings())
     part = f"{topic_name}/0"
     first = source.build_part("events", part, None)
     seen = 0
@@ -224,7 +224,11 @@ def test_several_topics_feed_one_flow(broker: str, topic_name: str, tmp_path: Pa
     config = config_for(broker, [topic_name, second], tmp_path)
     kafka_receiver = {"type": "kafka", "brokers": [broker], "topic": f"{topic_name}-alerts"}
     config = SpendwatchConfig.model_validate({**config.model_dump(), "receivers": [kafka_receiver]})
-    assert KafkaSource(config).list_parts() == [f"{topic_name}/0", f"{topic_name}/1", f"{second}/0"]
+    assert KafkaSource(config.source, config.parser_settings()).list_parts() == [
+        f"{topic_name}/0",
+        f"{topic_name}/1",
+        f"{second}/0",
+    ]
     alerts = run(config, tmp_path / "alerts.jsonl", configured=True)
     assert stats.current().events == len(valid)
     assert sorted((a["scope"]["tenant"], a["threshold"]) for a in alerts) == [
@@ -244,7 +248,9 @@ def test_tailing_waits_for_messages_and_group_offsets_trail_snapshots(
     create_topic(broker, topic_name, 1)
     config = config_for(broker, [topic_name], tmp_path, tail=True, batch_size=5)
     group = config.source.group_id
-    part = KafkaSource(config).build_part("events", f"{topic_name}/0", None)
+    part = KafkaSource(config.source, config.parser_settings()).build_part(
+        "events", f"{topic_name}/0", None
+    )
     assert all(batch.size == 0 for batch in part.next_batch())
     assert part.next_awake() is not None  # asks to be woken later instead of spinning
     produce(broker, topic_name, keyed(valid[:10]))
@@ -280,7 +286,9 @@ def test_an_empty_or_drained_partition_says_once_that_it_caught_up(
     valid, _ = stream()
     create_topic(broker, topic_name, 1)
     config = config_for(broker, [topic_name], tmp_path, tail=True, batch_size=50)
-    part = KafkaSource(config).build_part("events", f"{topic_name}/0", None)
+    part = KafkaSource(config.source, config.parser_settings()).build_part(
+        "events", f"{topic_name}/0", None
+    )
 
     def poll_until_idle() -> list:
         seen = []
