@@ -43,12 +43,17 @@ from spendwatch.notifiers.router import Dispatcher, Plan
 
 log = get_logger("spendwatch.outbox")
 
+# Registered on no registry here (``registry=None``): the worker's HTTP server puts them on
+# its own (``spendwatch.service.metrics.build_registry``), never on the process-global one.
 DELIVERIES = Counter(
     "spendwatch_deliveries",
     "Outcomes of delivery attempts by receiver",
     ["receiver", "outcome"],  # sent | retry | failed | expired
+    registry=None,
 )
-PENDING = Gauge("spendwatch_deliveries_pending", "Deliveries not yet sent", ["receiver"])
+PENDING = Gauge(
+    "spendwatch_deliveries_pending", "Deliveries not yet sent", ["receiver"], registry=None
+)
 ERROR_LIMIT = 1000
 """Characters of a receiver's error kept in ``deliveries.error`` and in the log line."""
 

@@ -114,3 +114,15 @@ def test_metrics_health_and_query_api_of_a_running_worker(tmp_path: Path):
         worker.send_signal(signal.SIGTERM)
         _, stderr = worker.communicate(timeout=30)
     assert worker.returncode == 0, stderr.decode()[-3000:]
+
+
+def test_delivery_metrics_live_on_the_server_registry_only():
+    """Importing the outbox registers nothing process-wide; the server's registry has them."""
+    import prometheus_client
+
+    from spendwatch.service.metrics import build_registry
+
+    names = set(prometheus_client.REGISTRY._names_to_collectors)
+    assert not any(n.startswith("spendwatch_deliveries") for n in names)
+    ours = set(build_registry()._names_to_collectors)
+    assert {"spendwatch_deliveries_total", "spendwatch_deliveries_pending"} <= ours
