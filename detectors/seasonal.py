@@ -48,10 +48,10 @@ class SeasonalZScoreConfig(ExplainedRuleConfig):
         default=1.2, ge=1.0, description="observed/expected must also reach this (1.2 = +20 %)"
     )
     min_value: float = Field(default=0.0, ge=0, description="ignore windows below this value")
-    warmup: int | None = Field(
+    warmup: Duration | None = Field(
         default=None,
-        ge=0,
-        description="windows to learn before alerting (default: two days of windows, min 12)",
+        description="event time learned before alerting (default: two days, at least 12 "
+        "windows)",
     )
     history: int = Field(
         default=8, ge=2, description="effective memory, in samples, of each slot's baseline"
@@ -67,8 +67,9 @@ class SeasonalZScoreConfig(ExplainedRuleConfig):
 
     @property
     def effective_warmup(self) -> int:
+        """Windows learned before alerting."""
         if self.warmup is not None:
-            return self.warmup
+            return self.warmup // self.window
         if self.seasonality == "none":
             return 12
         return max(12, 2 * _DAY // self.window)

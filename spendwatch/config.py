@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Annotated, Any, Union
 
 import yaml
@@ -20,6 +21,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from spendwatch.core.configtypes import Dimension, Duration, StrictModel
 from spendwatch.core.kafkaconf import KafkaSourceConfig
+from spendwatch.core.timefmt import format_duration, parse_duration
 from spendwatch.core.yamlload import DuplicateKeyError, YAMLLimitError, load_yaml
 from spendwatch.detectors.base import DETECTOR_TYPES
 from spendwatch.detectors.budget import BudgetConfig
@@ -301,6 +303,7 @@ def _load_config(file: str) -> SpendwatchConfig:
     data = _substitute_env(data, [], problems, file, root)
     if problems:
         raise ConfigError(problems)
+    _convert_window_counts(data, file, root)
     overrides, env_problem = _environment_overrides()
     if env_problem:
         raise ConfigError([env_problem])
@@ -312,6 +315,43 @@ def _load_config(file: str) -> SpendwatchConfig:
             _describe(file, root, data, merged, e) for e in error.errors(include_input=False)
         ]
         raise ConfigError(list(dict.fromkeys(described))) from None
+
+
+class ConfigDeprecationWarning(UserWarning):
+    """A config that still loads but is written in a form that will stop loading."""
+
+
+# Detector types whose ``warmup`` was a count of windows before it became a duration.
+_WARMUP_WAS_A_COUNT = frozenset({"seasonal_zscore"})
+
+
+def _convert_window_counts(data: dict[str, Any], file: str, root: Any) -> None:
+    """Read an old integer ``warmup`` (windows) as the duration it meant, with a warning
+    naming file, line and key: ``warmup`` is event time for every detector type now."""
+    detectors = data.get("detectors")
+    if not isinstance(detectors, list):
+        return
+    for index, rule in enumerate(detectors):
+        if not isinstance(rule, dict) or rule.get("type") not in _WARMUP_WAS_A_COUNT:
+            continue
+        warmup = rule.get("warmup")
+        if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+            continue
+        config_class = DETECTOR_TYPES[rule["type"]].config_class
+        try:
+            window = parse_duration(rule.get("window", config_class.model_fields["window"].default))
+        except (TypeError, ValueError):
+            continue  # validation words the bad window
+        seconds = warmup * window
+        rule["warmup"] = seconds
+        key = format_key_path(["detectors", index, "warmup"])
+        warnings.warn(
+            f"{file}{_line_suffix(root, ['detectors', index, 'warmup'])}: {key}: a count of "
+            f"windows is deprecated, write a duration: {warmup} windows of {window} s is "
+            f"warmup: {format_duration(seconds)}",
+            ConfigDeprecationWarning,
+            stacklevel=4,
+        )
 
 
 def _describe_yaml_error(file: str, text: str, error: yaml.YAMLError) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spendwatch.config import ConfigError, load_config
+from spendwatch.config import ConfigDeprecationWarning, ConfigError, load_config
 from tests.conftest import REPO, write_config
 
 GOOD = """
@@ -134,3 +134,18 @@ def test_schema_cli_prints_json_schemas():
     event_schema = json.loads(_cli("schema", "--events").stdout)
     text = json.dumps(event_schema)
     assert "event_id" in text and "cached_input_tokens" in text
+
+
+def test_an_old_integer_warmup_still_loads_as_the_duration_it_meant(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "detectors:\n  - name: z\n    type: seasonal_zscore\n    window: 15m\n    warmup: 24\n"
+    )
+    with pytest.warns(ConfigDeprecationWarning, match=r"old\.yaml:5: detectors\[0\]\.warmup"):
+        config = load_config(path)
+    assert config.detectors[0].warmup == 24 * 900
+    assert config.detectors[0].effective_warmup == 24
+    path.write_text(
+        "detectors:\n  - name: z\n    type: seasonal_zscore\n    window: 15m\n    warmup: 6h\n"
+    )
+    assert load_config(path).detectors[0].effective_warmup == 24
