@@ -32,8 +32,7 @@ from spendwatch.dataflows.view import describe
 from spendwatch.notifiers.base import Notifier
 from spendwatch.notifiers.outbox import Outbox, build_outbox
 
-# (input partition or None, (max event time, partial rows))
-# (input partition or None, whether that partition is idle, (max event time, partial rows))
+# (input partition or None, whether that partition is idle, (stream time, partial rows))
 TaggedMessage = tuple[str | None, bool, ShardMessage]
 
 

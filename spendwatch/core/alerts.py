@@ -1,4 +1,5 @@
-"""The alert model of the output contract (``shared/contracts/ALERTS.md``) and its identities.
+"""The alert model, the output contract (its fields are the JSON every receiver gets), and its
+identities.
 
 A fingerprint names the *condition* (rule + scope, plus period and threshold for
 budgets) so receivers can deduplicate; an alert id names one *notification*

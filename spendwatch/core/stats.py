@@ -26,7 +26,6 @@ class RunStats:
     alerts_by_rule: Counter = field(default_factory=Counter)
     dead_reasons: Counter = field(default_factory=Counter)
     alerts_by_kind_rule: Counter = field(default_factory=Counter)
-    # (receiver, outcome) -> count; outcome is "ok", "failed" or "retrying"
     # source partition -> bytes (or messages) not read yet
     lag: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -1,9 +1,10 @@
-"""The usage-event schema (input contract) and the batch parser that validates, prices and dedups.
+"""The usage-event schema (input contract), its bounds, and the batch it becomes.
 
 ``UsageEvent`` is the single definition of the input format: validation is msgspec
-decoding against it and ``spendwatch schema --events`` renders it as JSON Schema.
-Parsing works on whole batches of raw lines and returns columns (numpy arrays and
-lists of strings), so everything after it runs per batch, not per event.
+decoding against it (:mod:`spendwatch.ingest.decoding`) and ``spendwatch schema --events``
+renders it as JSON Schema. A decoded, deduplicated batch is a :class:`ParsedBatch` of
+columns (numpy arrays and factorised strings), so everything after it runs per batch,
+not per event; the parser that makes it is :mod:`spendwatch.ingest.parser`.
 """
 
 from __future__ import annotations
