@@ -456,6 +456,7 @@ class ShardEngine:
                 "detector_progress": self.detector_progress,
                 "budget_states": self.budget_states,
                 "driver_states": self.driver_states,
+                "counters": (self.counters.windows_closed, self.counters.evicted_scopes),
             },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
@@ -470,6 +471,8 @@ class ShardEngine:
         self.detector_progress = state["detector_progress"]
         self.budget_states = state["budget_states"]
         self.driver_states = state.get("driver_states", {})
+        windows, evicted = state.get("counters", (0, 0))
+        self.counters = EngineCounters(windows_closed=windows, evicted_scopes=evicted)
         self._reconcile(state.get("rules"))
 
     def _reconcile(self, saved: dict[str, tuple] | None) -> None:

@@ -26,7 +26,7 @@ from spendwatch.core.alerts import Alert
 from spendwatch.dataflows.aggregate import PreAggregator, ShardMessage
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
 from spendwatch.dataflows.inputs import build_source
-from spendwatch.dataflows.sinks import AlertSink, DeadLetterSink
+from spendwatch.dataflows.sinks import DEAD_LETTER_PART, AlertSink, DeadLetterSink
 from spendwatch.dataflows.tagging import tagged
 from spendwatch.dataflows.view import describe
 from spendwatch.notifiers.base import Notifier
@@ -43,6 +43,11 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
 
     def __init__(self, plan: EnginePlan, resume: bytes | None) -> None:
         self.engine = ShardEngine(plan, resume)
+        if resume is not None:  # what the restored state counted, counted once
+            counters = stats.current()
+            with counters.lock:
+                counters.windows_closed += self.engine.counters.windows_closed
+                counters.evicted_scopes += self.engine.counters.evicted_scopes
         self._key = f"shard-{id(self):x}"
         self._published = 0.0
         self._dirty = False
@@ -96,10 +101,11 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
 
     def _count(self, before: tuple[int, int, int]) -> None:
         counters = stats.current()
-        windows, late, evicted = self._counters()
+        windows, _late, evicted = self._counters()
         counters.windows_closed += windows - before[0]
-        counters.late_events += late - before[1]
         counters.evicted_scopes += evicted - before[2]
+        # Late events are counted once each, by the source partitions (ParsedBatch.late):
+        # the engine sees an event once per aggregation.
 
 
 def _outbox_for(config: Any, receivers: Callable[[], list[Notifier]] | None) -> Outbox:
@@ -116,6 +122,7 @@ def get_flow(
     source: Source | None = None,
     receivers: Callable[[], list[Notifier]] | None = None,
     outbox: Outbox | None = None,
+    recoverable: bool = False,
 ) -> Dataflow:
     """Build the dataflow for ``config``; ``source``/``receivers``/``outbox`` override config.
 
@@ -124,7 +131,8 @@ def get_flow(
     are tagged with their partition: the watermark follows the slowest partition (so
     several files, Kafka partitions or processes close the same windows with the same
     contents), except partitions that said they are caught up, which hold nothing back
-    until they send events again.
+    until they send events again. ``recoverable``: the run resumes from a state directory
+    that outlives it (dead letters are then written once across restarts).
     """
     outbox = outbox or _outbox_for(config, receivers)
     source = source or build_source(config.source, config.parser_settings())
@@ -143,8 +151,12 @@ def get_flow(
 
     flow = Dataflow("spendwatch")
     batches = op.input("events", flow, source)
-    dead = op.flat_map("dead_letters", batches, lambda item: (item[1] if is_tagged else item).dead)
-    op.output("dead_letter_out", dead, DeadLetterSink(config.dead_letter.path))
+    dead = op.flat_map(
+        "dead_letters",
+        batches,
+        lambda item: [(DEAD_LETTER_PART, d) for d in (item[1] if is_tagged else item).dead],
+    )
+    op.output("dead_letter_out", dead, DeadLetterSink(config.dead_letter.path, recoverable))
     partials = op.flat_map("pre_aggregate", batches, route)
     keyed_alerts = op.stateful_batch("engine", partials, lambda resume: _ShardLogic(plan, resume))
     alerts = op.map("drop_shard_key", keyed_alerts, lambda item: item[1])

@@ -15,6 +15,7 @@ from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from spendwatch.core import stats
 from spendwatch.dataflows.sources import record_batch
 from spendwatch.ingest.events import ParsedBatch
 from spendwatch.ingest.focus import FocusMapper, FocusSourceConfig, open_rows
@@ -29,6 +30,7 @@ class _FocusPartition(StatefulSourcePartition[ParsedBatch, Any]):
         if resume is not None:
             self._rows_done, dedup = resume
             self._parser.restore(dedup)
+            stats.add_tally(self._parser.tally)
         header, batches, self._handle = open_rows(source)
         try:
             self._mapper.check_header(header)

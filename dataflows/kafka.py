@@ -14,12 +14,16 @@ are only recognised within one partition: producers should key messages by
 
 Invalid messages are counted and written to the dead-letter file like any other
 input's, and, when ``dead_letter_topic`` is set, also published to that topic with
-the reason in a header. They are flushed before the partition's offset is
-snapshotted, so a recovered run never skips a dead letter (it may repeat one).
+the reason in a header and the origin (``topic/partition@offset``) in another. They are
+flushed before the partition's offset is snapshotted, so a recovered run never skips a
+dead letter. The producer is idempotent (no repeats from its own retries), but a
+restart re-reads from the snapshot and publishes what came after it again: consumers of
+the topic dedupe by the origin header, which is the same on every copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -104,6 +108,22 @@ class DeadLetterPublisher:
             raise RuntimeError(f"dead-letter topic {self.topic!r}: delivery failed: {problem}")
 
 
+def _with_offsets(dead: list[DeadLetter], messages: Sequence[Message]) -> list[DeadLetter]:
+    """Each dead letter with the offset of its message (the first not yet used with those
+    bytes): the key that makes it written once to the dead-letter file."""
+    by_value: dict[bytes, list[int]] = {}
+    for message in messages:
+        value = message.value()
+        if value and message.error() is None:
+            by_value.setdefault(value.strip(), []).append(message.offset())
+    placed = []
+    for letter in dead:
+        offsets = by_value.get(letter.raw)
+        offset = offsets.pop(0) if offsets else None
+        placed.append(dataclasses.replace(letter, offset=offset))
+    return placed
+
+
 class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
     def __init__(
         self,
@@ -120,6 +140,7 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
         if resume is not None:
             self._offset, dedup = resume
             self._parser.restore(dedup)
+            stats.add_tally(self._parser.tally)
         self._committed = self._offset
         self._snapshotted = self._offset  # offset in the previous snapshot
         self._consumer = Consumer(
@@ -188,6 +209,8 @@ class _KafkaPartition(StatefulSourcePartition[ParsedBatch, Any]):
         self._idle = _MIN_IDLE
         self._idle_sent = False
         batch = self._parser.parse(values)
+        if batch.dead:
+            batch.dead = _with_offsets(batch.dead, messages)
         record_batch(batch)
         if batch.dead and self._publisher is not None:
             self._publisher.publish(batch.dead, messages)

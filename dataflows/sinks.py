@@ -8,7 +8,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from spendwatch.core import liveview, stats
 from spendwatch.core.alerts import Alert
@@ -62,30 +67,92 @@ class AlertSink(DynamicSink[Alert]):
         return _AlertPartition(self._outbox)
 
 
-class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
-    def __init__(self, path: str | None) -> None:
-        self._fd = None
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            # raw rejected lines may carry whatever a client sent: owner-only
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+class _DeadLetterFile(StatefulSinkPartition[DeadLetter, int | None]):
+    """The dead-letter file, written exactly once per input line.
+
+    Its snapshot is the file's length, taken in the same epoch as the source offsets:
+    on recovery the file is cut back to it, and the replayed input writes the rest again.
+    Before the first snapshot of a recoverable run there is nothing to cut back to, so
+    rows already in the file are skipped by their key (source, offset, raw line).
+    """
+
+    def __init__(self, path: str | None, resume: int | None, recoverable: bool) -> None:
+        self._fd: int | None = None
+        self._written: set[tuple[str, int, str]] = set()
+        if not path:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # raw rejected lines may carry whatever a client sent: owner-only
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        size = os.fstat(self._fd).st_size
+        if resume is not None:
+            if size > resume:
+                log.info(
+                    "dead letters after the snapshot are written again",
+                    path=path,
+                    cut_bytes=size - resume,
+                )
+                os.ftruncate(self._fd, resume)
+        elif recoverable and size:
+            self._written = _keys_in(path)
 
     def write_batch(self, items: Sequence[DeadLetter]) -> None:
         if self._fd is None or not items:
             return
-        payload = b"".join(orjson.dumps(item.to_record()) + b"\n" for item in items)
-        os.write(self._fd, payload)
+        records = [item.to_record() for item in items]
+        if self._written:
+            records = [r for r in records if _key(r) not in self._written]
+        if records:
+            os.write(self._fd, b"".join(orjson.dumps(r) + b"\n" for r in records))
+
+    def snapshot(self) -> int | None:
+        return None if self._fd is None else os.fstat(self._fd).st_size
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
 
 
-class DeadLetterSink(DynamicSink[DeadLetter]):
-    """Appends rejected events with their reason to a JSONL file (``None``: count only)."""
+def _key(record: dict[str, Any]) -> tuple[str, int, str] | None:
+    offset = record.get("offset")
+    if offset is None:
+        return None
+    return (record.get("source", ""), offset, record.get("raw") or record.get("raw_base64", ""))
 
-    def __init__(self, path: str | None) -> None:
+
+def _keys_in(path: str) -> set[tuple[str, int, str]]:
+    keys: set[tuple[str, int, str]] = set()
+    with open(path, "rb") as existing:
+        for line in existing:
+            try:
+                key = _key(orjson.loads(line))
+            except (orjson.JSONDecodeError, AttributeError):
+                continue  # a torn last line of a killed run
+            if key is not None:
+                keys.add(key)
+    return keys
+
+
+DEAD_LETTER_PART = "dead_letters"
+
+
+class DeadLetterSink(FixedPartitionedSink[DeadLetter, int | None]):
+    """Appends rejected events with their reason to a JSONL file (``None``: count only).
+
+    One partition, so one worker of the whole cluster owns the file; items are
+    ``(DEAD_LETTER_PART, letter)``. ``recoverable``: the run resumes from recovery state,
+    and a restart must not write a line's dead letter twice.
+    """
+
+    def __init__(self, path: str | None, recoverable: bool = False) -> None:
         self.path = path
+        self.recoverable = recoverable
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
-        return _DeadLetterPartition(self.path)
+    def list_parts(self) -> list[str]:
+        return [DEAD_LETTER_PART]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DeadLetterFile:
+        return _DeadLetterFile(self.path, resume_state, self.recoverable)

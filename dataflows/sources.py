@@ -11,6 +11,7 @@ or is parsed at end of file.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import select
@@ -28,7 +29,7 @@ from spendwatch.core import stats
 from spendwatch.core.logging import get_logger
 from spendwatch.dataflows.decodepool import MIN_BACKLOG_BLOCKS, DecodePool, helper_count
 from spendwatch.ingest.decoding import DecodedBlock
-from spendwatch.ingest.events import ParsedBatch
+from spendwatch.ingest.events import DeadLetter, ParsedBatch
 from spendwatch.ingest.jsonl import JsonlSourceConfig
 from spendwatch.ingest.parser import ParserSettings, parser_for
 
@@ -44,6 +45,8 @@ def record_batch(batch: ParsedBatch) -> None:
     counters.events += batch.size
     counters.duplicates += batch.duplicates
     counters.blank_lines += batch.blank_lines
+    counters.late_events += batch.late
+    counters.dedup_unchecked += batch.unchecked
     counters.dead_lettered += len(batch.dead)
     for dead in batch.dead:
         counters.dead_reasons[dead.reason.split(":", 1)[0]] += 1
@@ -53,6 +56,28 @@ def record_batch(batch: ParsedBatch) -> None:
     counters.fallback_priced.update(batch.fallback_priced)
 
 
+def with_offsets(dead: list[DeadLetter], block: bytes, block_offset: int) -> list[DeadLetter]:
+    """The dead letters of a block, each with the byte offset of its line in the file.
+
+    A dead letter's raw bytes are its line (stripped), found in the block in order: the
+    decoder lists undecodable lines, then rejected rows, each list in input order.
+    """
+    placed: list[DeadLetter] = []
+    cursors: dict[bool, int] = {}
+    for letter in dead:
+        kind = letter.reason.startswith(_DECODE_REASONS)
+        at = block.find(letter.raw, cursors.get(kind, 0)) if letter.raw else -1
+        if at < 0:
+            at = block.find(letter.raw) if letter.raw else -1
+        if at >= 0:
+            cursors[kind] = at + max(len(letter.raw), 1)
+        offset = block_offset + at if at >= 0 else None
+        placed.append(dataclasses.replace(letter, offset=offset))
+    return placed
+
+
+# Reasons given by decoding itself (not by the bounds checked after it).
+_DECODE_REASONS = ("invalid event", "malformed JSON", "undecodable line", "event is ")
 
 
 class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
@@ -140,6 +165,8 @@ class _LinePartition(StatefulSourcePartition[ParsedBatch, Any]):
                 log.warning("decode helper failed on a block", error=type(error).__name__)
                 decoded = self._parser.decoder.decode_block(block, self._parser.source)
         batch = self._parser.finish(decoded)
+        if batch.dead:
+            batch.dead = with_offsets(batch.dead, block, self._offset)
         self._offset += consumed
         record_batch(batch)
         return batch
@@ -181,6 +208,7 @@ class _FilePartition(_LinePartition):
         if resume is not None:
             self._offset, dedup = resume
             self._parser.restore(dedup)
+            stats.add_tally(self._parser.tally)
         elif self._file.read(len(_BOM)) == _BOM:  # editors' byte-order mark: not a line
             self._offset = len(_BOM)
         self._file.seek(self._offset)

@@ -62,7 +62,9 @@ class EngineConfig(StrictModel):
         default=300, description="event-time delay before a window closes"
     )
     dedup_horizon: Duration = Field(
-        default=3600, description="event time for which repeated event_ids are dropped"
+        default=172800,
+        description="event time (behind the stream time) for which repeated event_ids are "
+        "dropped, each looked up by its own event hour",
     )
     shards: int = Field(
         default=16, ge=1, le=4096, description="state shards (keep fixed across restarts)"
@@ -210,6 +212,7 @@ class SpendwatchConfig(BaseSettings):
             dedup_horizon=engine.dedup_horizon,
             max_event_bytes=engine.max_event_bytes,
             bounds=EventBounds.from_engine(engine),
+            allowed_lateness=engine.allowed_lateness,
         )
 
     def used_dimensions(self) -> list[str]:

@@ -17,6 +17,8 @@ class RunStats:
     duplicates: int = 0
     blank_lines: int = 0
     late_events: int = 0
+    # events older than the oldest dedup bucket held: admitted without a duplicate check
+    dedup_unchecked: int = 0
     windows_closed: int = 0
     # scopes forgotten to stay within max_scopes (budgets: lowest spenders; detectors: quietest)
     evicted_scopes: int = 0
@@ -37,6 +39,7 @@ class RunStats:
             "duplicates": self.duplicates,
             "blank_lines": self.blank_lines,
             "late_events": self.late_events,
+            "dedup_unchecked": self.dedup_unchecked,
             "windows_closed": self.windows_closed,
             "evicted_scopes": self.evicted_scopes,
             "fallback_priced": dict(self.fallback_priced),
@@ -46,6 +49,39 @@ class RunStats:
 
 
 STATS = RunStats()
+
+# What a source partition counts (its snapshot's tally) and a shard engine counts (its
+# snapshot's counters): restored with the state, so a restart or a reload, which re-reads
+# the input after the last snapshot, counts each event once.
+INGEST_FIELDS = (
+    "events",
+    "duplicates",
+    "blank_lines",
+    "dead_lettered",
+    "late_events",
+    "dedup_unchecked",
+)
+ENGINE_FIELDS = ("windows_closed", "evicted_scopes")
+
+
+def forget_input_counts() -> None:
+    """Zero what the restored state will count again (before the dataflow restarts)."""
+    counters = current()
+    with counters.lock:
+        for name in (*INGEST_FIELDS, *ENGINE_FIELDS):
+            setattr(counters, name, 0)
+        counters.dead_reasons.clear()
+        counters.fallback_priced.clear()
+
+
+def add_tally(tally: dict) -> None:
+    """Add a restored partition's tally (see :func:`spendwatch.ingest.parser.new_tally`)."""
+    counters = current()
+    with counters.lock:
+        for name in INGEST_FIELDS:
+            setattr(counters, name, getattr(counters, name) + tally.get(name, 0))
+        counters.dead_reasons.update(tally.get("dead_reasons", {}))
+        counters.fallback_priced.update(tally.get("fallback_priced", {}))
 
 
 def reset() -> RunStats:

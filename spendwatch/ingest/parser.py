@@ -7,8 +7,11 @@ applied here, in input order.
 
 from __future__ import annotations
 
+import copy
 import heapq
+import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from spendwatch.ingest.decoding import BlockDecoder, DecodedBlock
-from spendwatch.ingest.events import UNATTRIBUTED, DeadLetter, DedupWindow, EventBounds, ParsedBatch
+from spendwatch.ingest.events import (
+    MAX_EVENT_TS,
+    MIN_EVENT_TS,
+    UNATTRIBUTED,
+    DeadLetter,
+    DedupWindow,
+    EventBounds,
+    ParsedBatch,
+    id_keys,
+)
 from spendwatch.ingest.pricing import PriceTable, PricingConfig
 
 STREAM_TIME_QUORUM = 3
@@ -38,9 +50,11 @@ class StreamClock:
     def observe(self, ts: np.ndarray) -> float | None:
         """Take a batch's admitted times; the stream time after them (None: too few yet)."""
         if ts.shape[0]:
-            top = ts if ts.shape[0] <= STREAM_TIME_QUORUM else np.partition(
-                ts, -STREAM_TIME_QUORUM
-            )[-STREAM_TIME_QUORUM:]
+            top = (
+                ts
+                if ts.shape[0] <= STREAM_TIME_QUORUM
+                else np.partition(ts, -STREAM_TIME_QUORUM)[-STREAM_TIME_QUORUM:]
+            )
             for value in top.tolist():
                 if len(self.largest) < STREAM_TIME_QUORUM:
                     heapq.heappush(self.largest, value)
@@ -66,12 +80,15 @@ class EventParser:
         source: str = "",
         bounds: EventBounds | None = None,
         wall_clock: Callable[[], float] | None = None,
+        allowed_lateness: float = 300,
     ) -> None:
         self.decoder = BlockDecoder(prices, dimensions, max_event_bytes, bounds, wall_clock)
         self.dimensions = self.decoder.dimensions
         self.dedup = DedupWindow(dedup_horizon)
         self.clock = StreamClock()
         self.source = source
+        self.allowed_lateness = allowed_lateness
+        self.tally = new_tally()
 
     def parse(self, lines: Sequence[bytes]) -> ParsedBatch:
         """Validate, dedup and price one event per item (lines without their newlines)."""
@@ -88,24 +105,19 @@ class EventParser:
             batch = ParsedBatch.empty(self.dimensions)
             batch.dead = dead
             batch.blank_lines = decoded.blank
+            self._tally(batch)
             return batch
         count = decoded.size
         ts, spend, numbers = decoded.ts, decoded.spend_nanos, decoded.numbers
         rejected = decoded.rejected
+        admissible = np.ones(count, dtype=bool)
         if rejected:
-            bad = np.zeros(count, dtype=bool)
-            bad[[row for row, _, _ in rejected]] = True
-            admissible = ts[~bad]
-            horizon_ts = float(admissible.max()) if admissible.shape[0] else None
-        else:
-            horizon_ts = float(ts.max())
-        if horizon_ts is not None:  # a rejected time (year 9999) never ages the dedup window
-            self.dedup.advance(horizon_ts)
-        first_seen = self.dedup.filter_new(decoded.event_ids)
-        valid = np.ones(count, dtype=bool)
-        if first_seen is not None:
-            valid[:] = False
-            valid[first_seen] = True
+            admissible[[row for row, _, _ in rejected]] = False
+        # A time outside the years 2000-2100 (a rejected line) has no bucket to be held in.
+        checkable = (ts >= MIN_EVENT_TS) & (ts < MAX_EVENT_TS)
+        valid, unchecked, late = self._deduplicate(
+            ts, id_keys(decoded.event_ids), checkable, admissible
+        )
         keep = valid.copy()
         for row, reason, raw in rejected:
             if valid[row] and keep[row]:  # a repeat of a rejected line is a duplicate
@@ -120,8 +132,7 @@ class EventParser:
             models = models.take(positions)
             dims = {d: column.take(positions) for d, column in dims.items()}
         fallback_counts = np.bincount(models.codes[fallback_used], minlength=len(models.values))
-        stream_time = self.clock.observe(ts)
-        return ParsedBatch(
+        batch = ParsedBatch(
             ts=ts,
             spend_nanos=spend,
             requests=numbers[:, 3].copy(),
@@ -132,16 +143,77 @@ class EventParser:
             dead=dead,
             duplicates=int(count - valid.sum()),
             blank_lines=decoded.blank,
+            late=late,
+            unchecked=int((unchecked & keep).sum()),
             fallback_priced={
                 str(models.values[code] or UNATTRIBUTED): int(n)
                 for code, n in enumerate(fallback_counts.tolist())
                 if n
             },
-            stream_time=stream_time,
+            stream_time=self.clock.time(),
         )
+        self._tally(batch)
+        return batch
+
+    def _deduplicate(
+        self, ts: np.ndarray, keys: np.ndarray, checkable: np.ndarray, admissible: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(first-seen mask, unchecked mask, late count), each event decided as an
+        event-by-event pass would: against the dedup floor and stream time as they stood
+        just before it. So the outcome is the same however the input is cut into batches
+        (a restart resumes at another cut than the unbroken run had).
+
+        The floor moves only when the stream time crosses a bucket boundary: a batch is
+        decided in one piece unless it does, and is then split where it does.
+        """
+        count = ts.shape[0]
+        valid = np.ones(count, dtype=bool)
+        unchecked = np.zeros(count, dtype=bool)
+        late = 0
+        dedup, lateness = self.dedup, self.allowed_lateness
+        dedup.set_floor(self.clock.time())
+        start = 0
+        while start < count:
+            stop = count
+            piece = slice(start, stop)
+            fresh, old, additions = dedup.check(ts[piece], keys[piece], checkable[piece])
+            kept = np.flatnonzero(fresh & admissible[piece])
+            before, heap = _running_quorum(self.clock.largest, ts[piece][kept])
+            floors = np.floor((before - dedup.horizon) / dedup.bucket) * dedup.bucket
+            moved = np.flatnonzero(floors > dedup.floor)
+            if moved.shape[0]:  # decided so far only up to the first event the move affects
+                cut = int(kept[moved[0]])
+                stop = start + max(cut, 1)
+                piece = slice(start, stop)
+                fresh, old, additions = dedup.check(ts[piece], keys[piece], checkable[piece])
+                kept = kept[: moved[0]]
+                before, heap = _running_quorum(self.clock.largest, ts[piece][kept])
+            dedup.commit(additions)
+            valid[piece], unchecked[piece] = fresh, old
+            late += int((ts[piece][kept] < before - lateness).sum())
+            self.clock.largest = heap
+            dedup.set_floor(self.clock.time())
+            start = stop
+        return valid, unchecked, late
+
+    def _tally(self, batch: ParsedBatch) -> None:
+        tally = self.tally
+        tally["events"] += batch.size
+        tally["duplicates"] += batch.duplicates
+        tally["blank_lines"] += batch.blank_lines
+        tally["dead_lettered"] += len(batch.dead)
+        tally["late_events"] += batch.late
+        tally["dedup_unchecked"] += batch.unchecked
+        for letter in batch.dead:
+            tally["dead_reasons"][letter.reason.split(":", 1)[0]] += 1
+        tally["fallback_priced"].update(batch.fallback_priced)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"dedup": self.dedup.snapshot(), "stream_clock": list(self.clock.largest)}
+        return {
+            "dedup": self.dedup.snapshot(),
+            "stream_clock": list(self.clock.largest),
+            "tally": copy.deepcopy(self.tally),
+        }
 
     def restore(self, state: Any) -> None:
         if state is None:
@@ -150,8 +222,43 @@ class EventParser:
             self.dedup.restore(state["dedup"])
             self.clock.largest = list(state["stream_clock"])
             heapq.heapify(self.clock.largest)
+            if "tally" in state:
+                self.tally = copy.deepcopy(state["tally"])
         else:  # snapshots before the stream clock held the dedup window only
             self.dedup.restore(state)
+
+
+def new_tally() -> dict[str, Any]:
+    """What a partition has counted since it started: part of its snapshot, so a restart
+    or a reload counts each event once."""
+    return {
+        "events": 0,
+        "duplicates": 0,
+        "blank_lines": 0,
+        "dead_lettered": 0,
+        "late_events": 0,
+        "dedup_unchecked": 0,
+        "dead_reasons": Counter(),
+        "fallback_priced": Counter(),
+    }
+
+
+def _running_quorum(largest: list[float], values: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """The stream time just before each of ``values`` (−inf while fewer than the quorum
+    were seen), and the heap after them all; ``largest`` is not changed."""
+    heap = list(largest)
+    before: list[float] = []
+    push, replace, quorum = heapq.heappush, heapq.heapreplace, STREAM_TIME_QUORUM
+    minus_inf = -math.inf
+    for value in values.tolist():
+        if len(heap) < quorum:
+            before.append(minus_inf)
+            push(heap, value)
+        else:
+            before.append(heap[0])
+            if value > heap[0]:
+                replace(heap, value)
+    return np.array(before, dtype=np.float64), heap
 
 
 @dataclass(frozen=True)
@@ -164,6 +271,7 @@ class ParserSettings:
     dedup_horizon: int
     max_event_bytes: int = 65536
     bounds: EventBounds = field(default_factory=EventBounds)
+    allowed_lateness: int = 300
 
 
 def parser_for(
@@ -182,5 +290,5 @@ def parser_for(
         source=source,
         bounds=settings.bounds,
         wall_clock=clock if live else None,
+        allowed_lateness=settings.allowed_lateness,
     )
-

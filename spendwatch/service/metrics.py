@@ -36,8 +36,15 @@ class WorkerCollector(Collector):
         yield dead
         yield _counter(
             "spendwatch_late_events",
-            "Events later than the allowed lateness (counted in budgets, not in detectors)",
+            "Events more than the allowed lateness behind their partition's stream time "
+            "(each once; counted in budgets, not in detectors whose window closed)",
             counters.late_events,
+        )
+        yield _counter(
+            "spendwatch_dedup_unchecked_events",
+            "Events older than the oldest dedup bucket held (engine.dedup_horizon): admitted "
+            "without a duplicate check",
+            counters.dedup_unchecked,
         )
         unpriced = CounterMetricFamily(
             "spendwatch_fallback_priced_events",

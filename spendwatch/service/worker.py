@@ -129,6 +129,9 @@ class Worker:
 
         view = liveview.current()
         while not self._stopping:
+            # A restart (a reload) re-reads the input after the last snapshot: the counts
+            # start again from what the restored state counted.
+            stats.forget_input_counts()
             log.info(
                 "starting",
                 config=self.options.config_path,
@@ -139,7 +142,7 @@ class Worker:
             )
             view.clear_shards()
             outbox = build_outbox(self.config, path=self._outbox_path()).start()
-            flow = get_flow(self.config, outbox=outbox)
+            flow = get_flow(self.config, outbox=outbox, recoverable=bool(self.options.state_dir))
             view.ready.set()
             try:
                 self._running = True
