@@ -10,11 +10,11 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import REGISTRY
 
 from spendwatch.notifiers.base import NotifyError
 from spendwatch.notifiers.outbox import DeliveryConfig, Outbox
 from spendwatch.notifiers.router import Dispatcher, Match, RouteConfig, SilenceConfig
+from spendwatch.service.metrics import build_registry
 from tests.notifier_kit import Recorder, anomaly_alert, budget_alert
 
 FAST = DeliveryConfig(backoff_initial=0.01, backoff_max=0.05)
@@ -121,7 +121,8 @@ def test_retry_after_is_honoured_and_backoff_grows(tmp_path):
 
 
 def _counter(receiver: str, outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
+    """The delivery counter as the worker's /metrics registry exports it."""
+    value = build_registry().get_sample_value(
         "spendwatch_deliveries_total", {"receiver": receiver, "outcome": outcome}
     )
     return value or 0.0
