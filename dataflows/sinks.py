@@ -68,12 +68,13 @@ class AlertSink(DynamicSink[Alert]):
 
 
 class _DeadLetterFile(StatefulSinkPartition[DeadLetter, int | None]):
-    """The dead-letter file, written exactly once per input line.
+    """The dead-letter file, written once per input line across restarts.
 
-    Its snapshot is the file's length, taken in the same epoch as the source offsets:
-    on recovery the file is cut back to it, and the replayed input writes the rest again.
-    Before the first snapshot of a recoverable run there is nothing to cut back to, so
-    rows already in the file are skipped by their key (source, offset, raw line).
+    Its snapshot is the file's length. Bytewax writes a sink's items as they arrive, so
+    the length snapshotted at the end of an epoch may already include rows of the next
+    epoch, which a restart replays: on recovery the file is cut back to the snapshot's
+    length (rows of epochs never committed), and the rows still in it are skipped by
+    their key (source, offset, raw line) when the replay brings them again.
     """
 
     def __init__(self, path: str | None, resume: int | None, recoverable: bool) -> None:
@@ -81,19 +82,17 @@ class _DeadLetterFile(StatefulSinkPartition[DeadLetter, int | None]):
         self._written: set[tuple[str, int, str]] = set()
         if not path:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        # raw rejected lines may carry whatever a client sent: owner-only
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = _open_dead_letters(path)
         size = os.fstat(self._fd).st_size
-        if resume is not None:
-            if size > resume:
-                log.info(
-                    "dead letters after the snapshot are written again",
-                    path=path,
-                    cut_bytes=size - resume,
-                )
-                os.ftruncate(self._fd, resume)
-        elif recoverable and size:
+        if resume is not None and size > resume:
+            log.info(
+                "dead letters after the snapshot are written again",
+                path=path,
+                cut_bytes=size - resume,
+            )
+            os.ftruncate(self._fd, resume)
+            size = resume
+        if recoverable and size:
             self._written = _keys_in(path)
 
     def write_batch(self, items: Sequence[DeadLetter]) -> None:
@@ -111,6 +110,12 @@ class _DeadLetterFile(StatefulSinkPartition[DeadLetter, int | None]):
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
+
+
+def _open_dead_letters(path: str) -> int:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # raw rejected lines may carry whatever a client sent: owner-only
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 
 def _key(record: dict[str, Any]) -> tuple[str, int, str] | None:
@@ -147,6 +152,8 @@ class DeadLetterSink(FixedPartitionedSink[DeadLetter, int | None]):
     def __init__(self, path: str | None, recoverable: bool = False) -> None:
         self.path = path
         self.recoverable = recoverable
+        if path:  # exists from the start, even if nothing is rejected
+            os.close(_open_dead_letters(path))
 
     def list_parts(self) -> list[str]:
         return [DEAD_LETTER_PART]
