@@ -179,14 +179,17 @@ class EventParser:
             fresh, old, additions = dedup.check(ts[piece], keys[piece], checkable[piece])
             kept = np.flatnonzero(fresh & admissible[piece])
             before, heap = _running_quorum(self.clock.largest, ts[piece][kept])
-            floors = np.floor((before - dedup.horizon) / dedup.bucket) * dedup.bucket
+            # The stream time after each kept event: where the floor may move.
+            end = heap[0] if len(heap) >= STREAM_TIME_QUORUM else -math.inf
+            after = np.append(before[1:], end) if kept.shape[0] else before
+            floors = np.floor((after - dedup.horizon) / dedup.bucket) * dedup.bucket
             moved = np.flatnonzero(floors > dedup.floor)
-            if moved.shape[0]:  # decided so far only up to the first event the move affects
-                cut = int(kept[moved[0]])
-                stop = start + max(cut, 1)
+            if moved.shape[0] and int(kept[moved[0]]) + 1 < stop - start:
+                # Decided only up to the event that moves the floor: the rest again.
+                stop = start + int(kept[moved[0]]) + 1
                 piece = slice(start, stop)
                 fresh, old, additions = dedup.check(ts[piece], keys[piece], checkable[piece])
-                kept = kept[: moved[0]]
+                kept = kept[: moved[0] + 1]
                 before, heap = _running_quorum(self.clock.largest, ts[piece][kept])
             dedup.commit(additions)
             valid[piece], unchecked[piece] = fresh, old
