@@ -4,6 +4,7 @@ a snapshot is restored."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from datetime import datetime, timedelta, timezone
@@ -70,7 +71,7 @@ def _replay(lines: list[bytes], cuts: list[int], restore_at: set[int]) -> tuple:
     spend = 0
     counts = np.zeros(3, dtype=np.int64)
     bounds = [0, *cuts, len(lines)]
-    for index, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
+    for index, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         if index in restore_at:  # a restart: a fresh parser from the snapshot
             state = p.snapshot()
             p = parser(horizon=3 * HOUR)
