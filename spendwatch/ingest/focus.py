@@ -15,10 +15,19 @@ Mapping (FOCUS column -> event field):
   credit or adjustment (providers issue negative *usage* lines as corrections) and
   any ``ChargeClass: Correction`` line become ``adjustment``: they reduce budget totals
   but are not anomaly input, where a refund would look like a drop in usage.
-* ``columns`` (default: provider, service, tenant and two labels) -> dimensions
+* ``columns`` (default: provider, service, tenant and two labels) -> dimensions; a
+  dimension may name several columns, the first non-null one wins (``ServiceProviderName``
+  of FOCUS 1.3, else ``ProviderName`` of earlier versions)
 * every key of the ``Tags`` JSON object -> ``labels.KEY``
-* ``Id`` -> ``event_id`` when the export has it, else a hash of the whole row
-* the literal ``NULL`` (and empty cells) -> missing
+* AI rows (FOCUS 1.2+): ``SkuPriceDetails.ModelId`` -> ``model``; ``ConsumedQuantity`` with
+  ``ConsumedUnit: Tokens`` -> ``input_tokens`` / ``output_tokens`` by ``TokenDirection``
+  (or the ``SkuMeter``, for the older layout), cache reads (``TokenCacheAction: Read``, the
+  older ``CacheRole: Read``) also -> ``cached_input_tokens``
+* ``Id`` -> ``event_id`` when the export has it, else a hash of the row's FOCUS columns
+* ``x_`` (provider extension) columns are not read, and not part of the row hash
+* empty cells, ``NULL``, ``null`` and ``(null)`` -> missing
+* a correction booked in a later billing period keeps the time of the charge period it
+  corrects, unless ``corrections_count_in: billing_period``
 """
 
 from __future__ import annotations
@@ -40,11 +49,19 @@ from spendwatch.core.configtypes import Dimension, StrictModel
 from spendwatch.ingest.events import NON_ANOMALY_CATEGORIES, DeadLetter
 
 TS_COLUMN = "ChargePeriodStart"
+BILLING_PERIOD_COLUMN = "BillingPeriodStart"
 CATEGORY_COLUMN = "ChargeCategory"
 CLASS_COLUMN = "ChargeClass"
 COST_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost", "ContractedCost")
-DEFAULT_COLUMNS: dict[str, str] = {
-    "provider": "ProviderName",
+SKU_DETAILS_COLUMN = "SkuPriceDetails"
+QUANTITY_COLUMN = "ConsumedQuantity"
+UNIT_COLUMN = "ConsumedUnit"
+METER_COLUMN = "SkuMeter"
+NULLS = frozenset({"", "NULL", "null", "(null)"})
+EXTENSION_PREFIX = "x_"
+DEFAULT_COLUMNS: dict[str, str | list[str]] = {
+    "provider": ["ServiceProviderName", "ProviderName"],
+    "labels.host_provider": ["HostProviderName", "PublisherName"],
     "service": "ServiceName",
     "tenant": "SubAccountName",
     "labels.service_category": "ServiceCategory",
@@ -65,9 +82,10 @@ class FocusSourceConfig(StrictModel):
         description="column that becomes cost_usd: BilledCost (invoiced), EffectiveCost "
         "(amortised, after commitment discounts), ListCost, ContractedCost",
     )
-    columns: dict[Dimension, str] = Field(
+    columns: dict[Dimension, str | list[str]] = Field(
         default_factory=lambda: dict(DEFAULT_COLUMNS),
-        description="dimension (standard or labels.KEY) -> FOCUS column",
+        description="dimension (standard or labels.KEY) -> FOCUS column, or a list of "
+        "columns of which the first non-null one is used",
     )
     tags_column: str | None = Field(
         default="Tags", description="JSON object column whose keys become labels.KEY"
@@ -75,7 +93,21 @@ class FocusSourceConfig(StrictModel):
     id_column: str | None = Field(
         default="Id", description="row id column, used when present; else a hash of the row"
     )
-    null: str = Field(default="NULL", description="cell text that means a missing value")
+    null: str = Field(
+        default="NULL",
+        description="cell text that means a missing value, besides empty, NULL, null, (null)",
+    )
+    corrections_count_in: Literal["charge_period", "billing_period"] = Field(
+        default="charge_period",
+        description="ChargeClass Correction rows: charge_period books them at the "
+        "ChargePeriodStart they correct; billing_period at the (later) BillingPeriodStart "
+        "of the invoice that carries them",
+    )
+    ai_usage: bool = Field(
+        default=True,
+        description="read model (SkuPriceDetails.ModelId) and token counts "
+        "(ConsumedQuantity in Tokens) from AI model rows",
+    )
     currency_column: str = Field(
         default="BillingCurrency", description="column naming each row's billing currency"
     )
@@ -110,14 +142,18 @@ class FocusMapper:
     def __init__(self, config: FocusSourceConfig, source: str = "") -> None:
         self.config = config
         self.source = source
-        self._null = config.null
+        self._nulls = NULLS | {config.null}
         self._rates = {"USD": 1.0, **{k.upper(): v for k, v in config.currency_rates.items()}}
+        columns = {
+            dim: (column,) if isinstance(column, str) else tuple(column)
+            for dim, column in config.columns.items()
+        }
         self._dimensions = [
-            (dim, column) for dim, column in config.columns.items() if not dim.startswith("labels.")
+            (dim, names) for dim, names in columns.items() if not dim.startswith("labels.")
         ]
         self._labels = [
-            (dim[len("labels.") :], column)
-            for dim, column in config.columns.items()
+            (dim[len("labels.") :], names)
+            for dim, names in columns.items()
             if dim.startswith("labels.")
         ]
 
@@ -153,6 +189,7 @@ class FocusMapper:
         start = self._cell(row, TS_COLUMN)
         if start is None:
             raise FocusRowError(f"{TS_COLUMN} is missing")
+        ts = _timestamp(start, TS_COLUMN)
         cost = self._cell(row, cost_column)
         if cost is None:
             raise FocusRowError(f"{cost_column} is missing")
@@ -160,32 +197,89 @@ class FocusMapper:
         category = str(self._cell(row, CATEGORY_COLUMN) or "usage").lower()
         charge_class = str(self._cell(row, CLASS_COLUMN) or "").lower()
         refund = cost_usd < 0 and category not in NON_ANOMALY_CATEGORIES
-        if refund or charge_class == "correction":
-            category = "adjustment"
+        correction = charge_class == "correction"
+        if correction and self.config.corrections_count_in == "billing_period":
+            billed = self._cell(row, BILLING_PERIOD_COLUMN)
+            if billed is not None:
+                billed_ts = _timestamp(billed, BILLING_PERIOD_COLUMN)
+                if _epoch(billed_ts) > _epoch(ts):
+                    ts = billed_ts
         event: dict[str, Any] = {
             "event_id": self._event_id(row),
-            "ts": _timestamp(start),
+            "ts": ts,
             "cost_usd": cost_usd,
             "charge_category": category,
         }
-        for dimension, column in self._dimensions:
-            value = self._cell(row, column)
+        if self.config.ai_usage:
+            negative = self._ai_usage(row, event)
+            refund = refund or negative
+        if refund or correction:
+            event["charge_category"] = "adjustment"
+        for dimension, columns in self._dimensions:
+            value = self._first(row, columns)
             if value is not None:
                 event[dimension] = str(value)
         labels = self._tags(row)
-        for key, column in self._labels:
-            value = self._cell(row, column)
+        for key, columns in self._labels:
+            value = self._first(row, columns)
             if value is not None:
                 labels[key] = str(value)
         if labels:
             event["labels"] = labels
         return event
 
+    def _ai_usage(self, row: Mapping[str, Any], event: dict[str, Any]) -> bool:
+        """Model and token counts of an AI model row into ``event``; True when the token
+        quantity is negative (a correction: its tokens are left out, its cost counts)."""
+        details = self._cell(row, SKU_DETAILS_COLUMN)
+        if details is None:
+            return False
+        if isinstance(details, str):
+            try:
+                details = orjson.loads(details)
+            except orjson.JSONDecodeError as error:
+                raise FocusRowError(f"{SKU_DETAILS_COLUMN} is not JSON: {error}") from None
+        elif isinstance(details, list):  # Parquet map columns arrive as (key, value) pairs
+            details = dict(details)
+        if not isinstance(details, dict):
+            raise FocusRowError(f"{SKU_DETAILS_COLUMN} is not a JSON object")
+        model = details.get("ModelId")
+        if model in (None, "") or not isinstance(model, (str, int, float)):
+            return False
+        event["model"] = str(model)
+        unit = self._cell(row, UNIT_COLUMN)
+        quantity = self._cell(row, QUANTITY_COLUMN)
+        if quantity is None or unit is None or str(unit).strip().lower() != "tokens":
+            return False
+        tokens = _number(quantity, QUANTITY_COLUMN)
+        if tokens < 0:
+            return True
+        count = round(tokens)
+        direction = str(details.get("TokenDirection") or "").lower()
+        if not direction:  # the older layout: the direction is in the meter's name
+            meter = str(self._cell(row, METER_COLUMN) or "").lower()
+            direction = "output" if "output" in meter else "input" if "input" in meter else ""
+        if direction == "output":
+            event["output_tokens"] = count
+        elif direction == "input":
+            event["input_tokens"] = count
+            cache = details.get("TokenCacheAction") or details.get("CacheRole") or ""
+            if str(cache).lower() == "read":
+                event["cached_input_tokens"] = count
+        return False
+
     def _cell(self, row: Mapping[str, Any], column: str) -> Any:
         value = row.get(column)
-        if value is None or (isinstance(value, str) and (value == self._null or value == "")):
+        if value is None or (isinstance(value, str) and value.strip() in self._nulls):
             return None
         return value
+
+    def _first(self, row: Mapping[str, Any], columns: Sequence[str]) -> Any:
+        for column in columns:
+            value = self._cell(row, column)
+            if value is not None:
+                return value
+        return None
 
     def _rate(self, row: Mapping[str, Any]) -> float:
         currency = self._cell(row, self.config.currency_column)
@@ -203,7 +297,11 @@ class FocusMapper:
             value = self._cell(row, self.config.id_column)
             if value is not None:
                 return str(value)
-        material = "\x1f".join(f"{k}\x1e{_jsonable(v)}" for k, v in row.items())
+        material = "\x1f".join(
+            f"{k}\x1e{_jsonable(v)}"
+            for k, v in row.items()
+            if not (isinstance(k, str) and k.startswith(EXTENSION_PREFIX))
+        )
         return "focus-" + hashlib.sha256(material.encode("utf-8")).hexdigest()[:32]
 
     def _tags(self, row: Mapping[str, Any]) -> dict[str, str]:
@@ -241,7 +339,11 @@ def _number(value: Any, column: str) -> float:
     return number
 
 
-def _timestamp(value: Any) -> str:
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _timestamp(value: Any, column: str = TS_COLUMN) -> str:
     """RFC 3339 text for the parser; naive timestamps are UTC (FOCUS exports omit the offset)."""
     if isinstance(value, str):
         text = value.strip()
@@ -250,11 +352,11 @@ def _timestamp(value: Any) -> str:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            raise FocusRowError(f"{TS_COLUMN} {value!r} is not a timestamp") from None
+            raise FocusRowError(f"{column} {value!r} is not a timestamp") from None
     elif isinstance(value, datetime):
         moment = value
     else:
-        raise FocusRowError(f"{TS_COLUMN} {value!r} is not a timestamp")
+        raise FocusRowError(f"{column} {value!r} is not a timestamp")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.isoformat()
