@@ -30,7 +30,12 @@ class ConsoleConfig(StrictModel):
 def render_line(alert: Alert) -> str:
     """One human line: status, rule, scope, observed vs expected, score, window."""
     scope = ",".join(f"{k}={v}" for k, v in alert.scope.items()) or "all"
-    if alert.kind == "budget":
+    if alert.kind == "budget" and alert.status == "resolved":
+        detail = (
+            f"period {alert.period} ended at ${alert.observed:,.2f} of ${alert.expected:,.2f} "
+            f"({alert.score:.1f}%, threshold {alert.threshold:g}%)"
+        )
+    elif alert.kind == "budget":
         detail = (
             f"${alert.observed:,.2f} of ${alert.expected:,.2f} ({alert.score:.1f}% >= "
             f"{alert.threshold:g}%) period {alert.period}"
@@ -39,7 +44,8 @@ def render_line(alert: Alert) -> str:
         detail = f"projected {alert.score:.0f}% of ${alert.expected:,.2f} in {alert.period}"
     else:
         detail = (
-            f"{alert.metric} {_num(alert.observed)} vs expected {_num(alert.expected)} "
+            f"{render.amount(alert.metric, alert.observed)} vs expected "
+            f"{render.amount(alert.metric, alert.expected)} "
             f"(z={alert.score:.1f}, threshold {alert.threshold:g})"
         )
     marker = "FIRING" if alert.status == "firing" else "RESOLVED"
@@ -58,10 +64,6 @@ def render_line(alert: Alert) -> str:
 def json_line(alert: Alert) -> str:
     """The alert's JSON on one line, with no raw character a terminal acts on."""
     return render.CONTROL.sub(lambda m: f"\\u{ord(m.group(0)):04x}", alert.to_json_bytes().decode())
-
-
-def _num(value: float) -> str:
-    return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
 @register_notifier("console", ConsoleConfig)

@@ -10,9 +10,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from spendwatch import __version__
 from spendwatch.config import ConfigError, SpendwatchConfig, config_json_schema, load_config
 from spendwatch.core import stats
-from spendwatch.core.logging import configure, get_logger
+from spendwatch.core.logging import configure, get_logger, status
+
+_LEVELS = ["debug", "info", "warning", "error", "critical"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,13 +24,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return args.handler(args)
+    try:
+        code = args.handler(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # the reader went away (``spendwatch schema | head``): stop quietly, like cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spendwatch", description="Streaming FinOps anomaly and budget alerting."
     )
+    parser.add_argument("--version", action="version", version=f"spendwatch {__version__}")
     commands = parser.add_subparsers(dest="command")
 
     run = commands.add_parser("run", help="run the long-lived worker")
@@ -44,11 +56,17 @@ def _parser() -> argparse.ArgumentParser:
         "--addresses", help="host:port of every cluster process, separated by ';' (Bytewax)"
     )
     run.add_argument("--dump-state", help="write budgets and counters as JSON here on exit")
-    run.add_argument("--log-level", default="info")
+    run.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=_LEVELS,
+        help="least severe log level",
+    )
     run.set_defaults(handler=_cmd_run)
 
     backtest = commands.add_parser("backtest", help="replay history and write the alerts raised")
-    backtest.add_argument("--config", required=True)
+    backtest.add_argument("--config", required=True, help="YAML config file")
     backtest.add_argument(
         "--input",
         required=True,
@@ -59,9 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--deliver", action="store_true", help="also deliver to the configured receivers"
     )
-    backtest.add_argument("--workers", type=int, default=1)
+    backtest.add_argument("--workers", type=int, default=1, help="worker threads")
     backtest.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
-    backtest.add_argument("--log-level", default="warning")
+    backtest.add_argument(
+        "--log-level",
+        default="warning",
+        type=str.lower,
+        choices=_LEVELS,
+        help="least severe log level",
+    )
     backtest.add_argument(
         "--incidents", help="JSON of known incidents (demo --incidents-out): false alerts/day"
     )
@@ -71,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     explain = commands.add_parser(
         "explain", help="baseline, window value and z of one scope at one time"
     )
-    explain.add_argument("--config", required=True)
+    explain.add_argument("--config", required=True, help="YAML config file")
     explain.add_argument("--input", required=True, help="JSONL usage events")
     explain.add_argument(
         "--scope", required=True, help="e.g. tenant=acme or tenant=acme,feature=chat"
@@ -81,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.set_defaults(handler=_cmd_explain)
 
     check = commands.add_parser("check-config", help="validate config files")
-    check.add_argument("files", nargs="+")
+    check.add_argument("files", nargs="+", metavar="FILE", help="YAML config files")
     check.set_defaults(handler=_cmd_check)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the config")
@@ -94,10 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     reference.set_defaults(handler=_cmd_config_reference)
 
     demo = commands.add_parser("demo", help="write the bundled synthetic demo stream")
-    demo.add_argument("--out", required=True)
-    demo.add_argument("--days", type=float, default=4.0)
-    demo.add_argument("--scale", type=float, default=1.0)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--out", required=True, help="JSONL file to write")
+    demo.add_argument("--days", type=float, default=4.0, help="days of usage (default 4)")
+    demo.add_argument("--scale", type=float, default=1.0, help="event volume factor (default 1)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     demo.add_argument("--incidents-out", help="also write the planted incidents as JSON")
     demo.set_defaults(handler=_cmd_demo)
     return parser
@@ -161,11 +185,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    configure(args.log_level)
+    as_json = configure(args.log_level)
     log = get_logger("spendwatch")
     config = _load(args.config)
     if config is None:
         return 2
+    if not as_json and any(r.type == "console" for r in config.receivers):
+        # the console receiver prints one line per alert: the log need not say it again
+        configure(args.log_level, json=False, drop={"alert"})
     from spendwatch.dataflows.sources import clobbered_input, missing_input
     from spendwatch.service.worker import Worker, WorkerOptions
 
@@ -202,6 +229,13 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     from spendwatch.dataflows.sources import clobbered_input, missing_input
     from spendwatch.ops.backtest import backtest, replay_source
 
+    if os.path.isdir(args.input):
+        print(
+            f"error: --input {args.input} is a directory; give a file or a quoted glob "
+            f"such as '{os.path.join(args.input, '*.jsonl')}'",
+            file=sys.stderr,
+        )
+        return 2
     source = replay_source(config, args.input)
     problem = missing_input(source) or clobbered_input(
         source,
@@ -272,11 +306,21 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 2
+    wanted = _scope_arg(args.scope)
+    if wanted is None:
+        print(
+            f"error: --scope {args.scope!r}: expected DIMENSION=VALUE pairs separated by "
+            "commas, e.g. tenant=acme or tenant=acme,feature=chat",
+            file=sys.stderr,
+        )
+        return 2
+    if os.path.isdir(args.input):
+        print(f"error: --input {args.input} is a directory; give a JSONL file", file=sys.stderr)
+        return 2
     try:
-        wanted = dict(part.split("=", 1) for part in args.scope.split(",") if part)
         at = parse_rfc3339(args.at)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: --at: {error}", file=sys.stderr)
         return 2
 
     def keep(detector: Any, scope: Any, start: int) -> bool:
@@ -305,6 +349,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scope_arg(text: str) -> dict[str, str] | None:
+    """``tenant=acme,feature=chat`` as a dict; ``None`` when a part has no ``=``."""
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        return None
+    return {key.strip(): value for key, value in pairs}
+
+
 def _print_summary(summary: dict[str, Any], alerts_out: str) -> None:
     rate = summary["events"] / summary["seconds"] if summary["seconds"] else 0.0
     out = sys.stderr
@@ -323,7 +375,9 @@ def _print_summary(summary: dict[str, Any], alerts_out: str) -> None:
 
 
 class _Progress:
-    """A one-line progress bar on stderr while a backtest runs (terminals only)."""
+    """A one-line progress bar on stderr while a backtest runs (terminals only).
+
+    Log lines go above it (``spendwatch.core.logging.status``), never onto it."""
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -335,19 +389,22 @@ class _Progress:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        sys.stderr.write("\r\033[K")
+        status(None)
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
-            counters = stats.current()
-            total = max(counters.bytes_total, 1)
-            done = min(counters.bytes_read / total, 1.0)
-            bar = "#" * int(done * 30)
-            sys.stderr.write(
-                f"\r[{bar:<30}] {done:5.1%}  {counters.events:,} events  "
-                f"{sum(counters.alerts_by_rule.values())} alerts"
-            )
-            sys.stderr.flush()
+            status(progress_line(stats.current()))
+
+
+def progress_line(counters: stats.RunStats) -> str:
+    """The bar for the counters so far. Input is read ahead of parsing: until the first
+    events are counted the bar says so instead of showing the bytes read ahead."""
+    alerts = sum(counters.alerts_by_rule.values())
+    if counters.events == 0:
+        return f"[{'':<30}] starting  {alerts} alerts"
+    done = min(counters.bytes_read / max(counters.bytes_total, 1), 1.0)
+    bar = "#" * int(done * 30)
+    return f"[{bar:<30}] {done:5.1%} read  {counters.events:,} events  {alerts} alerts"
 
 
 if __name__ == "__main__":

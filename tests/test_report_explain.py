@@ -157,6 +157,7 @@ def test_replay_of_a_focus_export_sees_what_backtest_sees(tmp_path):
     sample = SHARED / "real" / "focus_1.0_sample.csv"
     text = (REPO / "config" / "focus.yaml").read_text()
     text = text.replace("  - type: console", f"  - type: file\n    path: {tmp_path / 'r.jsonl'}")
+    text = text.replace("amount_usd: 500\n", "amount_usd: 0.5\n").replace("5000", "2")
     config = load_config(write_config(tmp_path, text + f"dead_letter: {{path: {tmp_path}/d}}\n"))
     alerts_out = tmp_path / "backtest.jsonl"
     summary = backtest(config, str(sample), str(alerts_out))
