@@ -6,6 +6,12 @@ nor a restore from a snapshot can make a threshold fire twice. When a period end
 (the watermark passes it) its crossed thresholds are resolved, which lets
 throttling receivers restore normal service for the new period.
 
+A closed period is remembered for ``correction_periods`` more period lengths, so that a
+correction booked later for it (a FOCUS ``ChargeClass: Correction`` row, late usage) updates
+its total instead of opening it afresh: every threshold it had crossed gets a ``resolved``
+alert with the corrected total (``correction: true``, an episode of its own), a threshold the
+correction newly crosses fires and resolves, and none fires twice.
+
 With ``forecast: true`` a budget also projects its period-end spend from a seasonal
 model of the scope's hourly spend (``detectors/forecast.py``) and fires one
 ``kind: forecast`` alert per period when the projection's lower bound at
@@ -23,7 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from spendwatch.core.alerts import Alert, make_alert
+from spendwatch.core.alerts import Alert, alert_id_of, make_alert
 from spendwatch.core.configtypes import Dimension, Duration, Severity, StrictModel
 from spendwatch.detectors.base import Aggregation, SlotsState
 from spendwatch.detectors.forecast import SlotClock, SpendModel
@@ -65,6 +71,14 @@ class BudgetConfig(StrictModel):
         ge=1,
         description="per shard: beyond this many scope_by values (users, sessions…) the "
         "lowest spenders of the open period are forgotten (bounded memory)",
+    )
+    correction_periods: int = Field(
+        default=2,
+        ge=0,
+        le=24,
+        description="a closed period keeps taking corrections (late spend, FOCUS Correction "
+        "rows) for this many more period lengths, updating its resolved alerts; 0: forget "
+        "it at once",
     )
     forecast: bool = Field(
         default=False,
@@ -131,13 +145,19 @@ class PeriodState(SlotsState):
 
 
 class BudgetState(SlotsState):
-    """Open periods of one budget scope, keyed by period key."""
+    """Open periods of one budget scope, keyed by period key, and recently closed ones."""
 
-    __slots__ = ("model", "periods")
+    __slots__ = ("closed", "model", "periods")
 
     def __init__(self) -> None:
         self.periods: dict[str, PeriodState] = {}
         self.model: SpendModel | None = None
+        self.closed: dict[str, PeriodState] | None = None  # allocated when a period closes
+
+    def __setstate__(self, state: tuple) -> None:
+        if len(state) == 2:  # snapshots from before closed periods were kept
+            state = (None, *state)
+        super().__setstate__(state)
 
 
 class BudgetRule:
@@ -169,6 +189,8 @@ class BudgetRule:
     ) -> list[Alert]:
         """Add a window's spend (late windows too) and fire newly crossed thresholds."""
         key, start, end = period_of(window_start, self.config.period, self.config.timezone)
+        if state.closed and key in state.closed:
+            return self._correct(scope, key, state.closed[key], window_start, spend_nanos)
         period = state.periods.get(key)
         if period is None:
             period = state.periods[key] = PeriodState(start, end)
@@ -187,6 +209,50 @@ class BudgetRule:
         if self.config.forecast:
             alerts.extend(self._forecast(state, scope, key, period, window_start, spend_nanos))
         return alerts
+
+    def _correct(
+        self,
+        scope: Mapping[str, str],
+        key: str,
+        period: PeriodState,
+        window_start: int,
+        spend_nanos: int,
+    ) -> list[Alert]:
+        """Spend booked for a period already closed (and resolved): update its total."""
+        if spend_nanos == 0:
+            return []
+        period.total_nanos += spend_nanos
+        amount = self.amount_usd(scope)
+        amount_nanos = amount * NANOS_PER_USD
+        end_window = period.end - self.config.window
+        alerts = [
+            self._corrected(
+                self._alert(scope, "resolved", key, period, threshold, amount, end_window), period
+            )
+            for threshold in period.crossed
+        ]
+        for threshold in self.config.thresholds:
+            if threshold in period.crossed or period.total_nanos * 100 < threshold * amount_nanos:
+                continue
+            period.crossed.append(threshold)
+            for status, at in (("firing", window_start), ("resolved", end_window)):
+                alert = self._alert(scope, status, key, period, threshold, amount, at)
+                alerts.append(alert.model_copy(update={"correction": True}))
+        return alerts
+
+    @staticmethod
+    def _corrected(alert: Alert, period: PeriodState) -> Alert:
+        """A resolution re-sent with a corrected total: its own episode (the first one's
+        with the corrected total in nano-dollars), so it is stored and delivered, once."""
+        episode = f"{alert.episode}#correction-{period.total_nanos}"
+        return alert.model_copy(
+            update={
+                "episode": episode,
+                "alert_id": alert_id_of(alert.fingerprint, alert.status, episode),
+                "correction": True,
+                "corrects_episode": alert.episode,
+            }
+        )
 
     def _forecast(
         self,
@@ -263,7 +329,7 @@ class BudgetRule:
 
     def disposable(self, state: BudgetState, watermark: float, idle: int) -> bool:
         """Whether a scope's state can go: no open period and no recent spend model."""
-        if state.periods:
+        if state.periods or state.closed:  # closed ones still take corrections
             return False
         model = state.model
         return model is None or model.hour_start is None or watermark - model.hour_start > idle
@@ -271,8 +337,18 @@ class BudgetRule:
     def expire(self, state: BudgetState, scope: Mapping[str, str], watermark: float) -> list[Alert]:
         """Close periods that ended before the watermark; resolve their crossed thresholds."""
         alerts = []
+        keep = self.config.correction_periods
+        if state.closed:
+            for key in [
+                k for k, p in state.closed.items() if p.end + keep * (p.end - p.start) <= watermark
+            ]:
+                del state.closed[key]
         for key in [k for k, p in state.periods.items() if p.end <= watermark]:
             period = state.periods.pop(key)
+            if keep and period.end + keep * (period.end - period.start) > watermark:
+                if state.closed is None:
+                    state.closed = {}
+                state.closed[key] = period
             amount = self.amount_usd(scope)
             if period.forecast:
                 alerts.append(self._forecast_resolved(scope, key, period, amount))

@@ -56,7 +56,9 @@ def test_120k_users_in_bounded_memory_and_the_heavy_one_still_fires():
     assert engine.counters.evicted_scopes >= USERS - 50_000
     assert held < 50_000 * 1500, f"{held / 1e6:.1f} MB for 50 k scopes"
     assert [(a.scope, a.threshold) for a in alerts] == [({"user": "agent-7"}, 100)]
-    engine.on_message(T0 + 3600 + 1, [])  # the hour ends: every cap resets and is freed
+    engine.on_message(T0 + 3600 + 1, [])  # the hour ends: every cap resets
+    # and is freed once its corrections may no longer arrive (correction_periods: 2 hours)
+    engine.on_message(T0 + 3 * 3600 + 1, [])
     assert engine.budget_states["user-hourly"] == {}
 
 
