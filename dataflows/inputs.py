@@ -14,7 +14,7 @@ from spendwatch.ingest.parser import ParserSettings
 
 
 def build_source(source: Any, parsing: ParserSettings) -> Source:
-    """The Bytewax source for a ``source:`` config (``jsonl``, ``kafka`` or ``focus``);
+    """The Bytewax source for a ``source:`` config (``jsonl``, ``kafka``, ``focus`` or ``otlp``);
     each gets its own config section and the parser settings, nothing else."""
     kind = source.type
     if kind == "kafka":
@@ -25,6 +25,10 @@ def build_source(source: Any, parsing: ParserSettings) -> Source:
         from spendwatch.dataflows.focus import FocusSource
 
         return FocusSource(source, parsing)
+    if kind == "otlp":
+        from spendwatch.dataflows.otlp import OtlpFileSource
+
+        return OtlpFileSource(source, parsing)
     from spendwatch.dataflows.sources import JsonlSource
 
     return JsonlSource(source, parsing)

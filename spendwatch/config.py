@@ -29,6 +29,7 @@ from spendwatch.detectors.registry import build_detector  # noqa: F401 - registe
 from spendwatch.ingest.events import EventBounds
 from spendwatch.ingest.focus import FocusSourceConfig
 from spendwatch.ingest.jsonl import JsonlSourceConfig
+from spendwatch.ingest.otlp import OtlpSourceConfig
 from spendwatch.ingest.parser import ParserSettings
 from spendwatch.ingest.pricing import PricingConfig
 from spendwatch.notifiers.base import NOTIFIER_TYPES
@@ -48,9 +49,9 @@ DetectorConfig = _tagged_union([t.config_class for t in DETECTOR_TYPES.values()]
 ReceiverConfig = _tagged_union([t.config_class for t in NOTIFIER_TYPES.values()])
 
 
-SOURCE_TYPES = frozenset({"jsonl", "kafka", "focus"})
+SOURCE_TYPES = frozenset({"jsonl", "kafka", "focus", "otlp"})
 SourceConfig = Annotated[
-    Union[JsonlSourceConfig, KafkaSourceConfig, FocusSourceConfig],  # noqa: UP007
+    Union[JsonlSourceConfig, KafkaSourceConfig, FocusSourceConfig, OtlpSourceConfig],  # noqa: UP007
     Field(discriminator="type"),
 ]
 

@@ -22,6 +22,8 @@ class RunStats:
     windows_closed: int = 0
     # scopes forgotten to stay within max_scopes (budgets: lowest spenders; detectors: quietest)
     evicted_scopes: int = 0
+    # OTLP spans that are not model calls (HTTP, database, agent and tool spans)
+    spans_skipped: int = 0
     bytes_read: int = 0
     bytes_total: int = 0
     fallback_priced: Counter = field(default_factory=Counter)
@@ -33,7 +35,9 @@ class RunStats:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def summary(self) -> dict:
+        otlp = {"spans_skipped": self.spans_skipped} if self.spans_skipped else {}
         return {
+            **otlp,
             "events": self.events,
             "dead_lettered": self.dead_lettered,
             "duplicates": self.duplicates,

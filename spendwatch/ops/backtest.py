@@ -66,8 +66,11 @@ def backtest(
 
 
 def replay_source(config: SpendwatchConfig, input_path: str) -> Any:
-    """The source a backtest reads: a FOCUS export stays FOCUS, anything else is JSONL."""
+    """The source a backtest reads: a FOCUS export stays FOCUS, OTLP stays OTLP, anything
+    else is JSONL."""
     source = config.source
+    if source.type == "otlp":
+        return source.model_copy(update={"path": input_path, "follow": False})
     if source.type == "focus":
         return source.model_copy(update={"path": input_path})
     if source.type == "jsonl":
