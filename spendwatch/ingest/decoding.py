@@ -35,6 +35,7 @@ from spendwatch.ingest.events import (
     DeadLetter,
     EventBounds,
     UsageEvent,
+    id_keys,
 )
 from spendwatch.ingest.genai import MARKER, apply_aliases
 from spendwatch.ingest.pricing import PriceTable
@@ -80,6 +81,9 @@ class DecodedBlock:
     rejected: list[tuple[int, str, bytes]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     blank: int = 0  # empty or whitespace-only lines: not events, not dead letters, counted
+    keys: np.ndarray | None = None
+    """64-bit dedup keys of ``event_ids`` (:func:`spendwatch.ingest.events.id_keys`),
+    hashed where the block is decoded (a helper process, when there are some)."""
 
     @property
     def size(self) -> int:
@@ -379,8 +383,10 @@ class BlockDecoder:
         dims = {
             d: strings[d] if d in strings else _label_column(events, d) for d in self.dimensions
         }
+        event_ids = list(map(_get_event_id, events))
         return DecodedBlock(
-            event_ids=list(map(_get_event_id, events)),
+            event_ids=event_ids,
+            keys=id_keys(event_ids),
             ts=ts,
             spend_nanos=spend,
             numbers=numbers,

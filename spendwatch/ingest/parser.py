@@ -115,9 +115,8 @@ class EventParser:
             admissible[[row for row, _, _ in rejected]] = False
         # A time outside the years 2000-2100 (a rejected line) has no bucket to be held in.
         checkable = (ts >= MIN_EVENT_TS) & (ts < MAX_EVENT_TS)
-        valid, unchecked, late = self._deduplicate(
-            ts, id_keys(decoded.event_ids), checkable, admissible
-        )
+        keys = decoded.keys if decoded.keys is not None else id_keys(decoded.event_ids)
+        valid, unchecked, late = self._deduplicate(ts, keys, checkable, admissible)
         keep = valid.copy()
         for row, reason, raw in rejected:
             if valid[row] and keep[row]:  # a repeat of a rejected line is a duplicate
