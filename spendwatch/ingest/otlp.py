@@ -41,7 +41,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from spendwatch.core.configtypes import Dimension, StrictModel
 from spendwatch.ingest.events import DeadLetter
@@ -71,10 +71,17 @@ RESOURCE_FIRST_OF = (
 
 class OtlpSourceConfig(StrictModel):
     """``type: otlp``: OpenTelemetry GenAI spans, OTLP/JSON with one ExportTraceServiceRequest
-    per line (the Collector's ``file`` exporter)."""
+    per line (the Collector's ``file`` exporter), and/or OTLP/HTTP ``POST /v1/traces``."""
 
     type: Literal["otlp"] = "otlp"
-    path: str = Field(description="OTLP/JSON traces file (one export request per line)")
+    path: str | None = Field(
+        default=None, description="OTLP/JSON traces file (one export request per line)"
+    )
+    receive: bool = Field(
+        default=False,
+        description="also accept OTLP/HTTP POST /v1/traces (JSON or protobuf) on the "
+        "worker's HTTP server (server.port)",
+    )
     follow: bool = Field(default=False, description="keep reading as the file grows")
     poll_interval: float = Field(
         default=0.5, gt=0, le=3600, description="seconds between polls at EOF"
@@ -91,6 +98,12 @@ class OtlpSourceConfig(StrictModel):
         description="dimension (standard or labels.KEY) -> span or resource attribute name",
     )
 
+    @model_validator(mode="after")
+    def _somewhere(self) -> OtlpSourceConfig:
+        if self.path is None and not self.receive:
+            raise ValueError("an otlp source needs a path, receive: true, or both")
+        return self
+
 
 class OtlpError(ValueError):
     """A payload that is not an OTLP trace export; the message is the dead-letter reason."""
@@ -100,7 +113,7 @@ class OtlpMapper:
     """Turns OTLP trace export requests into usage-event JSON lines."""
 
     def __init__(self, config: OtlpSourceConfig | None = None, source: str = "") -> None:
-        self.config = config or OtlpSourceConfig(path="")
+        self.config = config or OtlpSourceConfig(receive=True)
         self.source = source
         self._operations = frozenset(self.config.operations)
         self._attributes = list(self.config.attributes.items())

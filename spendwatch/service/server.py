@@ -6,6 +6,8 @@
 ``GET /budgets``  current spend per budget scope and period, with percent of the amount.
 ``GET /alerts``   recent alerts, newest first (``?limit=N``, default 100).
 ``GET /scopes/<rule>?dim=value``  the current baseline of a detector's scopes.
+``POST /v1/traces``  OTLP/HTTP trace exports for ``source: {type: otlp, receive: true}``
+(``spendwatch.service.otlp_receiver``).
 
 Everything is served from copies (``spendwatch.core.liveview``), never from live engine
 state, and nothing is writable: the API is safe to expose to dashboards.
@@ -30,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from spendwatch.core import liveview
 from spendwatch.core.logging import get_logger
+from spendwatch.service import otlp_receiver
 from spendwatch.service.metrics import build_registry
 
 log = get_logger("spendwatch.http")
@@ -73,6 +76,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(404, {"error": f"no detector state for rule {rule!r}"})
             else:
                 self._json(200, {"rule": rule, "scopes": rows, **extra})
+        else:
+            self._json(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        if urlsplit(self.path).path == otlp_receiver.PATH:
+            otlp_receiver.receive(self)  # OTLP/HTTP traces into the otlp source
         else:
             self._json(404, {"error": "not found"})
 
