@@ -85,6 +85,10 @@ def test_sighup_reloads_rules_keeps_state_and_rejects_invalid_configs(tmp_path: 
         wait_for(lambda: _scope(port, "prompt-output-tokens", "prompt_id=chat@v3") is None)
         wait_for(lambda: http_get(port, "/readyz")[0] == 200)
         after = wait_for(lambda: _scope(port, "tenant-spend", "tenant=globex"))
+        # The restarted dataflow counts from its restored state: each event once.
+        wait_for(lambda: _events(port) == cut)
+        time.sleep(0.5)
+        assert _events(port) == cut
         assert after["windows_seen"] == before["windows_seen"]
         assert after["expected"] == before["expected"]
         daily_after = wait_for(lambda: _daily(port))
