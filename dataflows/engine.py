@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,11 @@ class EnginePlan:
     # Input partitions known in advance (e.g. the files of the source): the watermark
     # waits until each has been heard from. Empty: only partitions seen so far count.
     partitions: tuple[str, ...] = ()
+    # the recent series of each rule scope (GET /costs): event time kept, finest step,
+    # scopes per aggregation (the longest quiet are dropped first); 0 keeps none
+    series_horizon: int = 0
+    series_resolution: int = 900
+    series_max_scopes: int = 256
 
     def __post_init__(self) -> None:
         for rule in [*self.detectors, *self.budgets]:
@@ -105,7 +111,15 @@ class EnginePlan:
             allowed_lateness=config.engine.allowed_lateness,
             scope_idle_ttl=config.engine.scope_idle_ttl,
             partitions=tuple(partitions),
+            series_horizon=config.engine.series_horizon,
+            series_resolution=config.engine.series_resolution,
+            series_max_scopes=config.engine.series_max_scopes,
         )
+
+    def series_step(self, aggregation: Aggregation) -> int:
+        """The step of an aggregation's series: its window, at least the resolution."""
+        window = aggregation.window
+        return window * max(1, -(-self.series_resolution // window))
 
 
 @dataclass
@@ -141,6 +155,11 @@ class ShardEngine:
         self.budget_states: dict[str, dict[tuple[str, ...], BudgetState]] = {}
         # rule name -> scope -> breakdown mix (drivers)
         self.driver_states: dict[str, dict[tuple[str, ...], driver_mix.MixState]] = {}
+        # aggregation -> scope -> flat int64 array of (start, *Totals) per step, oldest first
+        self.series: dict[Aggregation, dict[tuple[str, ...], array]] = {}
+        self.series_version = 0
+        # budget name -> amount key ('*' or scope_by values joined by '/') -> (USD, set at)
+        self.budget_overrides: dict[str, dict[str, tuple[float, float]]] = {}
         self.counters = EngineCounters()
         if snapshot is not None:
             self._restore(snapshot)
@@ -250,6 +269,7 @@ class ShardEngine:
         for windows in by_scope.values():
             windows.sort()
         self.counters.windows_closed += sum(len(w) for w in by_scope.values())
+        self._record_series(aggregation, by_scope, bound)
         breakdowns = self._close_breakdowns(aggregation, bound)
         alerts: list[Alert] = []
         for detector in self.plan.detectors_by_aggregation[aggregation]:
@@ -441,6 +461,65 @@ class ShardEngine:
             self.counters.late_events += totals.events
         return alerts
 
+    # -- series and run-time settings ---------------------------------------------------------
+
+    def _record_series(
+        self,
+        aggregation: Aggregation,
+        by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]],
+        bound: int,
+    ) -> None:
+        """Append the closed windows of a rule aggregation to each scope's recent series."""
+        horizon = self.plan.series_horizon
+        if horizon <= 0 or aggregation not in self.plan.judged:
+            return
+        step = self.plan.series_step(aggregation)
+        keep = max(1, horizon // step) * SERIES_FIELDS
+        series = self.series.setdefault(aggregation, {})
+        for scope, windows in by_scope.items():
+            points = series.get(scope)
+            if points is None:
+                points = series[scope] = array("q")
+            for window_start, totals in windows:
+                start = window_start - window_start % step
+                if points and points[-SERIES_FIELDS] == start:
+                    for offset, value in enumerate(totals, start=len(points) - SERIES_FIELDS + 1):
+                        points[offset] += value
+                else:
+                    points.extend((start, *totals))
+            if len(points) > keep:
+                del points[: len(points) - keep]
+        if by_scope:
+            self.series_version += 1
+        quiet = [s for s, p in series.items() if p and bound - p[-SERIES_FIELDS] > horizon]
+        for scope in quiet:
+            del series[scope]
+        cap = self.plan.series_max_scopes
+        if len(series) > cap:
+            by_last = sorted(series, key=lambda s: (series[s][-SERIES_FIELDS], s))
+            for scope in by_last[: len(series) - max(int(cap * 0.9), 1)]:
+                del series[scope]
+
+    def sync_budget_overrides(self, shared: dict[str, dict[str, tuple[float, float]]]) -> bool:
+        """Merge run-time budget amounts both ways with the process's ``shared`` ones (the
+        latest setting of each wins) and apply them; whether this engine's changed."""
+        changed = False
+        names = {rule.name for rule in self.plan.budgets}
+        for name in names:
+            mine = self.budget_overrides.get(name, {})
+            theirs = shared.setdefault(name, {})
+            for key, setting in theirs.items():
+                if key not in mine or mine[key][1] < setting[1]:
+                    mine[key] = setting
+                    changed = True
+            for key, setting in mine.items():
+                if key not in theirs or theirs[key][1] < setting[1]:
+                    theirs[key] = setting
+            if mine:
+                self.budget_overrides[name] = mine
+        apply_budget_overrides(self.plan, self.budget_overrides)
+        return changed
+
     # -- recovery ----------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -457,6 +536,8 @@ class ShardEngine:
                 "budget_states": self.budget_states,
                 "driver_states": self.driver_states,
                 "counters": (self.counters.windows_closed, self.counters.evicted_scopes),
+                "series": self.series,
+                "budget_overrides": self.budget_overrides,
             },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
@@ -471,6 +552,8 @@ class ShardEngine:
         self.detector_progress = state["detector_progress"]
         self.budget_states = state["budget_states"]
         self.driver_states = state.get("driver_states", {})
+        self.series = state.get("series", {})
+        self.budget_overrides = state.get("budget_overrides", {})
         windows, evicted = state.get("counters", (0, 0))
         self.counters = EngineCounters(windows_closed=windows, evicted_scopes=evicted)
         self._reconcile(state.get("rules"))
@@ -494,8 +577,41 @@ class ShardEngine:
                     del states[name]
         for aggregation in [a for a in self.open if a not in self.plan.aggregations]:
             del self.open[aggregation]
+        for aggregation in [a for a in self.series if a not in self.plan.judged]:
+            del self.series[aggregation]
+        budgets = {b.name for b in self.plan.budgets}
+        for name in [n for n in self.budget_overrides if n not in budgets]:
+            del self.budget_overrides[name]
         for aggregation in [a for a in self.closed_before if a not in self.plan.aggregations]:
             del self.closed_before[aggregation]
+
+
+SERIES_FIELDS = 1 + len(Totals._fields)
+
+
+def apply_budget_overrides(
+    plan: EnginePlan, overrides: Mapping[str, Mapping[str, tuple[float, float]]]
+) -> None:
+    """Give the plan's budgets the amounts set at run time (``PUT /budgets/NAME/SCOPE``).
+
+    ``*`` replaces the default amount, any other key the amount of one scope_by value.
+    The configured amounts stay underneath: an amount set at run time is kept in the
+    recovered state, so it outlives restarts and reloads of the config."""
+    for rule in plan.budgets:
+        base = getattr(rule, "configured", None)
+        if base is None:
+            base = rule.configured = rule.config
+        runtime = overrides.get(rule.name, {})
+        if not runtime:
+            rule.config = base
+            continue
+        update: dict[str, Any] = {}
+        if "*" in runtime:
+            update["amount_usd"] = runtime["*"][0]
+        scoped = {key: amount for key, (amount, _) in runtime.items() if key != "*"}
+        if scoped:
+            update["overrides"] = {**base.overrides, **scoped}
+        rule.config = base.model_copy(update=update)
 
 
 def _scope_map(aggregation: Aggregation, scope: tuple[str, ...]) -> dict[str, str]:

@@ -51,15 +51,20 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
         self._key = f"shard-{id(self):x}"
         self._published = 0.0
         self._dirty = False
+        self._overrides_seen = -1
+        # the run-time budget amounts as of the last snapshot (what a restart gets back)
+        self._snapshotted: dict[str, dict[str, tuple[float, float]]] = {}
+        self._sync_overrides()
         self._publish(force=True)
 
     def on_batch(self, values: list[TaggedMessage]) -> tuple[list[Alert], bool]:
         alerts: list[Alert] = []
         before = self._counters()
+        changed = self._sync_overrides()
         for partition, idle, (max_ts, rows) in values:
             alerts.extend(self.engine.on_message(max_ts, rows, partition, idle=idle))
         self._count(before)
-        self._publish()
+        self._publish(force=changed)
         return alerts, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Alert], bool]:
@@ -72,26 +77,42 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
     def snapshot(self) -> bytes:
         # Bytewax snapshots every key it changed at the end of each epoch: the natural
         # moment to refresh the live view too, even when no further batch arrives.
+        snapshot = self.engine.snapshot()
+        self._snapshotted = {k: dict(v) for k, v in self.engine.budget_overrides.items()}
         self._publish(force=True)
-        return self.engine.snapshot()
+        return snapshot
 
     def on_notify(self) -> tuple[list[Alert], bool]:
-        self._publish(force=True)
+        changed = self._sync_overrides()
+        if changed or self._dirty:
+            self._publish(force=True)
         return [], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         # A change not yet published is published within the interval even if no
-        # further batch arrives (an idle follower, the end of a burst).
-        if not self._dirty:
+        # further batch arrives (an idle follower, the end of a burst). Where budget
+        # amounts can be set at run time (an API token is configured), every shard
+        # looks for new ones each interval, quiet or not.
+        if not self._dirty and not _accepts_changes():
             return None
         return datetime.now(timezone.utc) + timedelta(seconds=self.PUBLISH_INTERVAL)
+
+    def _sync_overrides(self) -> bool:
+        """Take up budget amounts set at run time (and share the restored ones)."""
+        view = liveview.current()
+        if view.overrides_version == self._overrides_seen:
+            return False
+        self._overrides_seen = view.overrides_version
+        return bool(view.sync_overrides(self.engine.sync_budget_overrides))
 
     def _publish(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._published >= self.PUBLISH_INTERVAL:
             self._published = now
             self._dirty = False
-            liveview.current().publish_shard(self._key, describe(self.engine))
+            picture = describe(self.engine)
+            picture["snapshotted_overrides"] = self._snapshotted
+            liveview.current().publish_shard(self._key, picture)
         else:
             self._dirty = True
 
@@ -106,6 +127,11 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
         counters.evicted_scopes += evicted - before[2]
         # Late events are counted once each, by the source partitions (ParsedBatch.late):
         # the engine sees an event once per aggregation.
+
+
+def _accepts_changes() -> bool:
+    config = liveview.current().config
+    return bool(config is not None and config.server.api_token)
 
 
 def _outbox_for(config: Any, receivers: Callable[[], list[Notifier]] | None) -> Outbox:
@@ -135,6 +161,7 @@ def get_flow(
     that outlives it (dead letters are then written once across restarts).
     """
     outbox = outbox or _outbox_for(config, receivers)
+    liveview.current().configure(config)
     source = source or build_source(config.source, config.parser_settings())
     partitions: list[str] = []
     is_tagged = False

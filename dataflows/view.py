@@ -40,6 +40,8 @@ def describe(engine: ShardEngine) -> dict[str, Any]:
                         "amount_usd": amount,
                         "percent": round(100.0 * spend / amount, 4),
                         "crossed": sorted(period.crossed),
+                        "thresholds": list(rule.config.thresholds),
+                        **_amount_set(engine, rule, scope_map),
                     }
                 )
     scopes: dict[str, list[dict[str, Any]]] = {}
@@ -55,7 +57,44 @@ def describe(engine: ShardEngine) -> dict[str, Any]:
         "watermark": None if reached == -math.inf else reached - plan.allowed_lateness,
         "budgets": budgets,
         "scopes": scopes,
+        "series": _series(engine),
+        "budget_overrides": {
+            name: dict(settings) for name, settings in engine.budget_overrides.items()
+        },
     }
+
+
+def _series(engine: ShardEngine) -> dict[str, dict[str, Any]]:
+    """Each rule's recent series per scope, copied once per change (windows close rarely)."""
+    cached = getattr(engine, "_series_copy", None)
+    if cached is not None and cached[0] == engine.series_version:
+        return cached[1]
+    plan = engine.plan
+    copies = {
+        aggregation: {scope: tuple(points) for scope, points in rows.items()}
+        for aggregation, rows in engine.series.items()
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for rule in [*plan.detectors, *plan.budgets]:
+        aggregation = rule.aggregation
+        out[rule.name] = {
+            "dims": aggregation.dims,
+            "step": plan.series_step(aggregation),
+            "rows": copies.get(aggregation, {}),
+        }
+    engine._series_copy = (engine.series_version, out)  # type: ignore[attr-defined]
+    return out
+
+
+def _amount_set(engine: ShardEngine, rule: Any, scope: dict[str, str]) -> dict[str, Any]:
+    """``amount_set_at``: when the amount in force was set at run time, if it was."""
+    settings = engine.budget_overrides.get(rule.name, {})
+    key = "/".join(scope[d] for d in rule.config.scope_by) if rule.config.scope_by else "*"
+    setting = settings.get(key)
+    base = getattr(rule, "configured", rule.config)
+    if setting is None and key not in base.overrides:
+        setting = settings.get("*")
+    return {} if setting is None else {"amount_set_at": rfc3339(setting[1])}
 
 
 def _baseline(detector: Any, scope: tuple[str, ...], state: Any, judged: Any, last: Any) -> dict:

@@ -98,6 +98,21 @@ class EngineConfig(StrictModel):
     scope_idle_ttl: Duration = Field(
         default=8 * 86400, description="forget a detector scope idle for this long"
     )
+    series_horizon: Duration = Field(
+        default=7 * 86400,
+        description="event time of spend, requests and tokens kept per rule scope for "
+        "GET /costs and /unit-costs (0: none)",
+    )
+    series_resolution: Duration = Field(
+        default=900,
+        description="finest step of that series: windows shorter than this are summed into it",
+    )
+    series_max_scopes: int = Field(
+        default=256,
+        ge=1,
+        description="per shard and rule aggregation: scopes with a series (the longest quiet "
+        "are dropped first)",
+    )
     snapshot_interval: float = Field(
         default=5.0,
         gt=0,
@@ -113,11 +128,16 @@ class EngineConfig(StrictModel):
 
 
 class ServerConfig(StrictModel):
-    """The worker's HTTP endpoints: /metrics, /healthz, /readyz and the read-only query API."""
+    """The worker's HTTP endpoints: metrics, health, the query API and the status page."""
 
     host: str = Field(default="127.0.0.1", description="interface to listen on")
     port: int | None = Field(
         default=None, ge=0, le=65535, description="null: no HTTP server; process i uses port+i"
+    )
+    api_token: str | None = Field(
+        default=None,
+        description="bearer token the changing endpoints (PUT /budgets/NAME/SCOPE) require, "
+        "e.g. ${SPENDWATCH_API_TOKEN}; null: they are refused; never logged",
     )
 
 

@@ -32,6 +32,11 @@ class LiveView:
         self._alerts: deque[dict[str, Any]] = deque(maxlen=RECENT_ALERTS)
         self.ready = threading.Event()
         self.started = time.time()
+        # budget name -> amount key -> (USD, set at): amounts set at run time, shared by
+        # the shard engines of this process (each keeps them in its recovered state)
+        self._overrides: dict[str, dict[str, tuple[float, float]]] = {}
+        self.overrides_version = 0
+        self.config: Any = None  # the running config (status page, API token)
 
     # -- writers (worker threads) ------------------------------------------------------------
 
@@ -43,6 +48,26 @@ class LiveView:
         with self._lock:
             self._alerts.extend(alerts)
 
+    def set_budget_amount(self, budget: str, key: str, amount: float) -> tuple[float, float]:
+        """Record an amount set at run time; the engines pick it up. Its (amount, set at)."""
+        with self._lock:
+            setting = (float(amount), time.time())
+            self._overrides.setdefault(budget, {})[key] = setting
+            self.overrides_version += 1
+            return setting
+
+    def sync_overrides(self, sync: Any) -> Any:
+        """Call ``sync(shared overrides)`` under the lock (an engine merging its own)."""
+        with self._lock:
+            before = repr(self._overrides)
+            result = sync(self._overrides)
+            if repr(self._overrides) != before:  # a restored engine brought settings
+                self.overrides_version += 1
+            return result
+
+    def configure(self, config: Any) -> None:
+        self.config = config
+
     def clear_shards(self) -> None:
         """Forget shard pictures (before a reload rebuilds the dataflow)."""
         with self._lock:
@@ -53,6 +78,10 @@ class LiveView:
     def _pictures(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._shards.values())
+
+    def pictures(self) -> list[dict[str, Any]]:
+        """Every shard's latest picture (read-only)."""
+        return self._pictures()
 
     def budgets(self) -> list[dict[str, Any]]:
         rows = [row for picture in self._pictures() for row in picture["budgets"]]

@@ -8,9 +8,11 @@
 ``GET /scopes/<rule>?dim=value``  the current baseline of a detector's scopes.
 ``POST /v1/traces``  OTLP/HTTP trace exports for ``source: {type: otlp, receive: true}``
 (``spendwatch.service.otlp_receiver``).
+``GET /costs``, ``/unit-costs``, ``/anomalies``, ``/openapi.json``, ``PUT /budgets/<name>/<scope>``
+and the status page ``GET /``: see ``spendwatch.service.api`` and ``statuspage``.
 
 Everything is served from copies (``spendwatch.core.liveview``), never from live engine
-state, and nothing is writable: the API is safe to expose to dashboards.
+state. The one change, a budget amount, needs the bearer token ``server.api_token``.
 
 In a cluster each process holds the state of its own shards. The query endpoints of any
 process answer for the whole cluster: they ask the other processes (``?local=1``, a
@@ -32,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from spendwatch.core import liveview
 from spendwatch.core.logging import get_logger
-from spendwatch.service import otlp_receiver
+from spendwatch.service import api, otlp_receiver, statuspage
 from spendwatch.service.metrics import build_registry
 
 log = get_logger("spendwatch.http")
@@ -76,12 +78,38 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(404, {"error": f"no detector state for rule {rule!r}"})
             else:
                 self._json(200, {"rule": rule, "scopes": rows, **extra})
+        elif path in ("/costs", "/unit-costs", "/anomalies", "/openapi.json", "/"):
+            self._cost_guard(url, query, path)
         else:
             self._json(404, {"error": "not found"})
+
+    def _cost_guard(self, url: SplitResult, query: dict[str, str], path: str) -> None:
+        """The cost-guard API (``spendwatch.service.api``) and the status page."""
+        if path == "/costs":
+            api.costs(self, url, query, unit=False)
+        elif path == "/unit-costs":
+            api.costs(self, url, query, unit=True)
+        elif path == "/anomalies":
+            api.anomalies(self, url, query)
+        elif path == "/openapi.json":
+            self._json(200, api.openapi())
+        else:
+            self._send(200, statuspage.PAGE, "text/html; charset=utf-8")
+
+    def do_PUT(self) -> None:
+        self._change()
 
     def do_POST(self) -> None:
         if urlsplit(self.path).path == otlp_receiver.PATH:
             otlp_receiver.receive(self)  # OTLP/HTTP traces into the otlp source
+        else:
+            self._change()
+
+    def _change(self) -> None:
+        """``PUT``/``POST /budgets/<name>/<scope>``: a budget amount set at run time."""
+        url = urlsplit(self.path)
+        if url.path.startswith("/budgets/"):
+            api.set_budget_amount(self, url, dict(parse_qsl(url.query)))
         else:
             self._json(404, {"error": "not found"})
 
