@@ -9,7 +9,7 @@ PYTHON  ?= $(shell for p in python3.11 python3.12 python3.10 python3; do \
              command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(not (3,10) <= sys.version_info[:2] <= (3,12))' 2>/dev/null \
              && { echo $$p; break; }; done)
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean chromium
 
 install: $(STAMP)
 
@@ -30,8 +30,30 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest -q
+
+# The status page test renders the page in headless Chromium (Debian package `chromium`).
+# Installed here when missing and apt-get is there (as root, or through sudo); without a
+# browser afterwards the target fails, so that test is never silently skipped.
+CHROMIUM ?= $(shell command -v chromium || command -v chromium-browser || command -v google-chrome)
+export CHROMIUM
+
+chromium:
+	@if [ -z "$(CHROMIUM)" ] && ! command -v chromium >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	    echo "installing chromium for the status page test"; \
+	    $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+	      || { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium; } \
+	      || true; \
+	  fi; \
+	  if ! command -v chromium >/dev/null 2>&1; then \
+	    echo "error: the status page test needs Chromium and it could not be installed:"; \
+	    echo "       apt-get install chromium, or run make test CHROMIUM=/path/to/chrome"; \
+	    exit 1; \
+	  fi; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

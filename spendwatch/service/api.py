@@ -7,6 +7,7 @@ per request of a rule's scopes over recent windows (the series each shard keeps,
 ``GET /anomalies?status=firing``  open and recent anomaly episodes, drivers and status.
 ``PUT /budgets/<name>/<scope>`` (or POST)  set a budget's amount at run time, body
 ``{"amount_usd": 250, "reason": "…"}``; needs ``Authorization: Bearer <server.api_token>``.
+``GET /status.json``  silences, delivery health per receiver, watermark (the status page).
 ``GET /openapi.json``  this API, generated from the pydantic models below.
 
 The response models are the ones the handlers build their answers with, so the document
@@ -22,6 +23,7 @@ import hmac
 import math
 import time
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.error import HTTPError
 from urllib.parse import SplitResult, unquote, urlencode
@@ -473,7 +475,23 @@ def anomaly_episodes(view: liveview.LiveView) -> list[dict[str, Any]]:
                     rows.append(
                         {"rule": rule, "scope": row["scope"], "status": "firing", "since": since}
                     )
+    owners = getattr(view.config, "owners", None) or []
+    for row in rows:
+        if not row.get("owner") and owners:
+            row["owner"] = _owner(owners, row)
     return [AnomalyEpisode.model_validate(r).model_dump(exclude_none=True) for r in rows]
+
+
+def _owner(owners: Sequence[Any], row: Mapping[str, Any]) -> str | None:
+    """The first ``owners:`` entry fitting the episode (the outbox fills alerts the same way)."""
+    probe = SimpleNamespace(
+        rule=row["rule"],
+        scope=row["scope"],
+        kind="anomaly",
+        severity=row.get("severity"),
+        status=row["status"],
+    )
+    return next((entry.owner for entry in owners if entry.matches(probe)), None)
 
 
 def anomalies(handler: _Handler, url: SplitResult, query: dict[str, str]) -> None:
@@ -678,6 +696,7 @@ def openapi() -> dict[str, Any]:
         BudgetsResponse,
         BudgetAmountRequest,
         BudgetAmountResponse,
+        StatusResponse,
         ErrorResponse,
     ]
     _, schemas = models_json_schema(
@@ -742,6 +761,13 @@ def openapi() -> dict[str, Any]:
                     "responses": {"200": answer(AnomaliesResponse), "400": error},
                 }
             },
+            "/status.json": {
+                "get": {
+                    "summary": "what the status page shows beside budgets and anomalies: "
+                    "silences, delivery health per receiver, watermark",
+                    "responses": {"200": answer(StatusResponse)},
+                }
+            },
             "/budgets": {
                 "get": {
                     "summary": "every open budget period per scope",
@@ -791,3 +817,110 @@ def openapi() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+# -- GET /status.json (the status page's data beside /budgets and /anomalies) -----------------
+
+
+class SilenceOut(BaseModel):
+    match: dict[str, Any]
+    start: str
+    end: str
+    reason: str
+    created_by: str | None = None
+    active: bool = Field(description="the watermark is inside [start, end)")
+
+
+class ReceiverHealth(BaseModel):
+    receiver: str
+    type: str | None = None
+    sent: int = 0
+    retry: int = 0
+    failed: int = 0
+    expired: int = 0
+    pending: int = 0
+    status: Literal["ok", "retrying", "failing", "idle"]
+
+
+class StatusResponse(BaseModel):
+    version: str
+    ready: bool
+    watermark: str | None
+    silences: list[SilenceOut]
+    deliveries: list[ReceiverHealth]
+    processes: int | None = None
+    unreachable: list[str] | None = None
+
+
+def _delivery_rows(config: Any) -> list[dict[str, Any]]:
+    from spendwatch.notifiers.outbox import DELIVERIES, PENDING
+
+    rows: dict[str, dict[str, Any]] = {}
+    for receiver in getattr(config, "receivers", []) or []:
+        rows[receiver.name] = {"receiver": receiver.name, "type": receiver.type}
+    for metric in DELIVERIES.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                row = rows.setdefault(
+                    sample.labels["receiver"], {"receiver": sample.labels["receiver"]}
+                )
+                outcome = sample.labels["outcome"]
+                row[outcome] = row.get(outcome, 0) + int(sample.value)
+    for metric in PENDING.collect():
+        for sample in metric.samples:
+            row = rows.setdefault(
+                sample.labels["receiver"], {"receiver": sample.labels["receiver"]}
+            )
+            row["pending"] = row.get("pending", 0) + int(sample.value)
+    return list(rows.values())
+
+
+def _health(row: Mapping[str, Any]) -> str:
+    if row.get("failed", 0) or row.get("expired", 0):
+        return "failing"
+    if row.get("retry", 0) and row.get("pending", 0):
+        return "retrying"
+    return "ok" if row.get("sent", 0) else "idle"
+
+
+def status(handler: _Handler, url: SplitResult, query: dict[str, str]) -> None:
+    view = liveview.current()
+    config = view.config
+    own = _delivery_rows(config)
+    rows, extra, _ = handler._gather(url, query, "deliveries", own)
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        into = merged.setdefault(row["receiver"], {"receiver": row["receiver"]})
+        for key, value in row.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                into[key] = into.get(key, 0) + value
+            elif key == "type" and value:
+                into["type"] = value
+    mark = view.watermark()
+    silences = []
+    for silence in getattr(config, "silences", []) or []:
+        start, end = silence.start.timestamp(), silence.end.timestamp()
+        silences.append(
+            SilenceOut(
+                match=silence.match.model_dump(exclude_defaults=True),
+                start=rfc3339(start),
+                end=rfc3339(end),
+                reason=silence.reason,
+                created_by=silence.created_by,
+                active=mark is not None and start <= mark < end,
+            )
+        )
+    deliveries = [ReceiverHealth(**row, status=_health(row)) for _, row in sorted(merged.items())]
+    body = StatusResponse(
+        version=__version__,
+        ready=view.ready.is_set(),
+        watermark=None if mark is None else rfc3339(mark),
+        silences=silences,
+        deliveries=deliveries,
+        **extra,
+    )
+    # a peer asked with ?local=1 answers its raw rows, merged by the asking process
+    answer = body.model_dump(exclude_none=True)
+    if query.get("local") == "1":
+        answer["deliveries"] = own
+    handler._json(200, answer)

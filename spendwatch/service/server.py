@@ -78,7 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(404, {"error": f"no detector state for rule {rule!r}"})
             else:
                 self._json(200, {"rule": rule, "scopes": rows, **extra})
-        elif path in ("/costs", "/unit-costs", "/anomalies", "/openapi.json", "/"):
+        elif path in ("/costs", "/unit-costs", "/anomalies", "/status.json", "/openapi.json", "/"):
             self._cost_guard(url, query, path)
         else:
             self._json(404, {"error": "not found"})
@@ -91,6 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
             api.costs(self, url, query, unit=True)
         elif path == "/anomalies":
             api.anomalies(self, url, query)
+        elif path == "/status.json":
+            api.status(self, url, query)
         elif path == "/openapi.json":
             self._json(200, api.openapi())
         else:
