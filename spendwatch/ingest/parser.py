@@ -84,7 +84,9 @@ class EventParser:
     ) -> None:
         self.decoder = BlockDecoder(prices, dimensions, max_event_bytes, bounds, wall_clock)
         self.dimensions = self.decoder.dimensions
-        self.dedup = DedupWindow(dedup_horizon)
+        # Buckets are held for the horizon behind the partition's watermark (its stream
+        # time minus the allowed lateness).
+        self.dedup = DedupWindow(dedup_horizon + int(allowed_lateness))
         self.clock = StreamClock()
         self.source = source
         self.allowed_lateness = allowed_lateness
