@@ -156,7 +156,7 @@ class ShardEngine:
         # rule name -> scope -> breakdown mix (drivers)
         self.driver_states: dict[str, dict[tuple[str, ...], driver_mix.MixState]] = {}
         # aggregation -> scope -> flat int64 array of (start, *Totals) per step, oldest first
-        self.series: dict[Aggregation, dict[tuple[str, ...], array]] = {}
+        self.series: dict[Aggregation, dict[tuple[str, ...], Any]] = {}
         self.series_version = 0
         # budget name -> amount key ('*' or scope_by values joined by '/') -> (USD, set at)
         self.budget_overrides: dict[str, dict[str, tuple[float, float]]] = {}
@@ -482,11 +482,11 @@ class ShardEngine:
                 points = series[scope] = array("q")
             for window_start, totals in windows:
                 start = window_start - window_start % step
-                if points and points[-SERIES_FIELDS] == start:
-                    for offset, value in enumerate(totals, start=len(points) - SERIES_FIELDS + 1):
-                        points[offset] += value
-                else:
-                    points.extend((start, *totals))
+                try:
+                    _append_point(points, start, totals)
+                except OverflowError:  # sums past int64 stay exact as Python integers
+                    points = series[scope] = list(points)
+                    _append_point(points, start, totals)
             if len(points) > keep:
                 del points[: len(points) - keep]
         if by_scope:
@@ -587,6 +587,18 @@ class ShardEngine:
 
 
 SERIES_FIELDS = 1 + len(Totals._fields)
+
+
+def _append_point(points: Any, start: int, totals: Totals) -> None:
+    """Add a window to the last step of ``points`` if it is the same step, else append one."""
+    if points and points[-SERIES_FIELDS] == start:
+        base = len(points) - SERIES_FIELDS + 1
+        sums = [points[base + i] + value for i, value in enumerate(totals)]
+        points[base:] = type(points)("q", sums) if isinstance(points, array) else sums
+    elif isinstance(points, array):
+        points.extend(array("q", (start, *totals)))  # raises before changing ``points``
+    else:
+        points.extend((start, *totals))
 
 
 def apply_budget_overrides(

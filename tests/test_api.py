@@ -239,3 +239,44 @@ def test_amount_keys_and_rule_choice():
     assert pick_rule(config, None, {})[0] == "all"
     with pytest.raises(ValueError):
         pick_rule(config, "narrow", {"feature": "x"})
+
+
+def test_the_series_per_scope_is_bounded_exact_and_recovered():
+    from spendwatch.dataflows.engine import SERIES_FIELDS, EnginePlan, ShardEngine
+    from spendwatch.detectors.budget import BudgetConfig, BudgetRule
+
+    rule = BudgetRule(BudgetConfig(name="b", scope_by=["tenant"], amount_usd=1e9, window=300))
+    plan = EnginePlan(
+        detectors=[],
+        budgets=[rule],
+        allowed_lateness=0,
+        scope_idle_ttl=10**9,
+        series_horizon=3600,
+        series_resolution=900,
+        series_max_scopes=3,
+    )
+    engine = ShardEngine(plan)
+    for start in range(0, 7200, 300):
+        engine.on_message(start + 300, [(0, ("a",), start, 10**9, 1, 2, 3, 1)])
+    (points,) = engine.series[rule.aggregation].values()
+    steps = [points[i : i + SERIES_FIELDS] for i in range(0, len(points), SERIES_FIELDS)]
+    assert [s[0] for s in steps] == [3600, 4500, 5400, 6300]  # one hour of 15-minute steps
+    assert all(list(s[1:]) == [3 * 10**9, 3, 6, 9, 3] for s in steps)  # 3 windows each
+
+    big = 2**62  # past int64 when summed: kept exact
+    engine.on_message(
+        7800, [(0, ("a",), 7200, big, 0, 0, 0, 1), (0, ("a",), 7500, big, 0, 0, 0, 1)]
+    )
+    engine.on_message(8100, [])
+    points = engine.series[rule.aggregation][("a",)]
+    assert list(points[-SERIES_FIELDS:])[:2] == [7200, 2 * big]
+
+    for index, tenant in enumerate("bcde"):
+        engine.on_message(8400 + index, [(0, (tenant,), 8100, 1, 1, 0, 0, 1)])
+    engine.on_message(9000, [])
+    assert len(engine.series[rule.aggregation]) <= 3
+
+    restored = ShardEngine(plan, engine.snapshot())
+    assert {k: list(v) for k, v in restored.series[rule.aggregation].items()} == {
+        k: list(v) for k, v in engine.series[rule.aggregation].items()
+    }
