@@ -38,4 +38,7 @@ def describe_source(source: Any) -> str:
     """A short, secret-free description of a source config for logs."""
     if source.type == "kafka":
         return f"kafka:{','.join(source.topics)}"
+    if source.type == "otlp":
+        where = [source.path] if source.path else []
+        return "otlp:" + "+".join([*where, *(["POST /v1/traces"] if source.receive else [])])
     return f"{source.type}:{source.path}"

@@ -83,3 +83,32 @@ def test_an_invalid_aliased_event_dead_letters_with_its_original_bytes() -> None
     assert batch.size == 0
     assert [d.raw for d in batch.dead] == [bad]
     assert "input_tokens" in batch.dead[0].reason
+
+
+def test_cache_reads_response_model_conversation_and_agent_have_aliases_too() -> None:
+    event = orjson.loads(
+        apply_aliases(
+            line(
+                event_id="c",
+                ts="2026-01-01T00:00:00Z",
+                labels={"team": "search"},
+                **{
+                    "gen_ai.usage.input_tokens": 100,
+                    "gen_ai.usage.cache_read.input_tokens": 40,
+                    "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                    "gen_ai.conversation.id": "conv-7",
+                    "gen_ai.agent.name": "triage",
+                },
+            )
+        )
+    )
+    assert event["cached_input_tokens"] == 40
+    assert event["model"] == "gpt-4o-mini-2024-07-18"
+    assert event["session"] == "conv-7"
+    assert event["labels"] == {"team": "search", "agent": "triage"}
+    both = orjson.loads(
+        apply_aliases(
+            line(**{"gen_ai.request.model": "gpt-4o-mini", "gen_ai.response.model": "other"})
+        )
+    )
+    assert both == {"model": "gpt-4o-mini"}  # the requested model wins, as for OTLP spans

@@ -316,3 +316,15 @@ def test_an_sdk_export_raises_the_same_alerts_as_the_equivalent_jsonl(tmp_path: 
         "acme",
         "globex",
     }
+
+
+def test_an_otlp_source_needs_a_file_or_the_endpoint() -> None:
+    from pydantic import ValidationError
+
+    from spendwatch.dataflows.inputs import describe_source
+
+    with pytest.raises(ValidationError, match="needs a path, receive: true, or both"):
+        OtlpSourceConfig()
+    assert describe_source(OtlpSourceConfig(path="t.jsonl")) == "otlp:t.jsonl"
+    both = OtlpSourceConfig(path="t.jsonl", receive=True)
+    assert describe_source(both) == "otlp:t.jsonl+POST /v1/traces"

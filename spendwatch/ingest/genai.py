@@ -17,11 +17,15 @@ MARKER = b"gen_ai."
 # so the current ``gen_ai.provider.name`` beats the deprecated ``gen_ai.system``.
 ALIASES: tuple[tuple[str, str], ...] = (
     ("gen_ai.usage.input_tokens", "input_tokens"),
+    ("gen_ai.usage.cache_read.input_tokens", "cached_input_tokens"),
     ("gen_ai.usage.output_tokens", "output_tokens"),
     ("gen_ai.request.model", "model"),
+    ("gen_ai.response.model", "model"),
     ("gen_ai.provider.name", "provider"),
     ("gen_ai.system", "provider"),
+    ("gen_ai.conversation.id", "session"),
 )
+LABEL_ALIASES: tuple[tuple[str, str], ...] = (("gen_ai.agent.name", "agent"),)
 
 
 def apply_aliases(line: bytes) -> bytes:
@@ -42,5 +46,12 @@ def apply_aliases(line: bytes) -> bytes:
         if alias in event:
             value = event.pop(alias)
             event.setdefault(field, value)
+            changed = True
+    for alias, key in LABEL_ALIASES:
+        if alias in event:
+            value = event.pop(alias)
+            labels = event.setdefault("labels", {})
+            if isinstance(labels, dict):
+                labels.setdefault(key, value)
             changed = True
     return orjson.dumps(event) if changed else line
