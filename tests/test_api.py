@@ -3,6 +3,7 @@ set at run time (with a bearer token, kept across restart and reload), /openapi.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -202,18 +203,57 @@ def test_cost_guard_api_of_a_running_worker(tmp_path: Path, stream_file: Path):
     assert TOKEN not in log
 
 
-def test_changes_are_refused_without_a_configured_token(tmp_path: Path, stream_file: Path):
-    port = free_port()
-    config, _ = worker_config(tmp_path, str(stream_file), port=port, follow=True)
-    worker = subprocess.Popen(
-        [*CLI, "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+class _FakeHandler:
+    path = "/budgets/b/acme"
+    client_address = ("127.0.0.1", 1)
+
+    def __init__(self, authorization: str | None) -> None:
+        self.headers = {} if authorization is None else {"Authorization": authorization}
+        self.answers: list[tuple[int, dict]] = []
+        self.status: int | None = None
+        self.wfile = io.BytesIO()
+
+    def _json(self, code: int, body: dict) -> None:
+        self.answers.append((code, body))
+
+    def send_response(self, code: int) -> None:
+        self.status = code
+
+    def send_header(self, name: str, value: str) -> None:
+        pass
+
+    def end_headers(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("configured", "given", "code"),
+    [
+        (None, f"Bearer {TOKEN}", 403),  # no token configured: changes are off
+        (TOKEN, None, 401),
+        (TOKEN, f"Basic {TOKEN}", 401),
+        (TOKEN, "Bearer wrong", 403),
+        (TOKEN, f"Bearer {TOKEN}x", 403),
+        (TOKEN, f"Bearer {TOKEN}", None),
+    ],
+)
+def test_changes_need_the_configured_bearer_token(configured, given, code):
+    from types import SimpleNamespace
+
+    from spendwatch.core import liveview
+    from spendwatch.service.api import authorize
+
+    view = liveview.current()
+    saved = view.config
+    view.config = SimpleNamespace(server=SimpleNamespace(api_token=configured))
     try:
-        wait_for(lambda: http_get(port, "/readyz")[0] == 200)
-        status, body = _put(port, "/budgets/tenant-weekly/acme", {"amount_usd": 5})
-        assert status == 403 and "api_token" in body["error"]
+        handler = _FakeHandler(given)
+        allowed = authorize(handler)  # type: ignore[arg-type]
     finally:
-        _stop(worker)
+        view.config = saved
+    assert allowed is (code is None)
+    answered = handler.answers[0][0] if handler.answers else handler.status
+    assert answered == code
 
 
 def test_amount_keys_and_rule_choice():
