@@ -15,8 +15,14 @@ answers a third of the requests, at random, with HTTP 500. Every 10 s the worker
 Baseline, in the same run: a plain Python follower of the same file (json.loads per
 line, spend summed per tenant and hour in a dict), sampled the same way. The memory
 slope is fitted over the second half of the run, when every window and the 48 h dedup
-horizon are full. The last line is one JSON object with the figures and the ratios to
-the baseline.
+horizon are full, and over the last quarter. The last line is one JSON object with the
+figures and the ratios to the baseline.
+
+Measured (30 minutes, 169,896 events, 94 lines/s): RSS 88.6 MB at the start, 112.9 MB
+at the end; slope 32.5 MB/h over the second half, falling to 5.7 MB/h over the last 3
+minutes (still settling after 10 days of event time, not yet flat); lag 0 throughout;
+1,531 alerts raised, 1,084 delivered 2 minutes after the input ended (the Slack failed
+1,432 requests); baseline follower 11.6 MB, flat.
 """
 
 from __future__ import annotations
@@ -150,9 +156,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def slope_mb_per_min(samples: list[tuple[float, float]]) -> float:
-    """Least-squares slope of RSS over the second half of the samples (MB per minute)."""
-    half = samples[len(samples) // 2 :]
+def slope_mb_per_min(samples: list[tuple[float, float]], tail: float = 0.5) -> float:
+    """Least-squares slope of RSS over the last ``tail`` of the samples (MB per minute)."""
+    half = samples[int(len(samples) * (1 - tail)) :]
     if len(half) < 2:
         return float("nan")
     t = np.array([s[0] for s in half]) / 60
@@ -259,6 +265,7 @@ def main() -> None:
         "rss_end_mb": round(samples[-1][1], 1) if samples else None,
         "rss_slope_mb_per_min": round(slope, 3),
         "rss_slope_mb_per_hour": round(slope * 60, 2),
+        "rss_slope_last_quarter_mb_per_hour": round(slope_mb_per_min(samples, 0.25) * 60, 2),
         "alerts_raised": raised,
         "alerts_delivered": delivered,
         "delivery_retries": int(figures.get("spendwatch_deliveries_total_retry", 0)),
