@@ -120,6 +120,12 @@ def test_status_page_renders_budgets_anomalies_silences_and_deliveries(tmp_path:
         wait_for(lambda: http_get(port, "/readyz")[0] == 200)
         wait_for(lambda: b'"tenant-spend"' in http_get(port, "/anomalies?status=firing")[1])
         wait_for(lambda: b'"sent":' in http_get(port, "/status.json")[1])
+        # the page shows what the shards have published: wait for both tenants' budgets
+        wait_for(
+            lambda: all(
+                name in http_get(port, "/budgets")[1] for name in (b'"acme"', b'"globex"')
+            )
+        )
         url = f"http://127.0.0.1:{port}/"
         status, body = http_get(port, "/")
         assert status == 200 and body == PAGE
