@@ -237,12 +237,16 @@ class ConfiguredRule:
         value: float,
         expected: float,
         score: float,
+        **extra: object,
     ) -> list[Alert]:
-        """The alert an episode step calls for: one when it fires, one when it resolves."""
+        """The alert an episode step calls for: one when it fires, one when it resolves.
+
+        ``extra`` (e.g. a sequential test's evidence and rarity) goes on the firing alert.
+        """
         if transition == "firing":
             return [
                 self.anomaly_alert(
-                    scope, "firing", window_start, value, expected, score, episode.start
+                    scope, "firing", window_start, value, expected, score, episode.start, **extra
                 )
             ]
         if transition == "resolved":
@@ -261,8 +265,13 @@ class ConfiguredRule:
         expected: float,
         score: float,
         episode_start: int,
+        **extra: object,
     ) -> Alert:
-        """An anomaly alert of this rule for one window (an infinite z is reported as 1e9)."""
+        """An anomaly alert of this rule for one window (an infinite z is reported as 1e9).
+
+        A sequential rule's ``threshold`` is its evidence threshold (``extra`` may say so).
+        """
+        threshold = extra.pop("threshold", getattr(self.config, "threshold", 0.0))
         return make_alert(
             kind="anomaly",
             rule=self.name,
@@ -275,8 +284,9 @@ class ConfiguredRule:
             observed=value,
             expected=expected,
             score=score if math.isfinite(score) else 1e9,
-            threshold=self.config.threshold,
+            threshold=threshold,
             episode_start=episode_start,
+            **extra,
         )
 
 

@@ -1,16 +1,27 @@
 """``type: robust_seasonal``: the precision-first production detector for sums.
 
 A plain hourly z > 3 fires several times a day on a multi-tenant stream: Monday mornings
-after a weekend, tenants whose traffic is bursty but normal, and slots with one or two
-samples of history. This detector answers each of those:
+after a weekend, tenants whose traffic is bursty but normal, slots with one or two
+samples of history, and slots that are usually empty. This detector answers each:
 
 * baseline: median of the last ``days`` values at this time of day and its neighbouring
-  windows (``detectors/slots.py``): robust to spikes and weekends, useful after 2 days;
-* spread: pooled relative MAD of the scope, floored by compound-Poisson count noise
-  (``overdispersion``) so thin scopes are not judged by their busy-hour volatility;
-* impact: the excess must also be ``min_ratio`` × expected and ``min_impact`` in metric
-  units (dollars for spend): a tiny tenant doubling from 2 ¢ is not an incident;
-* confirmation: ``confirm`` consecutive anomalous windows, unless z ≥ 2 × threshold.
+  windows (``detectors/slots.py``): robust to spikes and weekends, useful after 2 days.
+  A mostly empty slot has median 0; its expected value is the median shrunk toward the
+  scope's overall level (one window's worth of prior), so "rate ≈ 0" is a state with
+  its own uncertainty, never a division by zero;
+* noise, learned per scope: variance = a·μ + b·μ², the compound-Poisson term of the
+  requests making up the sum (a = per-request size × ``overdispersion``) plus the scope's
+  own burstiness b (the exponentially weighted mean of (e² − aμ)/μ² over normal windows,
+  shrunk toward ``min_relative_std``² while the scope is young: empirical Bayes), and the
+  lag-one correlation of its surprises (hourly burstiness spans four 15-minute windows:
+  correlated evidence must not be added up as if it were independent);
+* surprise: a window's value against a gamma law of that mean and variance (the
+  continuous twin of the negative binomial; Wilson–Hilferty), a z ≈ N(0, 1) under the
+  null however skewed a thin scope is;
+* evidence: the z's feed a grid of CUSUMs (``detectors/sequential.py``); the scope fires
+  when the evidence crosses the threshold that ``false_alarms_per_scope_per_month``
+  implies, and the window is also ``min_ratio`` × expected and ``min_impact`` above it
+  (a tiny tenant doubling from 2 ¢ is not an incident).
 
 Anomalous windows are not learned (a spike must not become its own baseline) until an
 episode outlasts ``relearn_after`` windows: then the new level is accepted.
@@ -26,16 +37,19 @@ from pydantic import Field
 
 from spendwatch.core.alerts import Alert
 from spendwatch.core.configtypes import Duration
+from spendwatch.detectors import sequential
 from spendwatch.detectors.base import (
     DetectorBase,
     ExplainedRuleConfig,
-    SlotsState,
     Totals,
     metric_value,
     register_detector,
 )
 from spendwatch.detectors.episodes import Episode
-from spendwatch.detectors.slots import SlotHistory, count_noise_std
+from spendwatch.detectors.slots import SlotHistory
+
+STRONG_Z = 3.5
+"""A window at least this surprising is not learned while its evidence is weighed."""
 
 SumMetric = Literal["spend_usd", "requests", "input_tokens", "output_tokens"]
 
@@ -53,7 +67,11 @@ class RobustSeasonalConfig(ExplainedRuleConfig):
     neighbours: int = Field(
         default=1, ge=0, description="adjacent windows of the day pooled into a slot's median"
     )
-    threshold: float = Field(default=5.0, gt=0, description="robust z needed")
+    false_alarms_per_scope_per_month: float = Field(
+        default=0.03,
+        gt=0,
+        description="false alarms a normal scope may raise per month: sets the evidence needed",
+    )
     min_ratio: float = Field(default=1.5, ge=1.0, description="observed/expected needed")
     min_impact: float = Field(
         default=0.0, ge=0, description="observed − expected needed, in metric units (USD)"
@@ -61,22 +79,53 @@ class RobustSeasonalConfig(ExplainedRuleConfig):
     overdispersion: float = Field(
         default=3.0, ge=0, description="count-noise variance per request unit (1 = Poisson)"
     )
-    min_relative_std: float = Field(default=0.1, ge=0, description="relative noise floor")
-    confirm: int = Field(default=2, ge=1, description="anomalous windows in a row to fire")
+    min_relative_std: float = Field(
+        default=0.1, ge=0, description="relative noise a young scope assumes (and the floor)"
+    )
+    prior_weight: float = Field(
+        default=96.0, ge=0, description="windows of evidence the noise prior is worth"
+    )
+    noise_memory: int = Field(
+        default=288, ge=8, description="memory of the learned noise, in windows"
+    )
     relearn_after: int = Field(
         default=96, ge=1, description="windows an episode may last before the baseline adapts"
     )
     warmup: Duration = Field(default=2 * 86400, description="event time learned before alerting")
-    residual_memory: int = Field(default=288, ge=8, description="residuals in the pooled MAD")
+    residual_memory: int = Field(default=8, ge=8, description="unused; kept for old configs")
 
 
-class RobustState(SlotsState):
-    __slots__ = ("episode", "history", "per_request")
+class RobustState:
+    __slots__ = (
+        "corr",
+        "cusum",
+        "episode",
+        "fit",
+        "history",
+        "last_z",
+        "level",
+        "per_request",
+    )
 
-    def __init__(self, history: SlotHistory) -> None:
+    def __init__(self, history: SlotHistory, grid_size: int) -> None:
         self.history = history
         self.episode = Episode()
         self.per_request = 0.0
+        self.level = 0.0  # EW mean of every window's value (the empty slots' prior)
+        self.fit = sequential.VarianceFit()  # var = A·(count noise) + B·μ²
+        self.corr = sequential.Shrunk()  # lag-one correlation of the z's
+        self.last_z = 0.0
+        self.cusum = [0.0] * grid_size
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        # An older snapshot has other fields: the engine drops it (settings changed).
+        if len(state) != len(self.__slots__):
+            state = (None,) * len(self.__slots__)
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
 
 
 def per_request_value(metric: str, totals: Totals, value: float) -> float | None:
@@ -95,25 +144,43 @@ class RobustSeasonal(DetectorBase):
     def __init__(self, config: RobustSeasonalConfig) -> None:
         super().__init__(config)
         self.warmup_windows = config.warmup // config.window
+        self.alpha = 1.0 / config.noise_memory
+        self.threshold = sequential.threshold_for_budget(
+            config.false_alarms_per_scope_per_month, config.window
+        )
 
     def new_state(self) -> RobustState:
         c = self.config
-        return RobustState(
-            SlotHistory(c.window, c.days, c.residual_memory, c.seasonality != "none")
-        )
+        history = SlotHistory(c.window, c.days, 8, c.seasonality != "none")
+        return RobustState(history, len(sequential.GRID))
 
     def learning(self, state: RobustState) -> bool:
-        return not state.episode.active and not state.episode.pending
+        return not state.episode.active and max(state.cusum) < self.threshold / 2
 
     def band(self, state: RobustState, window_start: int) -> tuple[float, float] | None:
-        """(expected, std) for a window, or ``None`` while history is missing."""
+        """(expected, variance) for a window, or ``None`` while history is missing."""
         found = state.history.expected(window_start, self.config.neighbours)
         if found is None:
             return None
-        expected, _ = found
-        relative = max(state.history.relative_std(), self.config.min_relative_std)
-        counts = count_noise_std(expected, state.per_request, self.config.overdispersion)
-        return expected, math.hypot(relative * expected, counts)
+        median, count = found
+        expected = (median * count + state.level) / (count + 1)
+        return expected, self._variance(state, expected)
+
+    def _variance(self, state: RobustState, expected: float) -> float:
+        c = self.config
+        u = max(state.per_request, 0.0) * c.overdispersion * max(expected, 0.0)
+        w = expected * expected
+        coef_a, coef_b = state.fit.coefficients(c.min_relative_std**2, c.prior_weight, u, w)
+        floor_b = (c.min_relative_std / 2) ** 2
+        return max(coef_a, 0.3) * u + max(coef_b, floor_b) * w
+
+    def _damping(self, state: RobustState) -> list[float]:
+        """Correlated windows carry less independent evidence (see ``correlation_damping``)."""
+        rho = min(max(state.corr.value(0.0, self.config.prior_weight), 0.0), 0.8)
+        return sequential.correlation_damping(rho, self.threshold)
+
+    def _z(self, state: RobustState, value: float, band: tuple[float, float]) -> float:
+        return sequential.wilson_hilferty_z(value, band[0], band[1])
 
     def explain(
         self, state: RobustState, window_start: int, totals: Totals
@@ -122,20 +189,37 @@ class RobustSeasonal(DetectorBase):
         band = self.band(state, window_start)
         if value is None or band is None:
             return None
-        expected, std = band
-        z = (value - expected) / std if std > 0 else 0.0
+        expected, variance = band
+        z = self._z(state, value, band)
+        stats = list(state.cusum)
+        evidence = sequential.update(stats, z, damping=self._damping(state))
         return {
             "value": value,
             "expected": expected,
-            "std": std,
+            "std": math.sqrt(variance),
             "upper": max(  # every condition must hold: the band is the strictest
-                expected + self.config.threshold * std,
+                self._decisive_value(state, band),
                 expected * self.config.min_ratio,
                 expected + self.config.min_impact,
             ),
             "z": z,
+            "evidence": evidence,
+            "threshold": self.threshold,
+            "once_in_days": sequential.once_in_days(evidence, self.config.window),
             "warm": float(state.history.seen >= self.warmup_windows),
         }
+
+    def _decisive_value(self, state: RobustState, band: tuple[float, float]) -> float:
+        """The value whose evidence alone would fire this window (inverting Wilson–Hilferty)."""
+        expected, variance = band
+        if expected <= 0 or variance <= 0:
+            return 0.0
+        needed = (
+            math.sqrt(2 * max(self.threshold - max(state.cusum), 0.0)) / self._damping(state)[-1]
+        )
+        cc = variance / (9.0 * expected * expected)
+        root = (1.0 - cc) + needed * math.sqrt(cc)
+        return expected * max(root, 0.0) ** 3
 
     def observe(
         self, state: RobustState, scope: Mapping[str, str], window_start: int, totals: Totals
@@ -144,30 +228,65 @@ class RobustSeasonal(DetectorBase):
         value = metric_value(c.metric, totals)
         assert value is not None
         band = self.band(state, window_start)
-        anomalous = strong = False
-        expected, z = (band[0] if band else value), 0.0
-        if band is not None and state.history.seen >= self.warmup_windows:
-            expected, std = band
-            z = (value - expected) / std if std > 0 else (math.inf if value > expected else 0.0)
-            anomalous = (
-                z >= c.threshold
-                and value >= c.min_ratio * expected
-                and value - expected >= c.min_impact
-            )
-            strong = z >= 2 * c.threshold
-        episode = state.episode
-        transition = episode.step(window_start, anomalous, strong, c.confirm, c.resolve_after)
-        alerts = self.transition_alerts(
-            transition, episode, scope, window_start, value, expected, z
-        )
-        quiet = not anomalous and not episode.pending
-        if quiet or episode.firing_windows > c.relearn_after:
-            state.history.learn(window_start, value, band[0] if band else None)
-            unit = per_request_value(c.metric, totals, value)
-            if unit is not None:
-                state.per_request = (
-                    unit
-                    if not state.per_request
-                    else (state.per_request + 0.05 * (unit - state.per_request))
+        anomalous = material = False
+        expected, z, evidence = (band[0] if band else value), 0.0, 0.0
+        judged = band is not None and state.history.seen >= self.warmup_windows
+        if judged:
+            z = self._z(state, value, band)
+            material = value >= c.min_ratio * expected and value - expected >= c.min_impact
+            if state.episode.active:  # evidence restarts when the episode ends
+                anomalous = material and z >= 1.0
+            else:
+                evidence = sequential.update(
+                    state.cusum, z if material else min(z, 0.0), damping=self._damping(state)
                 )
+                anomalous = material and evidence >= self.threshold
+        episode = state.episode
+        # clear: back below halfway to min_ratio (a lasting shift must not end the episode
+        # on one noisy window and fire again on the next)
+        clear = not judged or value < expected * (1 + (c.min_ratio - 1) / 2) or z < 1.5
+        transition = episode.step(window_start, anomalous, True, 1, c.resolve_after, clear)
+        extra = sequential.alert_extras(evidence, self.threshold, c.window)
+        alerts = self.transition_alerts(
+            transition, episode, scope, window_start, value, expected, z, **extra
+        )
+        if transition is not None:
+            state.cusum = [0.0] * len(state.cusum)
+        # Only a window that is far out on its own is held back: withholding every mildly
+        # high window would bias the baseline low (censoring) and re-alert on a new level.
+        holding = episode.active or (judged and material and z >= STRONG_Z)
+        if not holding or episode.firing_windows > c.relearn_after:
+            self._learn(state, window_start, value, totals, band, z if judged else None)
         return alerts
+
+    def _learn(
+        self,
+        state: RobustState,
+        window_start: int,
+        value: float,
+        totals: Totals,
+        band: tuple[float, float] | None,
+        z: float | None,
+    ) -> None:
+        c = self.config
+        alpha = self.alpha
+        if band is not None and band[0] > 0:
+            expected, variance = band
+            u = max(state.per_request, 0.0) * c.overdispersion * expected
+            # a window far out (yet not anomalous) must not blow the band up at once
+            e2 = min((value - expected) ** 2, 25.0 * variance)
+            state.fit.push(u, expected * expected, e2, alpha)
+        if z is not None:
+            state.corr.push(max(min(z * state.last_z, 4.0), -4.0) / 1.0, alpha)
+            state.last_z = max(min(z, 4.0), -4.0)
+        state.history.learn(window_start, value, None)
+        state.level = (
+            value if not state.history.seen - 1 else state.level + 0.02 * (value - state.level)
+        )
+        unit = per_request_value(c.metric, totals, value)
+        if unit is not None:
+            state.per_request = (
+                unit
+                if not state.per_request
+                else (state.per_request + 0.05 * (unit - state.per_request))
+            )

@@ -2,17 +2,30 @@
 
 A prompt edit that makes answers five times longer, or a silent switch to a pricier
 model, leaves the request rate alone and raises what each request costs. Spend
-detectors see it late or not at all on a big scope; this one watches the unit value
-against its own robust baseline and fires when it is ``min_increase`` above it (e.g.
-+20 %) with a robust z above ``threshold``, while the request count is within
-``max_volume_ratio`` of its seasonal baseline. When volume alone grows (a request loop)
-it stays quiet: that is the spend/request detectors' alert, and a mix shift caused by
-one looping feature is not a unit-cost regression.
+detectors see it late or not at all on a big scope; this one watches the unit value of
+every window, however few requests it has, and adds up its evidence sequentially
+(``detectors/sequential.py``) until a false-alarm budget says it is decisive.
 
-The noise of a mean over n requests shrinks as 1/√n, so residuals are pooled as
-``relative residual × √requests`` (a per-request coefficient of variation) and a
-window's spread is ``cv × expected / √requests``: a quiet night window with 30 requests
-and a busy one with 3,000 are each judged by their own precision.
+The null model, learned per scope from its own normal windows:
+
+* per-request mean ``μ``: an exponentially weighted ratio of sums (numerator / requests),
+  so windows weigh by their requests and a night of 2-request windows does not drag it;
+* per-request squared coefficient of variation ``c²``: the exponentially weighted mean of
+  ``n·((x̄ − μ)/μ)²`` (unbiased for c² whatever the window size), shrunk toward the rule's
+  prior ``prior_cv`` while the scope has little history (empirical Bayes), so a heavy-
+  tailed prompt (CV 2 on output tokens: one request can be 30× the median) gets a wide
+  band and a steady one a narrow band without per-scope settings;
+* a window's mean of n requests is then log-normal (Fenton–Wilkinson): log x̄ ≈ N(log μ −
+  v/2, v) with v = log(1 + c²/n), and ``z = (log x̄ − log μ + v/2)/√v`` is its surprise.
+
+The z of each window feeds a grid of CUSUMs; a scope fires when the evidence crosses the
+threshold that ``false_alarms_per_scope_per_month`` implies, and the rise is at least
+``min_increase``. Two ×5 requests on a thin prompt are decisive on their own, a busy
+scope fires within its first shifted window, and one huge request (z ≈ 2.5 under a
+CV-2 null) is not. Volume growth is not unit cost: a window whose requests are both
+``max_volume_ratio`` above their seasonal baseline and clearly so (z ≥ 3) adds no
+evidence — that is the spend/request detectors' alert, and a mix shift caused by one
+looping feature is not a unit-cost regression.
 """
 
 from __future__ import annotations
@@ -25,10 +38,10 @@ from pydantic import Field
 
 from spendwatch.core.alerts import Alert
 from spendwatch.core.configtypes import Duration
+from spendwatch.detectors import sequential
 from spendwatch.detectors.base import (
     DetectorBase,
     ExplainedRuleConfig,
-    SlotsState,
     Totals,
     metric_value,
     register_detector,
@@ -47,34 +60,58 @@ class UnitCostConfig(ExplainedRuleConfig):
         default="cost_per_request_usd", description="the unit cost judged per window"
     )
     window: Duration = Field(default=900)
-    min_increase: float = Field(default=0.2, gt=0, description="relative rise needed (0.2 = +20 %)")
-    threshold: float = Field(default=4.0, gt=0, description="robust z of the unit value needed")
-    strong_threshold: float = Field(
-        default=6.0, gt=0, description="z that fires without waiting for confirmation"
+    false_alarms_per_scope_per_month: float = Field(
+        default=0.03,
+        gt=0,
+        description="false alarms a normal scope may raise per month: sets the evidence needed",
     )
-    min_requests: int = Field(default=20, ge=1, description="thinner windows are not judged")
+    min_increase: float = Field(default=0.2, gt=0, description="relative rise needed (0.2 = +20 %)")
+    min_requests: int = Field(
+        default=1, ge=1, description="windows with fewer requests add no evidence (1: all count)"
+    )
     max_volume_ratio: float = Field(
         default=1.5, ge=1.0, description="requests above this × their baseline: not unit cost"
     )
-    history: int = Field(default=48, ge=4, description="recent windows in the unit baseline")
+    history: int = Field(default=48, ge=4, description="memory of the unit baseline, in windows")
     days: int = Field(default=5, ge=1, description="days of request history per slot")
-    min_relative_std: float = Field(
-        default=0.03, ge=0, description="floor of the spread, relative to the expected value"
+    prior_cv: float = Field(
+        default=1.0, gt=0, description="per-request coefficient of variation a new scope assumes"
     )
-    confirm: int = Field(default=2, ge=1, description="anomalous windows in a row to fire")
+    prior_weight: float = Field(
+        default=24.0, ge=0, description="windows of evidence the prior is worth (shrinkage)"
+    )
+    min_cv: float = Field(default=0.05, ge=0, description="floor of the learned per-request CV")
     relearn_after: int = Field(
         default=16, ge=1, description="episode windows after which the new level is learned"
     )
     warmup: int = Field(default=24, ge=1, description="judged windows learned before alerting")
+    warmup_requests: int = Field(default=20, ge=1, description="requests learned before alerting")
 
 
-class UnitCostState(SlotsState):
-    __slots__ = ("episode", "unit", "volume")
+class UnitCostState:
+    """Per scope: request-weighted unit mean, shrunk c², CUSUMs, request history, episode."""
 
-    def __init__(self, unit: SlotHistory, volume: SlotHistory) -> None:
-        self.unit = unit
+    __slots__ = ("cusum", "cv2", "episode", "num", "requests", "seen", "volume")
+
+    def __init__(self, volume: SlotHistory, grid_size: int) -> None:
         self.volume = volume
         self.episode = Episode()
+        self.num = 0.0  # EW sum of the numerator (spend or output tokens)
+        self.requests = 0.0  # EW sum of requests
+        self.cv2 = sequential.Shrunk()
+        self.cusum = [0.0] * grid_size
+        self.seen = 0
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        # A snapshot of the older window-gated state has other fields: the engine drops
+        # it (the rule's settings changed), it only has to load.
+        if len(state) != len(self.__slots__):
+            state = (None,) * len(self.__slots__)
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
 
 
 @register_detector("unit_cost", UnitCostConfig)
@@ -83,44 +120,65 @@ class UnitCost(DetectorBase):
 
     def __init__(self, config: UnitCostConfig) -> None:
         super().__init__(config)
+        self.alpha = 1.0 / config.history
+        self.threshold = sequential.threshold_for_budget(
+            config.false_alarms_per_scope_per_month, config.window
+        )
 
     def new_state(self) -> UnitCostState:
         c = self.config
-        return UnitCostState(
-            SlotHistory(c.window, max(1, c.history // 24), c.history, seasonal=False),
-            SlotHistory(c.window, c.days, c.history, seasonal=True),
-        )
+        return UnitCostState(SlotHistory(c.window, c.days, 8, seasonal=True), len(sequential.GRID))
 
     def learning(self, state: UnitCostState) -> bool:
-        return not state.episode.active and not state.episode.pending
+        return not state.episode.active and max(state.cusum) < self.threshold / 2
 
-    def _unit_band(self, state: UnitCostState, requests: int) -> tuple[float, float] | None:
-        found = state.unit.expected(0, 0)
-        if found is None:
+    def _null(self, state: UnitCostState, requests: int) -> tuple[float, float] | None:
+        """(per-request mean, v = variance of log x̄ for this many requests) or ``None``."""
+        if state.requests <= 0 or state.num <= 0:
             return None
-        expected = found[0]
-        per_request_cv = state.unit.relative_std()
-        relative = max(per_request_cv / math.sqrt(max(requests, 1)), self.config.min_relative_std)
-        return expected, relative * expected
+        c = self.config
+        mean = state.num / state.requests
+        cv2 = max(state.cv2.value(c.prior_cv**2, c.prior_weight), c.min_cv**2)
+        return mean, math.log1p(cv2 / max(requests, 1))
+
+    def _z(self, value: float, mean: float, v: float) -> float:
+        if value <= 0:
+            return -sequential.Z_CAP
+        return (math.log(value / mean) + v / 2) / math.sqrt(v)
+
+    def _warm(self, state: UnitCostState) -> bool:
+        c = self.config
+        return state.seen >= c.warmup and state.requests >= c.warmup_requests
 
     def explain(
         self, state: UnitCostState, window_start: int, totals: Totals
     ) -> dict[str, float] | None:
         value = metric_value(self.config.metric, totals)
-        band = self._unit_band(state, totals.requests)
-        if value is None or band is None:
+        null = self._null(state, totals.requests)
+        if value is None or null is None:
             return None
-        expected, std = band
+        mean, v = null
+        z = self._z(value, mean, v)
+        stats = list(state.cusum)
+        evidence = sequential.update(stats, z)
+        # the unit value that would make this window decisive on its own evidence
+        needed_z = max(math.sqrt(2 * max(self.threshold - max(state.cusum), 0.0)), 0.0)
+        upper = max(
+            mean * (1 + self.config.min_increase), mean * math.exp(needed_z * math.sqrt(v) - v / 2)
+        )
         volume = state.volume.expected(window_start, 1)
         return {
             "value": value,
-            "expected": expected,
-            "std": std,
-            "upper": max(expected * (1 + self.config.min_increase), expected + std * 4),
-            "z": (value - expected) / std if std > 0 else 0.0,
+            "expected": mean,
+            "std": mean * math.sqrt(math.expm1(v)),
+            "upper": upper,
+            "z": z,
+            "evidence": evidence,
+            "threshold": self.threshold,
+            "once_in_days": sequential.once_in_days(evidence, self.config.window),
             "requests": float(totals.requests),
             "expected_requests": volume[0] if volume else math.nan,
-            "warm": float(state.unit.seen >= self.config.warmup),
+            "warm": float(self._warm(state)),
         }
 
     def observe(
@@ -130,37 +188,55 @@ class UnitCost(DetectorBase):
         value = metric_value(c.metric, totals)
         if value is None or totals.requests < c.min_requests:
             return []
-        band = self._unit_band(state, totals.requests)
+        n = totals.requests
         volume = state.volume.expected(window_start, 1)
-        anomalous = strong = False
-        expected, z = value, 0.0
-        if band is not None and state.unit.seen >= c.warmup:
-            expected, std = band
-            z = (value - expected) / std if std > 0 else 0.0
-            normal_volume = volume is None or totals.requests <= c.max_volume_ratio * volume[0]
-            rise = value >= (1 + c.min_increase) * expected
-            anomalous = normal_volume and rise and z >= c.threshold
-            strong = anomalous and z >= c.strong_threshold
-            clear = value < (1 + c.min_increase / 2) * expected or z < c.threshold / 2
+        null = self._null(state, n)
+        anomalous = False
+        expected, z, evidence = value, 0.0, 0.0
+        judged = null is not None and self._warm(state)
+        if judged:
+            mean, v = null
+            expected = mean
+            z = self._z(value, mean, v)
+            if volume is not None and n > c.max_volume_ratio * volume[0]:
+                vz = sequential.wilson_hilferty_z(n, volume[0], 2.0 * max(volume[0], 1.0))
+                if vz >= 3.0:
+                    z = min(z, 0.0)  # volume growth: the spend detectors' case, no evidence
+            rise = value >= (1 + c.min_increase) * mean
+            if state.episode.active:  # evidence restarts when the episode ends
+                anomalous = rise and z >= 1.0
+            else:
+                evidence = sequential.update(state.cusum, z if rise else min(z, 0.0))
+                anomalous = rise and evidence >= self.threshold
+            clear = value < (1 + c.min_increase / 2) * mean or z < 0.5
         else:
             clear = True
         episode = state.episode
-        transition = episode.step(
-            window_start, anomalous, strong, c.confirm, c.resolve_after, clear
-        )
+        transition = episode.step(window_start, anomalous, True, 1, c.resolve_after, clear)
+        extra = sequential.alert_extras(evidence, self.threshold, c.window)
         alerts = self.transition_alerts(
-            transition, episode, scope, window_start, value, expected, z
+            transition, episode, scope, window_start, value, expected, z, **extra
         )
-        if (not anomalous and not episode.pending) or episode.firing_windows > c.relearn_after:
-            self._learn_unit(state, value, band[0] if band else None, totals.requests)
-        state.volume.learn(window_start, float(totals.requests), volume[0] if volume else None)
+        if transition is not None:
+            state.cusum = [0.0] * len(state.cusum)
+        # only a window far out on its own is held back (withholding every mildly high
+        # window would bias the baseline low and re-alert on a lasting new level)
+        quiet = not episode.active and not (judged and z >= 3.5 and value >= expected)
+        if quiet or episode.firing_windows > c.relearn_after:
+            self._learn(state, value, n)
+        state.volume.learn(window_start, float(n), volume[0] if volume else None)
         return alerts
 
-    @staticmethod
-    def _learn_unit(
-        state: UnitCostState, value: float, expected: float | None, requests: int
-    ) -> None:
-        """Learn the value; its residual is pooled scaled by √requests (see module doc)."""
-        state.unit.learn(0, value, None)
-        if expected is not None and expected > 0:
-            state.unit.residuals.push(abs(value - expected) / expected * math.sqrt(requests))
+    def _learn(self, state: UnitCostState, value: float, requests: int) -> None:
+        """Fold a normal window into μ and c² (see the module docstring)."""
+        alpha = self.alpha
+        keep = 1.0 - alpha
+        if state.requests > 0 and state.num > 0:
+            mean = state.num / state.requests
+            sample = requests * ((value - mean) / mean) ** 2
+            # a mixture (a few requests of a 40× dearer model) is heavy-tailed: its band must
+            # learn the tail, so windows are winsorised only far out and remembered longer
+            state.cv2.push(min(sample, 400.0 * max(self.config.prior_cv**2, 1.0)), alpha / 4)
+        state.num = state.num * keep + value * requests
+        state.requests = state.requests * keep + requests
+        state.seen += 1

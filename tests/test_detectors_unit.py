@@ -60,22 +60,26 @@ def test_robust_seasonal_is_quiet_on_a_daily_cycle_and_fires_on_a_spike():
     assert point and point["expected"] == pytest.approx(3.5, rel=0.2), "the spike was not learned"
 
 
-def test_robust_seasonal_needs_impact_and_confirmation():
-    config = RobustSeasonalConfig(name="r", scope=["tenant"], min_impact=50, threshold=3)
+def test_robust_seasonal_needs_impact_and_accumulates_evidence():
+    config = RobustSeasonalConfig(name="r", scope=["tenant"], min_impact=50)
     detector = RobustSeasonal(config)
     state = detector.new_state()
     _feed(detector, state, 6)
     start = T0 + 6 * 86400 + 10 * 3600
     assert detector.observe(state, SCOPE, start, _usd(20, 2000)) == [], "below min_impact"
-    mild = RobustSeasonal(RobustSeasonalConfig(name="m", scope=["tenant"], threshold=3))
+    mild = RobustSeasonal(RobustSeasonalConfig(name="m", scope=["tenant"]))
     state = mild.new_state()
     _feed(mild, state, 6)
-    assert mild.observe(state, SCOPE, start, _usd(6.5, 650)) == [], "one window: pending"
-    assert mild.observe(state, SCOPE, start + WINDOW, _usd(6.5, 650))[0].status == "firing"
+    assert mild.observe(state, SCOPE, start, _usd(5.6, 560)) == [], "one window: not decisive"
+    (alert,) = mild.observe(state, SCOPE, start + WINDOW, _usd(5.6, 560))
+    assert alert.status == "firing" and alert.evidence >= alert.threshold == pytest.approx(
+        mild.threshold, abs=1e-3
+    )
+    assert "once in" in alert.rarity
 
 
 def test_unit_cost_fires_on_dearer_requests_not_on_more_requests():
-    config = UnitCostConfig(name="u", scope=["tenant"], confirm=1)
+    config = UnitCostConfig(name="u", scope=["tenant"])
     detector = UnitCost(config)
     state = detector.new_state()
     assert _feed(detector, state, 3) == []
@@ -91,8 +95,8 @@ def test_unit_cost_fires_on_dearer_requests_not_on_more_requests():
     assert both == [], "volume far above normal: the spend detectors' case"
 
 
-def test_unit_cost_ignores_thin_windows():
-    detector = UnitCost(UnitCostConfig(name="u", min_requests=50, confirm=1))
+def test_unit_cost_min_requests_still_skips_thin_windows_when_asked():
+    detector = UnitCost(UnitCostConfig(name="u", min_requests=50))
     state = detector.new_state()
     _feed(detector, state, 3)
     assert detector.observe(state, SCOPE, T0 + 3 * 86400, _usd(1.0, 10)) == []
