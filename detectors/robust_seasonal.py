@@ -164,6 +164,9 @@ class RobustSeasonal(DetectorBase):
             return None
         median, count = found
         expected = (median * count + state.level) / (count + 1)
+        # an empty slot: the Jeffreys posterior of a rate with no count in `count` windows
+        # (half a request over count + 1 windows), so rate ≈ 0 keeps its uncertainty
+        expected = max(expected, 0.5 * state.per_request / (count + 1))
         return expected, self._variance(state, expected)
 
     def _variance(self, state: RobustState, expected: float) -> float:
@@ -180,7 +183,7 @@ class RobustSeasonal(DetectorBase):
         return sequential.correlation_damping(rho, self.threshold)
 
     def _z(self, state: RobustState, value: float, band: tuple[float, float]) -> float:
-        return sequential.wilson_hilferty_z(value, band[0], band[1])
+        return sequential.gamma_z(value, band[0], band[1])
 
     def explain(
         self, state: RobustState, window_start: int, totals: Totals

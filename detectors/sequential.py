@@ -169,6 +169,57 @@ def wilson_hilferty_z(value: float, mean: float, variance: float) -> float:
     return ((max(value, 0.0) / mean) ** (1.0 / 3.0) - (1.0 - c)) / math.sqrt(c)
 
 
+def gamma_z(value: float, mean: float, variance: float) -> float:
+    """Standardised surprise of ``value`` under a gamma law: Φ⁻¹ of its exact upper tail.
+
+    Wilson–Hilferty is used where it is accurate (shape ≥ 1); a thin scope's shape is far
+    below 1 (less than one request expected per window), where only the exact regularised
+    incomplete gamma tail is right.
+    """
+    if mean <= 0 or variance <= 0:
+        return 0.0
+    shape = mean * mean / variance
+    if shape >= 1.0:
+        return wilson_hilferty_z(value, mean, variance)
+    x = max(value, 0.0) * mean / variance  # value / scale
+    return normal_upper_z(_gamma_upper(shape, x))
+
+
+def _gamma_upper(a: float, x: float) -> float:
+    """Regularised upper incomplete gamma Q(a, x) (series below a + 1, continued fraction above)."""
+    if x <= 0:
+        return 1.0
+    log_front = a * math.log(x) - x - math.lgamma(a)
+    if x < a + 1.0:
+        term = total = 1.0 / a
+        ap = a
+        for _ in range(500):
+            ap += 1.0
+            term *= x / ap
+            total += term
+            if abs(term) < abs(total) * 1e-14:
+                break
+        return max(1.0 - total * math.exp(log_front), 0.0)
+    tiny = 1e-300
+    b = x + 1.0 - a
+    c = 1.0 / tiny
+    d = 1.0 / b
+    h = d
+    for i in range(1, 500):
+        an = -i * (i - a)
+        b += 2.0
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1.0 / d
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < 1e-14:
+            break
+    return math.exp(log_front) * h
+
+
 def normal_upper_z(p: float) -> float:
     """z with P(Z ≥ z) = p (Acklam's rational approximation, |error| < 1.2e-9)."""
     p = min(max(p, 1e-300), 1.0 - 1e-16)
