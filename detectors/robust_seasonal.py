@@ -159,11 +159,18 @@ class RobustSeasonal(DetectorBase):
 
     def band(self, state: RobustState, window_start: int) -> tuple[float, float] | None:
         """(expected, variance) for a window, or ``None`` while history is missing."""
-        found = state.history.expected(window_start, self.config.neighbours)
-        if found is None:
+        values = state.history.pooled(window_start, self.config.neighbours)
+        if not values:
             return None
-        median, count = found
-        expected = (median * count + state.level) / (count + 1)
+        count = len(values)
+        mid = count // 2
+        median = values[mid] if count % 2 else 0.5 * (values[mid - 1] + values[mid])
+        # A thin slot's sums are skewed (mostly 0 or 1 request): its median sits below its
+        # mean, and a gamma law needs the mean. The mean without the top eighth of values
+        # is as robust to a past spike as the median, and is the mean where counts are small.
+        kept = values[: max(count - max(count // 8, 1), 1)]
+        center = max(median, sum(kept) / len(kept))
+        expected = (center * count + state.level) / (count + 1)
         # an empty slot: the Jeffreys posterior of a rate with no count in `count` windows
         # (half a request over count + 1 windows), so rate ≈ 0 keeps its uncertainty
         expected = max(expected, 0.5 * state.per_request / (count + 1))

@@ -37,14 +37,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-GRID: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
-"""Shift sizes (in σ of one window's z) watched at once."""
+GRID: tuple[float, ...] = (2.0, 4.0, 8.0)
+"""Shift sizes (in σ of one window's z) watched at once. None below 2σ: a CUSUM of shift δ
+gains on any window above δ/2, so a small δ adds up the slow bias every seasonal baseline
+has (a holiday in its history, a drifting tenant) and pages on it; with δ ≥ 2 a window
+must be a full σ above its baseline before it adds any evidence."""
 
 Z_CAP = 12.0
 """A window's z is capped: beyond it the evidence of one window is decisive anyway, and a
 cap keeps one absurd value (a mis-priced event) from leaving a huge statistic behind."""
 
-GRID_CORRELATION = 1.3
+GRID_CORRELATION = 1.0
 """How much the union bound over the grid overstates its alarm rate (simulated: the
 members alarm together on the same excursions)."""
 
@@ -218,6 +221,70 @@ def _gamma_upper(a: float, x: float) -> float:
         if abs(step - 1.0) < 1e-14:
             break
     return math.exp(log_front) * h
+
+
+def heavy_tail_z(z: float, requests: float) -> float:
+    """A z made honest for heavy-tailed requests: its Student-t tail read as a normal z.
+
+    A window's statistic of n requests is only as Gaussian as the mean of n heavy-tailed
+    values (real token counts: one request can be 30× the median), whose excess kurtosis
+    falls as κ/n. A Student t with ν degrees of freedom has excess kurtosis 6/(ν − 4), so
+    reading z as a t with ν = 4 + 6n/κ (κ = 3 for one request's log value: ν = 4 + 2n)
+    keeps one huge request on a thin scope from being a 5σ event (t₆ = 5 is z ≈ 3.1)
+    while a busy window's z is left as it is.
+    """
+    if z <= 0:
+        return z
+    nu = 4.0 + 2.0 * max(requests, 0.0)
+    if nu > 400:
+        return z
+    return normal_upper_z(student_t_upper(z, nu))
+
+
+def student_t_upper(t: float, nu: float) -> float:
+    """P(T ≥ t) for Student's t with ν degrees of freedom (t ≥ 0)."""
+    x = nu / (nu + t * t)
+    return 0.5 * _beta_regularized(0.5 * nu, 0.5, x)
+
+
+def _beta_regularized(a: float, b: float, x: float) -> float:
+    """I_x(a, b) by Lentz's continued fraction (Numerical Recipes ``betai``)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (tiny if abs(d) < tiny else d)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (tiny if abs(d) < tiny else d)
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (tiny if abs(d) < tiny else d)
+        c = 1.0 + aa / c
+        c = tiny if abs(c) < tiny else c
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < 1e-14:
+            break
+    return h
 
 
 def normal_upper_z(p: float) -> float:

@@ -40,6 +40,15 @@ class SlotHistory(SlotsState):
 
     def expected(self, window_start: int, neighbours: int) -> tuple[float, int] | None:
         """Median of the slot's and its neighbours' recent values, and how many there were."""
+        values = self.pooled(window_start, neighbours)
+        if not values:
+            return None
+        mid = len(values) // 2
+        median = values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+        return median, len(values)
+
+    def pooled(self, window_start: int, neighbours: int) -> list[float]:
+        """The slot's and its neighbours' recent values, sorted."""
         if not self.window:
             values = list(self.slots.get(0, ()))
         else:
@@ -48,12 +57,8 @@ class SlotHistory(SlotsState):
             values = []
             for offset in range(-neighbours, neighbours + 1):
                 values.extend(self.slots.get((here + offset) % per_day, ()))
-        if not values:
-            return None
         values.sort()
-        mid = len(values) // 2
-        median = values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
-        return median, len(values)
+        return values
 
     def relative_std(self) -> float:
         """Robust relative noise of the scope (0 until residuals exist)."""

@@ -141,10 +141,11 @@ class UnitCost(DetectorBase):
         cv2 = max(state.cv2.value(c.prior_cv**2, c.prior_weight), c.min_cv**2)
         return mean, math.log1p(cv2 / max(requests, 1))
 
-    def _z(self, value: float, mean: float, v: float) -> float:
+    def _z(self, value: float, mean: float, v: float, requests: int) -> float:
         if value <= 0:
             return -sequential.Z_CAP
-        return (math.log(value / mean) + v / 2) / math.sqrt(v)
+        z = (math.log(value / mean) + v / 2) / math.sqrt(v)
+        return sequential.heavy_tail_z(z, requests)
 
     def _warm(self, state: UnitCostState) -> bool:
         c = self.config
@@ -158,7 +159,7 @@ class UnitCost(DetectorBase):
         if value is None or null is None:
             return None
         mean, v = null
-        z = self._z(value, mean, v)
+        z = self._z(value, mean, v, totals.requests)
         stats = list(state.cusum)
         evidence = sequential.update(stats, z)
         # the unit value that would make this window decisive on its own evidence
@@ -197,7 +198,7 @@ class UnitCost(DetectorBase):
         if judged:
             mean, v = null
             expected = mean
-            z = self._z(value, mean, v)
+            z = self._z(value, mean, v, n)
             if volume is not None and n > c.max_volume_ratio * volume[0]:
                 vz = sequential.wilson_hilferty_z(n, volume[0], 2.0 * max(volume[0], 1.0))
                 if vz >= 3.0:

@@ -1,0 +1,170 @@
+"""The sequential statistics: false-alarm rates under the null match the configured budget
+(by simulation), planted shifts are found on thin and busy scopes, and state survives a
+snapshot."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+from spendwatch.detectors import sequential
+from spendwatch.detectors.base import Totals
+from spendwatch.detectors.robust_seasonal import RobustSeasonal, RobustSeasonalConfig
+from spendwatch.detectors.unit_cost import UnitCost, UnitCostConfig
+from spendwatch.pricing import NANOS_PER_USD
+
+T0 = 1_795_000_000 - 1_795_000_000 % 86400
+WINDOW = 900
+
+
+def _grid_false_alarm_ratio(arl: float, scopes: int, windows: int, seed: int) -> float:
+    """Observed false alarms of the CUSUM grid on N(0,1) windows, over the budget's."""
+    threshold = sequential.threshold_for_arl(arl)
+    grid = np.array(sequential.GRID)
+    rng = np.random.default_rng(seed)
+    stats = np.zeros((scopes, len(grid)))
+    alarms = 0
+    for _ in range(windows):
+        z = np.minimum(rng.standard_normal(scopes), sequential.Z_CAP)[:, None]
+        stats = np.maximum(0.0, stats + grid * z - grid * grid / 2)
+        hit = stats.max(axis=1) >= threshold
+        alarms += int(hit.sum())
+        stats[hit] = 0.0
+    return alarms / (scopes * windows) * arl
+
+
+@pytest.mark.parametrize("arl", [300, 3000])
+def test_grid_threshold_meets_its_false_alarm_budget_within_a_factor_two(arl):
+    ratio = _grid_false_alarm_ratio(arl, scopes=2000, windows=3 * arl, seed=arl)
+    assert 0.5 <= ratio <= 2.0, ratio
+
+
+def test_threshold_follows_the_budget_and_rarity_inverts_it():
+    monthly = sequential.threshold_for_budget(1.0, WINDOW)
+    rare = sequential.threshold_for_budget(0.01, WINDOW)
+    assert rare > monthly > 0
+    assert sequential.once_in_days(monthly, WINDOW) == pytest.approx(30, rel=0.01)
+    assert sequential.once_in_days(rare, WINDOW) == pytest.approx(3000, rel=0.01)
+    assert sequential.describe_rarity(3300.0) == "once in 9.0 years of this scope"
+
+
+def test_gamma_tail_is_exact_for_thin_scopes_and_smooth_at_shape_one():
+    # Exponential (shape 1): P(V ≥ 3) = e^-3.
+    assert sequential._gamma_upper(1.0, 3.0) == pytest.approx(math.exp(-3), rel=1e-9)
+    assert sequential._gamma_upper(0.5, 2.0) == pytest.approx(math.erfc(math.sqrt(2)), rel=1e-9)
+    # rate 0.03 requests a window, one seen: a modest surprise, not a division by zero
+    assert 1.5 < sequential.gamma_z(1.0, 0.03, 0.09) < 3.0
+    assert sequential.gamma_z(0.0, 0.03, 0.09) < 0
+
+
+def _usd(amount: float, requests: int) -> Totals:
+    return Totals(spend_nanos=int(amount * NANOS_PER_USD), requests=requests, events=requests)
+
+
+def _unit_stream(detector, rng, windows, rate, factor_from=None, factor=5.0, sigma=0.8):
+    """Per-request log-normal costs (CV ≈ 1 at σ 0.8), Poisson requests per window."""
+    state = detector.new_state()
+    fired = []
+    for i in range(windows):
+        n = int(rng.poisson(rate))
+        if n == 0:
+            continue
+        scale = factor if factor_from is not None and i >= factor_from else 1.0
+        costs = 0.001 * scale * rng.lognormal(0.0, sigma, n)
+        alerts = detector.observe(state, {"prompt_id": "p"}, T0 + i * WINDOW, _usd(costs.sum(), n))
+        fired += [(i, a) for a in alerts if a.status == "firing"]
+    return state, fired
+
+
+@pytest.mark.parametrize("rate", [0.5, 8.0, 200.0])
+def test_unit_cost_false_alarms_under_the_null_stay_near_the_budget(rate):
+    budget = 30.0  # per scope-month: a high budget makes the null rate measurable
+    detector = UnitCost(UnitCostConfig(name="u", false_alarms_per_scope_per_month=budget))
+    rng = np.random.default_rng(int(rate * 10))
+    windows, scopes, alarms = 4 * 96, 40, 0
+    for _ in range(scopes):
+        _, fired = _unit_stream(detector, rng, windows, rate)
+        alarms += len(fired)
+    expected = budget * scopes * windows * WINDOW / sequential.MONTH
+    assert alarms <= 2.0 * expected, (alarms, expected)
+
+
+@pytest.mark.parametrize(("rate", "max_windows"), [(2.0, 6), (8.0, 2), (300.0, 1)])
+def test_unit_cost_finds_a_five_fold_rise_on_thin_and_busy_scopes(rate, max_windows):
+    detector = UnitCost(UnitCostConfig(name="u"))
+    rng = np.random.default_rng(7)
+    onset = 3 * 96
+    _, fired = _unit_stream(detector, rng, onset + 96, rate, factor_from=onset, sigma=0.45)
+    assert fired, rate
+    first, alert = fired[0]
+    assert onset <= first < onset + max_windows, (rate, first)
+    assert alert.evidence >= alert.threshold
+    assert alert.once_in_days is None or alert.once_in_days > 1000, "None: beyond counting"
+
+
+def _spend_stream(detector, rng, days, rate, spike_from=None, factor=8.0, dispersion=0.0):
+    state = detector.new_state()
+    fired = []
+    windows = int(days * 96)
+    for i in range(windows):
+        start = T0 + i * WINDOW
+        hour = (start % 86400) / 3600
+        mean = rate * (0.3 + 0.7 * (8 <= hour < 20))
+        if dispersion:
+            mean *= rng.gamma(1 / dispersion**2, dispersion**2)
+        if spike_from is not None and i >= spike_from:
+            mean *= factor
+        n = int(rng.poisson(mean))
+        spend = float(0.002 * rng.lognormal(0.0, 0.5, n).sum()) if n else 0.0
+        alerts = detector.observe(state, {"tenant": "t"}, start, _usd(spend, n))
+        fired += [(i, a) for a in alerts if a.status == "firing"]
+    return state, fired
+
+
+@pytest.mark.parametrize("rate", [0.05, 3.0, 100.0])
+def test_robust_seasonal_is_quiet_on_thin_and_busy_normal_scopes(rate):
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    rng = np.random.default_rng(int(rate * 100))
+    fired = []
+    for _ in range(4):
+        fired += _spend_stream(detector, rng, 8, rate)[1]
+    assert len(fired) <= 1, [(i, a.observed, a.expected) for i, a in fired]
+
+
+@pytest.mark.parametrize(("rate", "max_windows"), [(1.0, 4), (100.0, 1)])
+def test_robust_seasonal_finds_a_request_loop_fast(rate, max_windows):
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    rng = np.random.default_rng(3)
+    onset = 5 * 96 + 50
+    _, fired = _spend_stream(detector, rng, 6, rate, spike_from=onset)
+    assert fired and onset <= fired[0][0] < onset + max_windows, fired[:1]
+
+
+def test_sequential_state_survives_a_snapshot_and_explain_shows_its_evidence():
+    detector = UnitCost(UnitCostConfig(name="u"))
+    rng = np.random.default_rng(11)
+    state, _ = _unit_stream(detector, rng, 3 * 96, 4.0)
+    copy = pickle.loads(pickle.dumps(state))
+    window = _usd(0.02, 4)
+    start = T0 + 400 * WINDOW
+    shown = detector.explain(state, start, window)
+    assert shown == detector.explain(copy, start, window)
+    assert shown["evidence"] > 0 and shown["threshold"] == pytest.approx(detector.threshold)
+    assert shown["upper"] > shown["expected"]
+    assert detector.observe(state, {}, start, window) == detector.observe(copy, {}, start, window)
+    assert state.cusum == copy.cusum
+    robust = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    rstate, _ = _spend_stream(robust, rng, 3, 10.0)
+    rcopy = pickle.loads(pickle.dumps(rstate))
+    point = robust.explain(rstate, T0 + 3 * 86400, _usd(1.0, 40))
+    assert point == robust.explain(rcopy, T0 + 3 * 86400, _usd(1.0, 40))
+    assert {"evidence", "threshold", "once_in_days"} <= set(point)
+
+
+def test_an_old_snapshot_state_loads_and_is_dropped_by_the_engine():
+    state = UnitCost(UnitCostConfig(name="u")).new_state()
+    state.__setstate__((1, 2, 3))  # the window-gated state had three fields
+    assert state.cusum is None
