@@ -435,7 +435,7 @@ class ShardEngine:
             peers = dict(zip(peer_names, group, strict=True))
             for window_start, members in sorted(groups.get(group, {}).items()):
                 if self.tracer is not None:
-                    for member, seen in detector.explain_group(members).items():
+                    for member, seen in detector.explain_group(members, state).items():
                         scope_map = {**peers, **dict(zip(member_names, member, strict=True))}
                         self.tracer(detector, scope_map, window_start, members[member], seen)
                 alerts.extend(detector.observe_group(state, peers, window_start, members))

@@ -49,6 +49,8 @@ def describe(engine: ShardEngine) -> dict[str, Any]:
         states = engine.detector_states.get(detector.name, {})
         progress = engine.detector_progress.get(detector.name, {})
         rows = scopes.setdefault(detector.name, [])
+        if getattr(detector, "peer_group", False):  # state per peer group, not per scope
+            continue
         for scope, state in states.items():
             judged, last_data = progress.get(scope, (None, None))
             rows.append(_baseline(detector, scope, state, judged, last_data))

@@ -158,7 +158,9 @@ def test_agent_loop_explains_each_member_against_its_peers():
     members[("s7",)] = Totals(requests=40)
     seen = detector.explain_group(members)
     assert seen[("s7",)]["value"] == 40 and seen[("s7",)]["expected"] == 2
-    assert seen[("s7",)]["z"] >= detector.config.threshold > seen[("s1",)]["z"]
+    assert seen[("s7",)]["tail_probability"] <= seen[("s7",)]["allowed_probability"]
+    assert seen[("s1",)]["tail_probability"] > seen[("s1",)]["allowed_probability"]
+    assert seen[("s7",)]["z"] > seen[("s1",)]["z"]
     assert seen[("s7",)]["value"] >= seen[("s7",)]["upper"] > seen[("s1",)]["value"]
     few = {(f"s{i}",): Totals(requests=1) for i in range(3)}
     assert detector.explain_group(few) == {}, "too few peers to tell"

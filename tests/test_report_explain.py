@@ -149,7 +149,8 @@ def test_explain_shows_a_looping_session_against_its_peers(tmp_path: Path, capsy
     (line,) = capsys.readouterr().out.splitlines()
     seen = json.loads(line)
     assert seen["rule"] == "session-loop" and seen["scope"] == loop.scope
-    assert seen["value"] >= seen["upper"] > seen["expected"] and seen["z"] > 4.5
+    # the upper edge is the count that fires given the evidence the session already has
+    assert seen["value"] >= seen["upper"] > seen["expected"] and seen["z"] > 3
 
 
 def test_replay_of_a_focus_export_sees_what_backtest_sees(tmp_path):

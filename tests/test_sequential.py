@@ -168,3 +168,42 @@ def test_an_old_snapshot_state_loads_and_is_dropped_by_the_engine():
     state = UnitCost(UnitCostConfig(name="u")).new_state()
     state.__setstate__((1, 2, 3))  # the window-gated state had three fields
     assert state.cusum is None
+
+
+def _sessions(rng, users, long_share=0.02):
+    """Calls per session in one 10-minute window: geometric, mean 6, 2 % long (mean 30)."""
+    means = np.where(rng.random(users) < long_share, 30.0, 6.0)
+    return rng.geometric(1.0 / means)
+
+
+def test_agent_loop_judges_the_peers_upper_tail_not_their_median():
+    from spendwatch.detectors.peers import AgentLoop, AgentLoopConfig
+
+    budget = 3.0  # per group-month, high enough to measure in a short simulation
+    detector = AgentLoop(AgentLoopConfig(name="a", false_alarms_per_scope_per_month=budget))
+    rng = np.random.default_rng(5)
+    windows, users, false = 6 * 144, 450, 0
+    state = detector.new_state()
+    for i in range(windows):
+        members = {(f"u{j}",): Totals(requests=int(n)) for j, n in enumerate(_sessions(rng, users))}
+        alerts = detector.observe_group(state, {"tenant": "t"}, T0 + i * 600, members)
+        false += sum(a.status == "firing" for a in alerts)
+    allowed = budget * windows * 600 / sequential.MONTH
+    assert false <= 2 * allowed + 1, (false, allowed)  # the old median rule: ~64/day here
+    # A loop of 60 calls per window is not rare in one window among these peers (2 % of
+    # sessions average 30): its evidence adds up over the windows it keeps calling.
+    delays = []
+    for k in range(4):
+        start = windows + 10 * k
+        for i in range(10):
+            members = {
+                (f"u{j}",): Totals(requests=int(n)) for j, n in enumerate(_sessions(rng, users))
+            }
+            members[(f"loop{k}",)] = Totals(requests=60)
+            alerts = detector.observe_group(state, {"tenant": "t"}, T0 + (start + i) * 600, members)
+            if any(a.scope.get("session") == f"loop{k}" for a in alerts):
+                delays.append(i + 1)
+                break
+    assert len(delays) == 4 and max(delays) <= 8, delays
+    snapshot = pickle.loads(pickle.dumps(state))
+    assert snapshot.hist == state.hist and snapshot.suspects == state.suspects
