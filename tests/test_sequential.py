@@ -14,7 +14,7 @@ from spendwatch.detectors import sequential
 from spendwatch.detectors.base import Totals
 from spendwatch.detectors.robust_seasonal import RobustSeasonal, RobustSeasonalConfig
 from spendwatch.detectors.unit_cost import UnitCost, UnitCostConfig
-from spendwatch.pricing import NANOS_PER_USD
+from spendwatch.ingest.pricing import NANOS_PER_USD
 
 T0 = 1_795_000_000 - 1_795_000_000 % 86400
 WINDOW = 900
