@@ -13,6 +13,7 @@ from typing import Any
 
 from spendwatch.core.timefmt import rfc3339
 from spendwatch.dataflows.engine import ShardEngine
+from spendwatch.detectors.base import GroupDetector
 from spendwatch.ingest.pricing import NANOS_PER_USD
 
 
@@ -49,7 +50,7 @@ def describe(engine: ShardEngine) -> dict[str, Any]:
         states = engine.detector_states.get(detector.name, {})
         progress = engine.detector_progress.get(detector.name, {})
         rows = scopes.setdefault(detector.name, [])
-        if getattr(detector, "peer_group", False):  # state per peer group, not per scope
+        if isinstance(detector, GroupDetector):  # state per peer group, not per scope
             continue
         for scope, state in states.items():
             judged, last_data = progress.get(scope, (None, None))

@@ -137,9 +137,10 @@ class GroupDetector(Detector):
 
     @abstractmethod
     def explain_group(
-        self, members: Mapping[tuple[str, ...], Totals]
+        self, members: Mapping[tuple[str, ...], Totals], state: Any = None
     ) -> dict[tuple[str, ...], dict[str, float]]:
-        """Each member's value, expected, band and score in this window, before judging."""
+        """Each member's value, expected, band and score in this window, before judging
+        (``state``: the group's, when the rule learns across windows)."""
 
     def keep_state(self, state: Any) -> bool:
         """Whether a group's state must be kept after a window (an episode is open): groups
