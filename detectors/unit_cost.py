@@ -84,7 +84,9 @@ class UnitCostConfig(ExplainedRuleConfig):
     relearn_after: int = Field(
         default=16, ge=1, description="episode windows after which the new level is learned"
     )
-    warmup: int = Field(default=24, ge=1, description="judged windows learned before alerting")
+    warmup: Duration = Field(
+        default=6 * 3600, description="event time of judged windows learned before alerting"
+    )
     warmup_requests: int = Field(default=20, ge=1, description="requests learned before alerting")
 
 
@@ -149,7 +151,7 @@ class UnitCost(DetectorBase):
 
     def _warm(self, state: UnitCostState) -> bool:
         c = self.config
-        return state.seen >= c.warmup and state.requests >= c.warmup_requests
+        return state.seen >= max(c.warmup // c.window, 1) and state.requests >= c.warmup_requests
 
     def explain(
         self, state: UnitCostState, window_start: int, totals: Totals

@@ -346,7 +346,7 @@ class ConfigDeprecationWarning(UserWarning):
 
 
 # Detector types whose ``warmup`` was a count of windows before it became a duration.
-_WARMUP_WAS_A_COUNT = frozenset({"seasonal_zscore"})
+_WARMUP_WAS_A_COUNT = frozenset({"seasonal_zscore", "unit_cost"})
 
 
 def _convert_window_counts(data: dict[str, Any], file: str, root: Any) -> None:

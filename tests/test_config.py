@@ -149,3 +149,13 @@ def test_an_old_integer_warmup_still_loads_as_the_duration_it_meant(tmp_path):
         "detectors:\n  - name: z\n    type: seasonal_zscore\n    window: 15m\n    warmup: 6h\n"
     )
     assert load_config(path).detectors[0].effective_warmup == 24
+
+
+def test_an_old_integer_unit_cost_warmup_loads_as_judged_windows_of_event_time(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "detectors:\n  - name: u\n    type: unit_cost\n    window: 5m\n    warmup: 12\n"
+    )
+    with pytest.warns(ConfigDeprecationWarning, match=r"detectors\[0\]\.warmup"):
+        config = load_config(path)
+    assert config.detectors[0].warmup == 12 * 300
