@@ -10,6 +10,8 @@ import random
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spendwatch.ingest.events import DedupWindow, id_keys
 from spendwatch.ingest.parser import EventParser
@@ -118,3 +120,22 @@ def test_ids_take_at_most_16_bytes_each():
         window.commit(additions)
     assert window.size == count
     assert window.nbytes / count <= 16
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    largest=st.lists(st.floats(0, 5000, allow_nan=False), max_size=3),
+    values=st.lists(st.floats(0, 5000, allow_nan=False), max_size=60),
+    lateness=st.sampled_from([0.0, 30.0, 300.0]),
+)
+def test_vectorised_late_count_and_clock_equal_the_event_by_event_pass(largest, values, lateness):
+    import heapq
+
+    from spendwatch.ingest.parser import _late_and_clock, _running_quorum
+
+    heapq.heapify(largest)
+    array = np.array(values, dtype=np.float64)
+    before, heap = _running_quorum(largest, array)
+    late, fast_heap = _late_and_clock(largest, array, lateness)
+    assert late == int((array < before - lateness).sum())
+    assert sorted(fast_heap) == sorted(heap)

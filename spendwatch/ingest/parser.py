@@ -179,22 +179,18 @@ class EventParser:
             piece = slice(start, stop)
             fresh, old, additions = dedup.check(ts[piece], keys[piece], checkable[piece])
             kept = np.flatnonzero(fresh & admissible[piece])
-            before, heap = _running_quorum(self.clock.largest, ts[piece][kept])
-            # The stream time after each kept event: where the floor may move.
-            end = heap[0] if len(heap) >= STREAM_TIME_QUORUM else -math.inf
-            after = np.append(before[1:], end) if kept.shape[0] else before
-            floors = np.floor((after - dedup.horizon) / dedup.bucket) * dedup.bucket
-            moved = np.flatnonzero(floors > dedup.floor)
-            if moved.shape[0] and int(kept[moved[0]]) + 1 < stop - start:
+            values = ts[piece][kept]
+            moved = _first_floor_move(self.clock.largest, values, dedup)
+            if moved is not None and int(kept[moved]) + 1 < stop - start:
                 # Decided only up to the event that moves the floor: the rest again.
-                stop = start + int(kept[moved[0]]) + 1
+                stop = start + int(kept[moved]) + 1
                 piece = slice(start, stop)
                 fresh, old, additions = dedup.check(ts[piece], keys[piece], checkable[piece])
-                kept = kept[: moved[0] + 1]
-                before, heap = _running_quorum(self.clock.largest, ts[piece][kept])
+                kept, values = kept[: moved + 1], values[: moved + 1]
+            late_here, heap = _late_and_clock(self.clock.largest, values, lateness)
             dedup.commit(additions)
             valid[piece], unchecked[piece] = fresh, old
-            late += int((ts[piece][kept] < before - lateness).sum())
+            late += late_here
             self.clock.largest = heap
             dedup.set_floor(self.clock.time())
             start = stop
@@ -245,6 +241,48 @@ def new_tally() -> dict[str, Any]:
         "dead_reasons": Counter(),
         "fallback_priced": Counter(),
     }
+
+
+def _first_floor_move(largest: list[float], values: np.ndarray, dedup: Any) -> int | None:
+    """The first of ``values`` after which the stream time has reached the next floor
+    move (None: none does), without an event-by-event pass: the stream time reaches ``T``
+    once ``STREAM_TIME_QUORUM`` admitted times are at or above ``T``."""
+    if not values.shape[0]:
+        return None
+    target = dedup.floor + dedup.bucket + dedup.horizon  # -inf before the first floor
+    already = sum(1 for value in largest if value >= target)
+    reached = np.flatnonzero(already + np.cumsum(values >= target) >= STREAM_TIME_QUORUM)
+    return int(reached[0]) if reached.shape[0] else None
+
+
+def _late_and_clock(
+    largest: list[float], values: np.ndarray, lateness: float
+) -> tuple[int, list[float]]:
+    """How many of ``values`` are late (older than the stream time before them minus the
+    lateness), and the stream-clock heap after them all.
+
+    The stream time before an event lies between the stream time at the start and the
+    largest time seen so far: an event older than the first minus the lateness is late,
+    one within the lateness of the second is not. Only the rare event in between needs
+    the event-by-event pass.
+    """
+    if not values.shape[0]:
+        return 0, list(largest)
+    top = (
+        values
+        if values.shape[0] <= STREAM_TIME_QUORUM
+        else np.partition(values, -STREAM_TIME_QUORUM)[-STREAM_TIME_QUORUM:]
+    )
+    heap = heapq.nlargest(STREAM_TIME_QUORUM, [*largest, *top.tolist()])
+    heapq.heapify(heap)
+    start = largest[0] if len(largest) >= STREAM_TIME_QUORUM else -math.inf
+    seen = np.maximum.accumulate(np.concatenate(([max(largest, default=-math.inf)], values[:-1])))
+    late = values < start - lateness
+    on_time = values >= seen - lateness
+    if (late | on_time).all():
+        return int(late.sum()), heap
+    before, heap = _running_quorum(largest, values)
+    return int((values < before - lateness).sum()), heap
 
 
 def _running_quorum(largest: list[float], values: np.ndarray) -> tuple[np.ndarray, list[float]]:
