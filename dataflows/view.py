@@ -108,7 +108,7 @@ def _baseline(detector: Any, scope: tuple[str, ...], state: Any, judged: Any, la
         "scope": dict(zip(detector.aggregation.dims, scope, strict=True)),
         "last_judged_window": None if judged is None else rfc3339(judged),
         "last_window_with_data": None if last is None else rfc3339(last),
-        "windows_seen": getattr(state, "seen", None),
+        "windows_seen": detector.windows_seen(state),
         "firing_since": None,
         "expected": None,
         "std": None,

@@ -99,6 +99,13 @@ class Detector(ABC):
         return True
 
 
+class Baseline(NamedTuple):
+    """Expected value of the next window and its standard deviation, in the metric's unit."""
+
+    expected: float
+    std: float
+
+
 class WindowDetector(Detector):
     """A rule judging closed windows of one aggregation, scope by scope."""
 
@@ -112,6 +119,15 @@ class WindowDetector(Detector):
         """Value, expected, band and score of a window *before* it is observed (for
         ``explain`` and reports); ``None`` when the detector cannot tell yet."""
         return None
+
+    def baseline(self, state: Any, window_start: int) -> Baseline | None:
+        """What the window starting at ``window_start`` will be judged against, before any
+        of its data (the query API's ``/scopes``); ``None`` when not known yet."""
+        return None
+
+    def windows_seen(self, state: Any) -> int | None:
+        """How many windows of this scope the detector has learned from."""
+        return getattr(state, "seen", None)
 
 
 class GroupDetector(Detector):

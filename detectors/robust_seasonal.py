@@ -39,6 +39,7 @@ from spendwatch.core.alerts import Alert
 from spendwatch.core.configtypes import Duration
 from spendwatch.detectors import sequential
 from spendwatch.detectors.base import (
+    Baseline,
     DetectorBase,
     ExplainedRuleConfig,
     Totals,
@@ -175,6 +176,13 @@ class RobustSeasonal(DetectorBase):
         # (half a request over count + 1 windows), so rate ≈ 0 keeps its uncertainty
         expected = max(expected, 0.5 * state.per_request / (count + 1))
         return expected, self._variance(state, expected)
+
+    def baseline(self, state: RobustState, window_start: int) -> Baseline | None:
+        band = self.band(state, window_start)
+        return None if band is None else Baseline(band[0], math.sqrt(max(band[1], 0.0)))
+
+    def windows_seen(self, state: RobustState) -> int:
+        return state.history.seen
 
     def _variance(self, state: RobustState, expected: float) -> float:
         c = self.config

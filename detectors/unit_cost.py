@@ -40,6 +40,7 @@ from spendwatch.core.alerts import Alert
 from spendwatch.core.configtypes import Duration
 from spendwatch.detectors import sequential
 from spendwatch.detectors.base import (
+    Baseline,
     DetectorBase,
     ExplainedRuleConfig,
     Totals,
@@ -142,6 +143,15 @@ class UnitCost(DetectorBase):
         mean = state.num / state.requests
         cv2 = max(state.cv2.value(c.prior_cv**2, c.prior_weight), c.min_cv**2)
         return mean, math.log1p(cv2 / max(requests, 1))
+
+    def baseline(self, state: UnitCostState, window_start: int) -> Baseline | None:
+        """The per-request mean and one request's spread (a window of n requests is
+        judged against the mean with a spread √n times smaller)."""
+        null = self._null(state, 1)
+        if null is None:
+            return None
+        mean, v = null
+        return Baseline(mean, mean * math.sqrt(math.expm1(v)))
 
     def _z(self, value: float, mean: float, v: float, requests: int) -> float:
         if value <= 0:

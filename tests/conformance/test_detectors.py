@@ -283,3 +283,20 @@ def test_a_cold_scope_and_an_all_zero_history_are_ordinary_input(harness):
             assert value is None or math.isfinite(value), (name, alert)
         assert alert.status in ("firing", "resolved")
     assert copy.deepcopy(alerts) == alerts
+
+
+@pytest.mark.parametrize("kind", ["robust_seasonal", "unit_cost", "seasonal_zscore"])
+def test_the_query_api_view_has_each_scopes_baseline(kind):
+    """``/scopes/<rule>`` reports expected, std and windows seen for a warm scope."""
+    from spendwatch.dataflows.view import describe
+
+    h = HARNESSES[kind]
+    plan = _plan(h.rule)
+    engine = ShardEngine(plan)
+    for max_ts, rows in _messages(plan, h.stream(np.random.default_rng(7)), 1):
+        engine.on_message(max_ts, rows)
+    [rows] = describe(engine)["scopes"].values()
+    acme = next(row for row in rows if row["scope"] == {"tenant": "acme"})
+    assert acme["windows_seen"] > 100
+    assert math.isfinite(acme["expected"]) and acme["expected"] > 0
+    assert math.isfinite(acme["std"]) and acme["std"] > 0
