@@ -129,14 +129,25 @@ def kill_loop(
     *,
     kills: int = 10,
     on_kill: Callable[[], None] = lambda: None,
+    progress: Callable[[], int] | None = None,
 ) -> int:
     """Start ``command`` again and again, SIGKILLing it after a random pause, until it has
-    been killed at least ``kills`` times and then runs to the end (exit 0) once more."""
+    been killed at least ``kills`` times and then runs to the end (exit 0) once more.
+
+    With ``progress`` (e.g. alerts delivered so far), each pause starts only once the
+    worker has made some (or exited, or a minute passed): a slow start on a loaded
+    machine then cannot make every kill land before the input is read at all.
+    """
     rng = random.Random(seed)
     done = 0
     finished_after_last_kill = False
     while done < kills or not finished_after_last_kill:
+        before = progress() if progress is not None else 0
         worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if progress is not None and done < kills + 2:
+            deadline = time.monotonic() + 60
+            while worker.poll() is None and progress() == before and time.monotonic() < deadline:
+                time.sleep(0.05)
         if done < kills + 2:
             time.sleep(rng.uniform(*pause))
         if done < kills + 2 and worker.poll() is None:

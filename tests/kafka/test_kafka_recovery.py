@@ -79,10 +79,15 @@ def test_sigkill_at_random_points_loses_and_repeats_nothing_from_kafka(
     command += ["--dump-state", str(tmp_path / "crashed.json")]
     progress: list[int] = []  # alerts delivered when each kill landed
 
-    def record() -> None:
-        progress.append(len(identities(alerts)) if alerts.exists() else 0)
+    def delivered() -> int:
+        return len(identities(alerts)) if alerts.exists() else 0
 
-    kills = kill_loop(command, seed=20261117, pause=(0.8, 2.5), on_kill=record)
+    def record() -> None:
+        progress.append(delivered())
+
+    kills = kill_loop(
+        command, seed=20261117, pause=(0.0, 1.5), on_kill=record, progress=delivered
+    )
     assert kills >= 10
     expected = identities(reference_alerts)
     mid_stream = [n for n in progress if 0 < n < len(expected)]
