@@ -19,8 +19,12 @@ import numpy as np
 from spendwatch.detectors.base import Aggregation
 from spendwatch.ingest.events import ParsedBatch
 
-# (aggregation index, scope values, window start, spend nanos, requests, in, out, events)
-PartialRow = tuple[int, tuple[str, ...], int, int, int, int, int, int]
+# (aggregation index, scope values, window start, spend nanos, requests, in, out, events,
+#  single-request events, their Σ log output tokens, Σ log cost, Σ log², Σ log² cost):
+#  see ``Totals``
+PartialRow = tuple[
+    int, tuple[str, ...], int, int, int, int, int, int, int, float, float, float, float
+]
 ShardMessage = tuple[float | None, list[PartialRow]]
 
 _SEPARATOR = "\x1f"
@@ -62,9 +66,12 @@ class PreAggregator:
                 window_indexes[window] = found
             return found
 
+        per_request = _per_request_logs(batch)
         out: list[PartialRow] = []
         for index, aggregation in enumerate(self.aggregations):
-            out.extend(self._aggregate(index, aggregation, batch, column, window_index))
+            out.extend(
+                self._aggregate(index, aggregation, batch, column, window_index, per_request)
+            )
         return out
 
     def route(self, batch: ParsedBatch) -> list[tuple[str, ShardMessage]]:
@@ -84,7 +91,9 @@ class PreAggregator:
         stream_time = batch.stream_time
         return [(str(shard), (stream_time, rows)) for shard, rows in enumerate(per_shard)]
 
-    def _aggregate(self, index, aggregation, batch, column, window_index_of) -> list[PartialRow]:
+    def _aggregate(
+        self, index, aggregation, batch, column, window_index_of, per_request
+    ) -> list[PartialRow]:
         selected = batch.anomaly_input.copy() if not aggregation.include_credits else None
         for dim, wanted in aggregation.match:
             codes, uniques = column(dim)
@@ -125,12 +134,13 @@ class PreAggregator:
                 batch.output_tokens,
             )
         ]
+        floats = [pick(values) for values in per_request]
         if capacity < _MAX_COMBINED_KEY:
             key = np.zeros(window_index.shape[0], dtype=np.int64)
             for codes, size in zip(dim_codes, cardinalities, strict=True):
                 key = key * size + codes
             key = key * window_span + (window_index - first_window)
-            group_keys, counts, sums = _group_sums(key, capacity, columns)
+            group_keys, counts, sums, float_sums = _group_sums(key, capacity, columns, floats)
             group_windows = group_keys % window_span + first_window
             rest = group_keys // window_span
             group_dim_codes = []
@@ -147,6 +157,7 @@ class PreAggregator:
             group_windows = sorted_rows[starts, -1]
             group_dim_codes = [sorted_rows[starts, i] for i in range(len(dim_codes))]
             sums = [np.add.reduceat(values[order], starts) for values in columns]
+            float_sums = [np.add.reduceat(values[order], starts) for values in floats]
             counts = np.diff(np.r_[starts, order.shape[0]])
         uniques = [column(d)[1] for d in aggregation.dims]
         scopes = (
@@ -171,6 +182,11 @@ class PreAggregator:
                 sums[2].tolist(),
                 sums[3].tolist(),
                 counts.tolist(),
+                np.rint(float_sums[0]).astype(np.int64).tolist(),
+                float_sums[1].tolist(),
+                float_sums[2].tolist(),
+                float_sums[3].tolist(),
+                float_sums[4].tolist(),
                 strict=True,
             )
         )
@@ -192,10 +208,28 @@ def _summable(values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _per_request_logs(batch: ParsedBatch) -> list[np.ndarray]:
+    """Per event: 1 if it is one request, and that request's log output tokens and log
+    cost (nano-dollars), each floored at 1, and their squares (0 for events of several
+    requests).
+
+    What a thin scope's unit-cost test needs to judge each request's own value: the log
+    of a summed event is the log of a mean, whose spread is not one request's.
+    """
+    single = batch.requests == 1
+    weight = single.astype(np.float64)
+    log_out = np.log(np.maximum(batch.output_tokens, 1).astype(np.float64))
+    log_cost = np.log(np.maximum(batch.spend_nanos, 1).astype(np.float64))
+    log_out *= weight
+    log_cost *= weight
+    return [weight, log_out, log_cost, log_out * log_out, log_cost * log_cost]
+
+
 def _group_sums(
-    key: np.ndarray, capacity: int, columns: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Distinct keys (ascending), rows per key and each column's integer sum per key.
+    key: np.ndarray, capacity: int, columns: list[np.ndarray], floats: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Distinct keys (ascending), rows per key, each column's integer sum per key and each
+    float column's sum per key.
 
     Keys from a small range are counted with ``bincount`` (linear time) when every
     column is small enough for its float64 sums to be exact integers; otherwise the
@@ -212,9 +246,13 @@ def _group_sums(
             np.bincount(key, weights=values, minlength=capacity)[group_keys].astype(np.int64)
             for values in columns
         ]
-        return group_keys, counts[group_keys], sums
+        float_sums = [
+            np.bincount(key, weights=values, minlength=capacity)[group_keys] for values in floats
+        ]
+        return group_keys, counts[group_keys], sums, float_sums
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     starts = np.flatnonzero(np.r_[True, sorted_key[1:] != sorted_key[:-1]])
     sums = [np.add.reduceat(values[order], starts) for values in columns]
-    return sorted_key[starts], np.diff(np.r_[starts, rows]), sums
+    float_sums = [np.add.reduceat(values[order], starts) for values in floats]
+    return sorted_key[starts], np.diff(np.r_[starts, rows]), sums, float_sums

@@ -22,6 +22,7 @@ from spendwatch.core.alerts import Alert
 from spendwatch.dataflows.aggregate import PartialRow
 from spendwatch.detectors import drivers as driver_mix
 from spendwatch.detectors.base import (
+    SUM_FIELDS,
     ZERO,
     Aggregation,
     Detector,
@@ -586,11 +587,12 @@ class ShardEngine:
             del self.closed_before[aggregation]
 
 
-SERIES_FIELDS = 1 + len(Totals._fields)
+SERIES_FIELDS = 1 + SUM_FIELDS  # the window start and the integer sums
 
 
 def _append_point(points: Any, start: int, totals: Totals) -> None:
     """Add a window to the last step of ``points`` if it is the same step, else append one."""
+    totals = totals[:SUM_FIELDS]
     if points and points[-SERIES_FIELDS] == start:
         base = len(points) - SERIES_FIELDS + 1
         sums = [points[base + i] + value for i, value in enumerate(totals)]

@@ -28,9 +28,24 @@ class Totals(NamedTuple):
     input_tokens: int = 0
     output_tokens: int = 0
     events: int = 0
+    # Per-request evidence of thin scopes, over the window's single-request events only
+    # (an event standing for many calls carries their sums, not each call's value):
+    single_requests: int = 0
+    """Requests that came as events of one request each (the count of the sums below)."""
+    log_output: float = 0.0
+    """Σ log(output tokens) over single-request events (tokens floored at 1)."""
+    log_cost: float = 0.0
+    """Σ log(cost in nano-dollars) over single-request events (floored at 1)."""
+    log_output_sq: float = 0.0
+    """Σ log² of the same output tokens (the spread within the window)."""
+    log_cost_sq: float = 0.0
 
     def add(self, other: Totals) -> Totals:
         return Totals(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+SUM_FIELDS = 5
+"""The leading integer sums of :class:`Totals` (what the series store keeps)."""
 
 
 ZERO = Totals()

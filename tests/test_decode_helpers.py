@@ -169,7 +169,7 @@ def test_backtest_alerts_do_not_depend_on_helpers(planted_file, tmp_path):
 def test_group_sums_are_exact_integer_sums(rows):
     key = np.array([k for k, _ in rows], dtype=np.int64)
     values = np.array([v for _, v in rows], dtype=np.int64)
-    groups, counts, [sums] = _group_sums(key, 41, [values])
+    groups, counts, [sums], _ = _group_sums(key, 41, [values], [])
     expected: dict[int, list[int]] = {}
     for k, v in rows:
         expected.setdefault(k, []).append(v)
