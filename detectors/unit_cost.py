@@ -18,6 +18,22 @@ The null model, learned per scope from its own normal windows:
 * a window's mean of n requests is then log-normal (Fenton–Wilkinson): log x̄ ≈ N(log μ −
   v/2, v) with v = log(1 + c²/n), and ``z = (log x̄ − log μ + v/2)/√v`` is its surprise.
 
+Thin windows of single-request events are judged per request instead. A window mean of
+heavy-tailed values hides its evidence: one 30× request inflates the learned c² so
+much that a ×5 prompt regression on a 2-request-an-hour prompt adds next to nothing.
+When every request of a window came as its own event, the pre-aggregation also gives
+the sum of each request's log value (``Totals.log_output`` / ``log_cost``), and the
+window is judged by the mean of its n per-request logs against a learned per-request
+log mean ``m`` and variance ``s²`` (the exponentially weighted ``(Σ log − n·m)²/n``,
+shrunk toward ``log(1 + prior_cv²)``, winsorised at 3 s per window):
+``z = (mean log − m) / (s·√(1/n + 1/N))`` with N the requests behind ``m``. One
+request's log value is a contaminated normal (a rare 10–30× tail), so its evidence is
+Huber-bounded: z is capped at ``per_request_cap·√n``. One 30× request (≈ 4σ of a σ 0.8
+prompt) then adds at most what a 3σ request does and does not page alone, while two or
+three ×5 requests on a steady prompt, or five to ten on a wide one, do. Windows with
+events of several requests (busy scopes write pre-summed events) keep the window-mean
+test above.
+
 The z of each window feeds a grid of CUSUMs; a scope fires when the evidence crosses the
 threshold that ``false_alarms_per_scope_per_month`` implies, and the rise is at least
 ``min_increase``. Two ×5 requests on a thin prompt are decisive on their own, a busy
@@ -49,6 +65,14 @@ from spendwatch.detectors.base import (
 )
 from spendwatch.detectors.episodes import Episode
 from spendwatch.detectors.slots import SlotHistory
+
+LOG_WINSOR = 25.0
+"""A window's per-request log variance sample is winsorised at this × the learned one."""
+
+TAIL_LEVEL = 3.5
+"""A lone request this many σ above its scope's mean counts toward the tail share."""
+TAIL_PRIOR_WEIGHT = 20.0
+"""Lone requests the prior tail share is worth."""
 
 UnitMetric = Literal["cost_per_request_usd", "output_tokens_per_request"]
 
@@ -89,12 +113,35 @@ class UnitCostConfig(ExplainedRuleConfig):
         default=6 * 3600, description="event time of judged windows learned before alerting"
     )
     warmup_requests: int = Field(default=20, ge=1, description="requests learned before alerting")
+    per_request_cap: float = Field(
+        default=3.5,
+        gt=0,
+        description="most z one request can add on the steadiest prompt (see tail_share)",
+    )
+    tail_share: float = Field(
+        default=0.002,
+        gt=0,
+        lt=0.5,
+        description="share of requests a new scope assumes ≥ 3.5σ above its usual level",
+    )
+    per_request_max: int = Field(
+        default=50,
+        ge=0,
+        description="windows of at most this many single-request events are judged per "
+        "request (0: never)",
+    )
 
 
 class UnitCostState:
     """Per scope: request-weighted unit mean, shrunk c², CUSUMs, request history, episode."""
 
-    __slots__ = ("cusum", "cv2", "episode", "num", "requests", "seen", "volume")
+    __slots__ = (
+        "cusum", "cv2", "episode", "log_requests", "log_seen", "log_sum", "log_tail",
+        "log_var", "num", "requests", "seen", "volume",
+    )  # fmt: skip
+    # snapshot order: the fields of the state before per-request evidence come first
+    _V1 = ("cusum", "cv2", "episode", "num", "requests", "seen", "volume")
+    _FIELDS = (*_V1, "log_sum", "log_requests", "log_var", "log_seen", "log_tail")
 
     def __init__(self, volume: SlotHistory, grid_size: int) -> None:
         self.volume = volume
@@ -104,16 +151,29 @@ class UnitCostState:
         self.cv2 = sequential.Shrunk()
         self.cusum = [0.0] * grid_size
         self.seen = 0
+        self._fresh_log()
+
+    def _fresh_log(self) -> None:
+        self.log_sum = 0.0  # EW Σ per-request log value (single-request events)
+        self.log_requests = 0.0  # EW count of those requests
+        self.log_var = sequential.Shrunk()  # per-request log variance
+        self.log_seen = 0
+        self.log_tail = sequential.Shrunk()  # share of lone requests ≥ 3.5σ above the mean
 
     def __getstate__(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in self._FIELDS)
 
     def __setstate__(self, state: tuple) -> None:
         # A snapshot of the older window-gated state has other fields: the engine drops
         # it (the rule's settings changed), it only has to load.
-        if len(state) != len(self.__slots__):
-            state = (None,) * len(self.__slots__)
-        for name, value in zip(self.__slots__, state, strict=True):
+        if len(state) == len(self._V1):  # before per-request evidence: that starts afresh
+            for name, value in zip(self._V1, state, strict=True):
+                setattr(self, name, value)
+            self._fresh_log()
+            return
+        if len(state) != len(self._FIELDS):
+            state = (None,) * len(self._FIELDS)
+        for name, value in zip(self._FIELDS, state, strict=True):
             setattr(self, name, value)
 
 
@@ -159,6 +219,73 @@ class UnitCost(DetectorBase):
         z = (math.log(value / mean) + v / 2) / math.sqrt(v)
         return sequential.heavy_tail_z(z, requests)
 
+    def _log_sums(self, totals: Totals) -> tuple[float, float] | None:
+        """(Σ log, Σ log²) of the window's per-request values when it is judged per
+        request, else ``None``."""
+        n = totals.requests
+        if not 0 < n <= self.config.per_request_max or totals.single_requests != n:
+            return None
+        if self.config.metric == "output_tokens_per_request":
+            return totals.log_output, totals.log_output_sq
+        return totals.log_cost, totals.log_cost_sq
+
+    def _log_null(self, state: UnitCostState) -> tuple[float, float] | None:
+        """(per-request log mean, per-request log variance) or ``None`` before enough."""
+        c = self.config
+        if state.log_requests <= 0 or state.log_seen < c.warmup:
+            return None
+        if state.log_requests < c.warmup_requests:
+            return None
+        prior = math.log1p(c.prior_cv**2)
+        var = max(state.log_var.value(prior, c.prior_weight), math.log1p(c.min_cv**2))
+        return state.log_sum / state.log_requests, var
+
+    def _log_z(self, state: UnitCostState, sums: tuple[float, float], n: int) -> float | None:
+        """The window's per-request surprise, bounded by what one outlier could explain."""
+        null = self._log_null(state)
+        if null is None:
+            return None
+        mean, var = null
+        total, squares = sums
+        inverse_n = 1.0 / state.log_requests
+        z = (total / n - mean) / math.sqrt(var * (1.0 / n + inverse_n))
+        cap = self._cap(state)
+        if n == 1 or z <= cap:
+            return min(z, cap)
+        # The mean of the other n − 1 after dropping the largest request is at least
+        # x̄ − √(SS / (n (n − 1))): a window lifted by one outlier has a low bound, one
+        # whose every request moved keeps most of its z.
+        spread = max(squares - total * total / n, 0.0)
+        low = total / n - math.sqrt(spread / (n * (n - 1)))
+        z_rest = (low - mean) / math.sqrt(var * (1.0 / (n - 1) + inverse_n))
+        return min(z, max(z_rest, cap))
+
+    def _cap(self, state: UnitCostState) -> float:
+        """The most z one request may add: the level its scope's lone requests pass as
+        often as a normal's pass 3.5σ (Φ⁻¹ of the learned share beyond it), so a prompt
+        with a 2 % tail of 10–30× answers needs more shifted requests than a steady one."""
+        c = self.config
+        share = state.log_tail.value(c.tail_share, TAIL_PRIOR_WEIGHT)
+        cap = sequential.normal_upper_z(max(share, 1e-6))
+        return min(max(cap, 1.5), c.per_request_cap)
+
+    def _learn_log(self, state: UnitCostState, log_total: float, n: int) -> None:
+        alpha = self.alpha
+        keep = 1.0 - alpha
+        if state.log_requests > 0:
+            c = self.config
+            mean = state.log_sum / state.log_requests
+            prior = math.log1p(c.prior_cv**2)
+            var = max(state.log_var.value(prior, c.prior_weight), math.log1p(c.min_cv**2))
+            sample = (log_total - n * mean) ** 2 / n
+            state.log_var.push(min(sample, LOG_WINSOR * var), alpha / 4)
+            if n == 1:
+                beyond = log_total - mean >= TAIL_LEVEL * math.sqrt(var)
+                state.log_tail.push(float(beyond), alpha / 16)
+        state.log_sum = state.log_sum * keep + log_total
+        state.log_requests = state.log_requests * keep + n
+        state.log_seen += 1
+
     def _warm(self, state: UnitCostState) -> bool:
         c = self.config
         return state.seen >= max(c.warmup // c.window, 1) and state.requests >= c.warmup_requests
@@ -171,7 +298,9 @@ class UnitCost(DetectorBase):
         if value is None or null is None:
             return None
         mean, v = null
-        z = self._z(value, mean, v, totals.requests)
+        sums = self._log_sums(totals)
+        log_z = None if sums is None else self._log_z(state, sums, totals.requests)
+        z = self._z(value, mean, v, totals.requests) if log_z is None else log_z
         stats = list(state.cusum)
         evidence = sequential.update(stats, z)
         # the unit value that would make this window decisive on its own evidence
@@ -207,21 +336,31 @@ class UnitCost(DetectorBase):
         anomalous = False
         expected, z, evidence = value, 0.0, 0.0
         judged = null is not None and self._warm(state)
+        log_sums = self._log_sums(totals)
+        log_z = None if log_sums is None else self._log_z(state, log_sums, n)
+        judged = judged or (log_z is not None and null is not None)
+        ratio = 1.0
         if judged:
             mean, v = null
             expected = mean
-            z = self._z(value, mean, v, n)
+            if log_z is not None:  # per-request evidence (see the module docstring)
+                z = log_z
+                log_null = self._log_null(state)
+                ratio = math.exp(log_sums[0] / n - log_null[0])  # geometric mean's rise
+            else:
+                z = self._z(value, mean, v, n)
+                ratio = value / mean
             if volume is not None and n > c.max_volume_ratio * volume[0]:
                 vz = sequential.wilson_hilferty_z(n, volume[0], 2.0 * max(volume[0], 1.0))
                 if vz >= 3.0:
                     z = min(z, 0.0)  # volume growth: the spend detectors' case, no evidence
-            rise = value >= (1 + c.min_increase) * mean
+            rise = ratio >= 1 + c.min_increase
             if state.episode.active:  # evidence restarts when the episode ends
                 anomalous = rise and z >= 1.0
             else:
                 evidence = sequential.update(state.cusum, z if rise else min(z, 0.0))
                 anomalous = rise and evidence >= self.threshold
-            clear = value < (1 + c.min_increase / 2) * mean or z < 0.5
+            clear = ratio < 1 + c.min_increase / 2 or z < 0.5
         else:
             clear = True
         episode = state.episode
@@ -234,9 +373,11 @@ class UnitCost(DetectorBase):
             state.cusum = [0.0] * len(state.cusum)
         # only a window far out on its own is held back (withholding every mildly high
         # window would bias the baseline low and re-alert on a lasting new level)
-        quiet = not episode.active and not (judged and z >= 3.5 and value >= expected)
+        quiet = not episode.active and not (judged and z >= 3.5 and ratio >= 1.0)
         if quiet or episode.firing_windows > c.relearn_after:
             self._learn(state, value, n)
+            if log_sums is not None:
+                self._learn_log(state, log_sums[0], n)
         state.volume.learn(window_start, float(n), volume[0] if volume else None)
         return alerts
 
