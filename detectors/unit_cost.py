@@ -22,17 +22,21 @@ Thin windows of single-request events are judged per request instead. A window m
 heavy-tailed values hides its evidence: one 30× request inflates the learned c² so
 much that a ×5 prompt regression on a 2-request-an-hour prompt adds next to nothing.
 When every request of a window came as its own event, the pre-aggregation also gives
-the sum of each request's log value (``Totals.log_output`` / ``log_cost``), and the
-window is judged by the mean of its n per-request logs against a learned per-request
-log mean ``m`` and variance ``s²`` (the exponentially weighted ``(Σ log − n·m)²/n``,
-shrunk toward ``log(1 + prior_cv²)``, winsorised at 3 s per window):
+the sums of each request's log value and its square (``Totals.log_output`` /
+``log_cost``), and the window is judged by the mean of its n per-request logs against
+a learned per-request log mean ``m`` and variance ``s²`` (the exponentially weighted
+``(Σ log − n·m)²/n``, shrunk toward ``log(1 + prior_cv²)``):
 ``z = (mean log − m) / (s·√(1/n + 1/N))`` with N the requests behind ``m``. One
 request's log value is a contaminated normal (a rare 10–30× tail), so its evidence is
-Huber-bounded: z is capped at ``per_request_cap·√n``. One 30× request (≈ 4σ of a σ 0.8
-prompt) then adds at most what a 3σ request does and does not page alone, while two or
-three ×5 requests on a steady prompt, or five to ten on a wide one, do. Windows with
-events of several requests (busy scopes write pre-summed events) keep the window-mean
-test above.
+bounded, Huber-like: z is capped at the level the scope's lone requests pass as often
+as a normal passes 3.5σ (the learned share of lone requests ≥ 3.5 s above ``m``, prior
+``tail_share``; 3.5 at most), and a window of several is judged no higher than the mean
+of its other requests once its largest is dropped (bounded from Σ log²), unless that is
+below the cap. One 30× request then never pages alone; three ×5 requests on a steady
+prompt (σ 0.45) do, five to ten on a wide prompt with a 2 % tail. Two are not enough at
+the default budget: each adds at most the cap's evidence (≈ 4 of the ≈ 10 needed).
+Windows with events of several requests (busy scopes write pre-summed events) keep the
+window-mean test above.
 
 The z of each window feeds a grid of CUSUMs; a scope fires when the evidence crosses the
 threshold that ``false_alarms_per_scope_per_month`` implies, and the rise is at least

@@ -207,3 +207,88 @@ def test_agent_loop_judges_the_peers_upper_tail_not_their_median():
     assert len(delays) == 4 and max(delays) <= 8, delays
     snapshot = pickle.loads(pickle.dumps(state))
     assert snapshot.hist == state.hist and snapshot.suspects == state.suspects
+
+
+def _lone_requests(tokens: np.ndarray) -> Totals:
+    """A window of single-request events with these output tokens (what the
+    pre-aggregation sums per request)."""
+    tokens = np.maximum(np.rint(tokens), 1.0)
+    logs = np.log(tokens)
+    cost = np.log(tokens * 1000.0)
+    n = int(tokens.shape[0])
+    return Totals(
+        spend_nanos=int(tokens.sum() * 1000),
+        requests=n,
+        output_tokens=int(tokens.sum()),
+        events=n,
+        single_requests=n,
+        log_output=float(logs.sum()),
+        log_cost=float(cost.sum()),
+        log_output_sq=float((logs * logs).sum()),
+        log_cost_sq=float((cost * cost).sum()),
+    )
+
+
+def _per_request_stream(detector, rng, windows, rate, sigma, tail_p=0.0, planted=None):
+    """Poisson lone requests, log-normal output tokens with a 10–30× tail share."""
+    state = detector.new_state()
+    fired = []
+    for i in range(windows):
+        if planted is not None and i in planted:
+            out = np.asarray(planted[i], dtype=float)
+        else:
+            n = int(rng.poisson(rate))
+            if n == 0:
+                continue
+            out = 300.0 * rng.lognormal(0.0, sigma, n)
+            out = np.where(rng.random(n) < tail_p, out * rng.uniform(10, 30, n), out)
+        alerts = detector.observe(state, {"prompt_id": "p"}, T0 + i * WINDOW, _lone_requests(out))
+        fired += [(i, a) for a in alerts if a.status == "firing"]
+    return state, fired
+
+
+@pytest.mark.parametrize(("rate", "sigma"), [(1.0, 0.45), (5.0, 0.45), (5.0, 1.0)])
+def test_per_request_evidence_keeps_the_budget_with_a_heavy_tail(rate, sigma):
+    # 2 % of requests 10–30× the median: the tail is 5–7σ of a σ 0.45 prompt's log spread
+    budget = 1.0
+    detector = UnitCost(
+        UnitCostConfig(
+            name="u", metric="output_tokens_per_request", false_alarms_per_scope_per_month=budget
+        )
+    )
+    rng = np.random.default_rng(int(rate * 10 + sigma * 100))
+    windows, scopes, alarms = 4 * 96, 100, 0
+    for _ in range(scopes):
+        alarms += len(_per_request_stream(detector, rng, windows, rate, sigma, tail_p=0.02)[1])
+    expected = budget * scopes * windows * WINDOW / sequential.MONTH
+    assert alarms <= 2.0 * expected, (alarms, expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_thin_prompt_pages_on_three_five_fold_requests_not_on_one_huge_one(seed):
+    detector = UnitCost(UnitCostConfig(name="u", metric="output_tokens_per_request"))
+    onset = 6 * 96  # a prompt of two requests an hour, σ 0.45
+    huge = {onset: [300.0 * 30]}
+    _, fired = _per_request_stream(
+        detector, np.random.default_rng(seed), onset + 2, 0.5, 0.45, planted=huge
+    )
+    assert not [i for i, _ in fired if i >= onset]
+    three = {onset + k: [1500.0] for k in range(3)}
+    _, fired = _per_request_stream(
+        detector, np.random.default_rng(seed), onset + 3, 0.5, 0.45, planted=three
+    )
+    assert [i for i, _ in fired if i >= onset] == [onset + 2]
+    assert fired[-1][1].evidence >= fired[-1][1].threshold
+
+
+def test_the_per_request_state_survives_a_snapshot_and_an_older_state_loads():
+    detector = UnitCost(UnitCostConfig(name="u", metric="output_tokens_per_request"))
+    state, _ = _per_request_stream(detector, np.random.default_rng(5), 3 * 96, 1.0, 0.6)
+    copy = pickle.loads(pickle.dumps(state))
+    window = _lone_requests(np.array([1500.0, 1400.0]))
+    start = T0 + 400 * WINDOW
+    assert detector.explain(state, start, window) == detector.explain(copy, start, window)
+    assert detector.observe(state, {}, start, window) == detector.observe(copy, {}, start, window)
+    older = detector.new_state()
+    older.__setstate__(state.__getstate__()[:7])  # before per-request evidence
+    assert older.cusum == state.cusum and older.log_seen == 0
