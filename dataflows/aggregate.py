@@ -12,7 +12,7 @@ scope also holds its breakdown.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -20,11 +20,9 @@ from spendwatch.detectors.base import Aggregation
 from spendwatch.ingest.events import ParsedBatch
 
 # (aggregation index, scope values, window start, spend nanos, requests, in, out, events,
-#  single-request events, their Σ log output tokens, Σ log cost, Σ log², Σ log² cost):
-#  see ``Totals``
-PartialRow = tuple[
-    int, tuple[str, ...], int, int, int, int, int, int, int, float, float, float, float
-]
+#  and, for rules that judge requests, single-request events, their Σ log output tokens,
+#  Σ log cost, Σ log², Σ log² cost): see ``Totals``
+PartialRow = tuple  # 8 or 13 fields
 ShardMessage = tuple[float | None, list[PartialRow]]
 
 _SEPARATOR = "\x1f"
@@ -41,9 +39,16 @@ def shard_of(scope: tuple[str, ...], shards: int) -> int:
 class PreAggregator:
     """Sums a batch per (aggregation, scope, window) and routes the rows to shards."""
 
-    def __init__(self, aggregations: Sequence[Aggregation], shards: int) -> None:
+    def __init__(
+        self,
+        aggregations: Sequence[Aggregation],
+        shards: int,
+        per_request: Collection[Aggregation] | None = None,
+    ) -> None:
         self.aggregations = list(aggregations)
         self.shards = shards
+        # which aggregations carry the per-request log sums (None: all of them)
+        self._per_request = [per_request is None or a in per_request for a in self.aggregations]
         self._shard_cache: dict[tuple[str, ...], int] = {}
 
     def rows(self, batch: ParsedBatch) -> list[PartialRow]:
@@ -66,9 +71,10 @@ class PreAggregator:
                 window_indexes[window] = found
             return found
 
-        per_request = _per_request_logs(batch)
+        logs = _per_request_logs(batch) if any(self._per_request) else []
         out: list[PartialRow] = []
         for index, aggregation in enumerate(self.aggregations):
+            per_request = logs if self._per_request[index] else []
             out.extend(
                 self._aggregate(index, aggregation, batch, column, window_index, per_request)
             )
@@ -172,6 +178,14 @@ class PreAggregator:
             else iter([()] * counts.shape[0])
         )
         windows = (group_windows * window).tolist()
+        extra = (
+            [
+                np.rint(float_sums[0]).astype(np.int64).tolist(),
+                *(values.tolist() for values in float_sums[1:]),
+            ]
+            if float_sums
+            else []
+        )
         return list(
             zip(
                 [index] * counts.shape[0],
@@ -182,11 +196,7 @@ class PreAggregator:
                 sums[2].tolist(),
                 sums[3].tolist(),
                 counts.tolist(),
-                np.rint(float_sums[0]).astype(np.int64).tolist(),
-                float_sums[1].tolist(),
-                float_sums[2].tolist(),
-                float_sums[3].tolist(),
-                float_sums[4].tolist(),
+                *extra,
                 strict=True,
             )
         )

@@ -81,6 +81,12 @@ class EnginePlan:
         self.budgets_by_aggregation = {
             a: [b for b in self.budgets if b.aggregation == a] for a in self.aggregations
         }
+        # aggregations whose rules judge single requests (the pre-aggregation's log sums)
+        self.per_request = {
+            a
+            for a, rules in self.detectors_by_aggregation.items()
+            if any(getattr(d, "per_request", False) for d in rules)
+        }
 
     def signatures(self) -> dict[str, tuple]:
         """What each rule's state depends on, by rule name (compared after a reload).

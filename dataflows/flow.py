@@ -169,7 +169,7 @@ def get_flow(
         partitions = source.list_parts()
         source, is_tagged = tagged(source)
     plan = EnginePlan.from_config(config, partitions)
-    aggregator = PreAggregator(plan.aggregations, config.engine.shards)
+    aggregator = PreAggregator(plan.aggregations, config.engine.shards, plan.per_request)
 
     def route(item: Any) -> list[tuple[str, TaggedMessage]]:
         partition, batch = item if is_tagged else (None, item)

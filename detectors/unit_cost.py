@@ -188,6 +188,7 @@ class UnitCost(DetectorBase):
     def __init__(self, config: UnitCostConfig) -> None:
         super().__init__(config)
         self.alpha = 1.0 / config.history
+        self.per_request = config.per_request_max > 0  # needs the per-request log sums
         self.threshold = sequential.threshold_for_budget(
             config.false_alarms_per_scope_per_month, config.window
         )

@@ -92,7 +92,7 @@ def replay(
             )
         )
 
-    aggregator = PreAggregator(plan.aggregations, shards)
+    aggregator = PreAggregator(plan.aggregations, shards, plan.per_request)
     engines = {str(s): ShardEngine(plan, tracer=tracer) for s in range(shards)}
     for part, batch in _batches(config, input_path):
         for key, (stream_time, rows) in aggregator.route(batch):
