@@ -237,7 +237,7 @@ class UnitCost(DetectorBase):
     def _log_null(self, state: UnitCostState) -> tuple[float, float] | None:
         """(per-request log mean, per-request log variance) or ``None`` before enough."""
         c = self.config
-        if state.log_requests <= 0 or state.log_seen < c.warmup:
+        if state.log_requests <= 0 or state.log_seen < max(c.warmup // c.window, 1):
             return None
         if state.log_requests < c.warmup_requests:
             return None
