@@ -46,7 +46,7 @@ def render_line(alert: Alert) -> str:
         detail = (
             f"{render.amount(alert.metric, alert.observed)} vs expected "
             f"{render.amount(alert.metric, alert.expected)} "
-            f"(z={alert.score:.1f}, threshold {alert.threshold:g})"
+            f"({render.score_text(alert)})"
         )
     marker = "FIRING" if alert.status == "firing" else "RESOLVED"
     drivers = ""

@@ -71,6 +71,20 @@ def title(alert: Alert) -> str:
     return f"Anomaly {alert.rule}: {alert.metric} for {where}"
 
 
+def score_text(alert: Alert) -> str:
+    """An anomaly's score in its own terms: a sequential rule's evidence against its
+    threshold and how rare that is ("once in 8 years of this scope"), else z against the
+    rule's threshold; a resolved alert only states the window's z."""
+    evidence = getattr(alert, "evidence", None)
+    if evidence is not None:
+        rarity = getattr(alert, "rarity", None)
+        text = f"z={alert.score:.1f}, evidence {evidence:g} of {alert.threshold:g}"
+        return f"{text}: {rarity}" if rarity else text
+    if alert.status == "resolved":
+        return f"z={alert.score:.1f}"
+    return f"z={alert.score:.1f}, threshold {alert.threshold:g}"
+
+
 def comparison(alert: Alert) -> str:
     """Observed vs expected with units, and the score in its own terms (% of budget or z)."""
     observed = amount(alert.metric, alert.observed)
@@ -83,10 +97,7 @@ def comparison(alert: Alert) -> str:
     if alert.kind == "forecast":
         return f"projected {alert.score:.0f}% of a {expected} budget ({observed} spent so far)"
     ratio = f", {alert.observed / alert.expected:.1f}x" if alert.expected > 0 else ""
-    return (
-        f"{observed} observed vs {expected} expected (z={alert.score:.1f}, "
-        f"threshold {alert.threshold:g}{ratio})"
-    )
+    return f"{observed} observed vs {expected} expected ({score_text(alert)}{ratio})"
 
 
 def window_text(alert: Alert) -> str:

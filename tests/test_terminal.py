@@ -291,3 +291,32 @@ def test_focus_example_config_ignores_sub_dollar_services(tmp_path: Path):
     assert result.returncode == 0, result.stderr[-2000:]
     anomalies = [a for a in read_alerts(out) if a["kind"] == "anomaly"]
     assert [a for a in anomalies if a["status"] == "firing" and a["observed"] < 1.0] == []
+
+
+def test_a_sequential_alert_line_says_its_evidence_and_rarity_and_a_resolved_one_no_threshold():
+    from spendwatch.core.alerts import make_alert
+
+    common = dict(
+        kind="anomaly",
+        rule="tenant-spend",
+        severity="warning",
+        scope={"tenant": "acme"},
+        metric="spend_usd",
+        window_start=1_794_787_200,
+        window_end=1_794_788_100,
+        observed=12.0,
+        expected=2.0,
+        score=6.2,
+        episode_start=1_794_787_200,
+    )
+    firing = make_alert(
+        status="firing",
+        threshold=10.2,
+        evidence=14.5,
+        rarity="once in 9.2 years of this scope",
+        **common,
+    )
+    line = render_line(firing)
+    assert "evidence 14.5 of 10.2: once in 9.2 years of this scope" in line
+    resolved = make_alert(status="resolved", threshold=0.0, **common)
+    assert "threshold" not in render_line(resolved) and "z=6.2" in render_line(resolved)
