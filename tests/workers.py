@@ -130,13 +130,15 @@ def kill_loop(
     kills: int = 10,
     on_kill: Callable[[], None] = lambda: None,
     progress: Callable[[], int] | None = None,
+    progress_wait: float = 8.0,
 ) -> int:
     """Start ``command`` again and again, SIGKILLing it after a random pause, until it has
     been killed at least ``kills`` times and then runs to the end (exit 0) once more.
 
     With ``progress`` (e.g. alerts delivered so far), each pause starts only once the
-    worker has made some (or exited, or a minute passed): a slow start on a loaded
-    machine then cannot make every kill land before the input is read at all.
+    worker has made some (or exited, or ``progress_wait`` seconds passed: once everything
+    is delivered there is none to wait for): a slow start on a loaded machine then cannot
+    make every kill land before the input is read at all.
     """
     rng = random.Random(seed)
     done = 0
@@ -145,7 +147,7 @@ def kill_loop(
         before = progress() if progress is not None else 0
         worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if progress is not None and done < kills + 2:
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + progress_wait
             while worker.poll() is None and progress() == before and time.monotonic() < deadline:
                 time.sleep(0.05)
         if done < kills + 2:
