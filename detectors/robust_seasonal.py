@@ -98,6 +98,7 @@ class RobustSeasonalConfig(ExplainedRuleConfig):
 
 class RobustState:
     __slots__ = (
+        "calibration",
         "corr",
         "cusum",
         "episode",
@@ -117,6 +118,7 @@ class RobustState:
         self.corr = sequential.Shrunk()  # lag-one correlation of the z's
         self.last_z = 0.0
         self.cusum = [0.0] * grid_size
+        self.calibration = sequential.TailCalibration()  # the scope's own null tail
 
     def __getstate__(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -156,7 +158,11 @@ class RobustSeasonal(DetectorBase):
         return RobustState(history, len(sequential.GRID))
 
     def learning(self, state: RobustState) -> bool:
-        return not state.episode.active and max(state.cusum) < self.threshold / 2
+        return not state.episode.active and max(state.cusum) < self._threshold(state) / 2
+
+    def _threshold(self, state: RobustState) -> float:
+        """The evidence this scope needs: the budget's, on the scope's calibrated tail."""
+        return state.calibration.threshold(self.threshold, self.config.window)
 
     def band(self, state: RobustState, window_start: int) -> tuple[float, float] | None:
         """(expected, variance) for a window, or ``None`` while history is missing."""
@@ -222,8 +228,8 @@ class RobustSeasonal(DetectorBase):
             ),
             "z": z,
             "evidence": evidence,
-            "threshold": self.threshold,
-            "once_in_days": sequential.once_in_days(evidence, self.config.window),
+            "threshold": self._threshold(state),
+            "once_in_days": state.calibration.once_in_days(evidence, self.config.window),
             "warm": float(state.history.seen >= self.warmup_windows),
         }
 
@@ -233,7 +239,8 @@ class RobustSeasonal(DetectorBase):
         if expected <= 0 or variance <= 0:
             return 0.0
         needed = (
-            math.sqrt(2 * max(self.threshold - max(state.cusum), 0.0)) / self._damping(state)[-1]
+            math.sqrt(2 * max(self._threshold(state) - max(state.cusum), 0.0))
+            / self._damping(state)[-1]
         )
         cc = variance / (9.0 * expected * expected)
         root = (1.0 - cc) + needed * math.sqrt(cc)
@@ -249,6 +256,8 @@ class RobustSeasonal(DetectorBase):
         anomalous = material = False
         expected, z, evidence = (band[0] if band else value), 0.0, 0.0
         judged = band is not None and state.history.seen >= self.warmup_windows
+        threshold = self._threshold(state)
+        counted = False  # the window moved the CUSUM: its evidence is part of the tail
         if judged:
             z = self._z(state, value, band)
             material = value >= c.min_ratio * expected and value - expected >= c.min_impact
@@ -258,13 +267,20 @@ class RobustSeasonal(DetectorBase):
                 evidence = sequential.update(
                     state.cusum, z if material else min(z, 0.0), damping=self._damping(state)
                 )
-                anomalous = material and evidence >= self.threshold
+                anomalous = material and evidence >= threshold
+                counted = True
+
         episode = state.episode
         # clear: back below halfway to min_ratio (a lasting shift must not end the episode
         # on one noisy window and fire again on the next)
         clear = not judged or value < expected * (1 + (c.min_ratio - 1) / 2) or z < 1.5
         transition = episode.step(window_start, anomalous, True, 1, c.resolve_after, clear)
-        extra = sequential.alert_extras(evidence, self.threshold, c.window)
+        extra = sequential.alert_extras(evidence, threshold, c.window, state.calibration)
+        if counted:  # after the alert has said how rare it is on the tail so far
+            if anomalous:
+                state.calibration.alarm(threshold)
+            else:
+                state.calibration.observe(evidence, c.window)
         alerts = self.transition_alerts(
             transition, episode, scope, window_start, value, expected, z, **extra
         )

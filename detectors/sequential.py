@@ -102,9 +102,16 @@ def describe_rarity(days: float) -> str:
     return f"once in {days:.0f} days of this scope"
 
 
-def alert_extras(evidence: float, threshold: float, window: int) -> dict[str, object]:
-    """What a firing alert of a sequential rule says about its evidence and its rarity."""
-    days = once_in_days(evidence, window)
+def alert_extras(
+    evidence: float, threshold: float, window: int, calibration: TailCalibration | None = None
+) -> dict[str, object]:
+    """What a firing alert of a sequential rule says about its evidence and its rarity
+    (on the scope's calibrated tail when there is one)."""
+    days = (
+        once_in_days(evidence, window)
+        if calibration is None
+        else calibration.once_in_days(evidence, window)
+    )
     return {
         "threshold": round(threshold, 3),
         "evidence": round(evidence, 3),
@@ -397,3 +404,110 @@ class VarianceFit:
         if coef_b < 0.0:
             coef_a, coef_b = b1 / a11, 0.0
         return coef_a, coef_b
+
+
+CALIBRATION_LEVEL = 3.0
+"""Evidence (nats) above which a CUSUM excursion counts as a peak of the scope's null tail."""
+CALIBRATION_DAYS = 14.0
+"""Memory of a scope's tail calibration, in days of windows."""
+CALIBRATION_PRIOR_DAYS = 7.0
+"""Days of windows the model's own tail is worth (empirical-Bayes shrinkage)."""
+CALIBRATION_PRIOR_PEAKS = 5.0
+"""Excursion peaks the model's own tail slope is worth."""
+CALIBRATION_EXCESS_CAP = 12.0
+"""Most one excursion may add to the tail's mean excess (nats above the level)."""
+CALIBRATION_SCALE = (0.8, 4.0)
+"""Bounds of the learned tail scale: neither far bolder nor far shyer than the model."""
+
+
+class TailCalibration:
+    """What a scope's own null evidence looks like, so its threshold meets the budget.
+
+    Why. The threshold from Siegmund's formula is right when each window's z is exactly
+    N(0, 1) and independent. Real scopes break that in ways no per-window model catches
+    in full: an hourly burst spans four 15-minute windows, a baseline of 5 medians is
+    itself noisy, a tenant mixes a cheap busy feature with a dear bursty one. All of it
+    shows in one place: the CUSUM's excursions under normal traffic reach higher than
+    the model says. For a random walk whose increments are δ·z − δ²/2 with z of variance
+    σ², the excursion peaks have an exponential tail exp(−a/σ²) (the Cramér–Lundberg
+    exponent), so their mean excess over a level measures the misfit directly.
+
+    Per scope this keeps an exponentially weighted count of windows, of excursions that
+    peaked above ``CALIBRATION_LEVEL`` and of their excesses (a peaks-over-threshold
+    fit with an exponential tail), each shrunk toward the model's own tail (Siegmund's
+    rate at the level, scale 1) while the scope is young. The threshold is where that
+    tail meets the budget:
+
+        rate(a) = r̂ · exp(−(a − L)/s)   ⇒   a* = a_model + (s − 1)(a_model − L) + s·ln(r̂/r_model)
+
+    which is the model's threshold when the scope behaves as modelled. Four floats per
+    scope.
+    """
+
+    __slots__ = ("excess", "over", "peak", "windows")
+
+    def __init__(self) -> None:
+        self.windows = 0.0
+        self.over = 0.0
+        self.excess = 0.0
+        self.peak = 0.0
+
+    def __getstate__(self) -> tuple[float, float, float, float]:
+        return (self.windows, self.over, self.excess, self.peak)
+
+    def __setstate__(self, state: tuple[float, float, float, float]) -> None:
+        self.windows, self.over, self.excess, self.peak = state
+
+    def observe(self, evidence: float, window: int) -> None:
+        """Fold one judged window's evidence (the CUSUM's maximum after it) in."""
+        keep = 1.0 - window / (CALIBRATION_DAYS * 86400.0)
+        self.windows = self.windows * keep + 1.0
+        self.over *= keep
+        self.excess *= keep
+        if evidence > 0.0:
+            self.peak = max(self.peak, evidence)
+        else:
+            self._close()
+
+    def alarm(self, threshold: float) -> None:
+        """The excursion in progress reached ``threshold`` (an alarm; the CUSUM restarts).
+
+        It counts as a peak of the tail at the threshold: leaving the highest excursions
+        out would bias the tail short (a false alarm is the null's own excursion), and a
+        scope that keeps raising false alarms raises its own bar. Only the threshold
+        counts, not how far past it the alarm went: that is the size of the incident, if
+        it was one, not the null's tail."""
+        self.peak = threshold
+        self._close()
+
+    def _close(self) -> None:
+        if self.peak >= CALIBRATION_LEVEL:
+            self.over += 1.0
+            self.excess += min(self.peak - CALIBRATION_LEVEL, CALIBRATION_EXCESS_CAP)
+        self.peak = 0.0
+
+    def tail(self, window: int) -> tuple[float, float]:
+        """(r̂, s): peaks above the level per window, and the tail's scale."""
+        model_rate = alarm_rate(CALIBRATION_LEVEL)
+        prior_windows = CALIBRATION_PRIOR_DAYS * 86400.0 / window
+        rate = (self.over + prior_windows * model_rate) / (self.windows + prior_windows)
+        scale = (self.excess + CALIBRATION_PRIOR_PEAKS) / (self.over + CALIBRATION_PRIOR_PEAKS)
+        low, high = CALIBRATION_SCALE
+        return rate, min(max(scale, low), high)
+
+    def threshold(self, model_threshold: float, window: int) -> float:
+        """The scope's evidence threshold for the budget that gave ``model_threshold``."""
+        rate, scale = self.tail(window)
+        level = CALIBRATION_LEVEL
+        shift = math.log(max(rate, 1e-12) / alarm_rate(level))
+        found = model_threshold + (scale - 1.0) * (model_threshold - level) + scale * shift
+        return max(found, level + 0.5 * (model_threshold - level))
+
+    def once_in_days(self, evidence: float, window: int) -> float:
+        """Mean days between null excursions reaching ``evidence`` on this scope."""
+        rate, scale = self.tail(window)
+        level = CALIBRATION_LEVEL
+        per_window = rate * math.exp(-max(evidence - level, 0.0) / scale)
+        if evidence < level:  # below the fitted tail: the model's own rate
+            per_window = alarm_rate(max(evidence, 0.0))
+        return math.inf if per_window <= 0 else window / per_window / 86400.0

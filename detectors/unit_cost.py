@@ -140,12 +140,13 @@ class UnitCostState:
     """Per scope: request-weighted unit mean, shrunk c², CUSUMs, request history, episode."""
 
     __slots__ = (
-        "cusum", "cv2", "episode", "log_requests", "log_seen", "log_sum", "log_tail",
+        "calibration", "cusum", "cv2", "episode", "log_requests", "log_seen", "log_sum", "log_tail",
         "log_var", "num", "requests", "seen", "volume",
     )  # fmt: skip
     # snapshot order: the fields of the state before per-request evidence come first
     _V1 = ("cusum", "cv2", "episode", "num", "requests", "seen", "volume")
-    _FIELDS = (*_V1, "log_sum", "log_requests", "log_var", "log_seen", "log_tail")
+    _V2 = (*_V1, "log_sum", "log_requests", "log_var", "log_seen", "log_tail")
+    _FIELDS = (*_V2, "calibration")
 
     def __init__(self, volume: SlotHistory, grid_size: int) -> None:
         self.volume = volume
@@ -156,6 +157,7 @@ class UnitCostState:
         self.cusum = [0.0] * grid_size
         self.seen = 0
         self._fresh_log()
+        self.calibration = sequential.TailCalibration()  # the scope's own null tail
 
     def _fresh_log(self) -> None:
         self.log_sum = 0.0  # EW Σ per-request log value (single-request events)
@@ -170,10 +172,15 @@ class UnitCostState:
     def __setstate__(self, state: tuple) -> None:
         # A snapshot of the older window-gated state has other fields: the engine drops
         # it (the rule's settings changed), it only has to load.
+        self.calibration = sequential.TailCalibration()
         if len(state) == len(self._V1):  # before per-request evidence: that starts afresh
             for name, value in zip(self._V1, state, strict=True):
                 setattr(self, name, value)
             self._fresh_log()
+            return
+        if len(state) == len(self._V2):  # before the tail calibration: that starts afresh
+            for name, value in zip(self._V2, state, strict=True):
+                setattr(self, name, value)
             return
         if len(state) != len(self._FIELDS):
             state = (None,) * len(self._FIELDS)
@@ -198,7 +205,11 @@ class UnitCost(DetectorBase):
         return UnitCostState(SlotHistory(c.window, c.days, 8, seasonal=True), len(sequential.GRID))
 
     def learning(self, state: UnitCostState) -> bool:
-        return not state.episode.active and max(state.cusum) < self.threshold / 2
+        return not state.episode.active and max(state.cusum) < self._threshold(state) / 2
+
+    def _threshold(self, state: UnitCostState) -> float:
+        """The evidence this scope needs: the budget's, on the scope's calibrated tail."""
+        return state.calibration.threshold(self.threshold, self.config.window)
 
     def _null(self, state: UnitCostState, requests: int) -> tuple[float, float] | None:
         """(per-request mean, v = variance of log x̄ for this many requests) or ``None``."""
@@ -309,7 +320,8 @@ class UnitCost(DetectorBase):
         stats = list(state.cusum)
         evidence = sequential.update(stats, z)
         # the unit value that would make this window decisive on its own evidence
-        needed_z = max(math.sqrt(2 * max(self.threshold - max(state.cusum), 0.0)), 0.0)
+        threshold = self._threshold(state)
+        needed_z = max(math.sqrt(2 * max(threshold - max(state.cusum), 0.0)), 0.0)
         upper = max(
             mean * (1 + self.config.min_increase), mean * math.exp(needed_z * math.sqrt(v) - v / 2)
         )
@@ -321,8 +333,8 @@ class UnitCost(DetectorBase):
             "upper": upper,
             "z": z,
             "evidence": evidence,
-            "threshold": self.threshold,
-            "once_in_days": sequential.once_in_days(evidence, self.config.window),
+            "threshold": threshold,
+            "once_in_days": state.calibration.once_in_days(evidence, self.config.window),
             "requests": float(totals.requests),
             "expected_requests": volume[0] if volume else math.nan,
             "warm": float(self._warm(state)),
@@ -345,6 +357,8 @@ class UnitCost(DetectorBase):
         log_z = None if log_sums is None else self._log_z(state, log_sums, n)
         judged = judged or (log_z is not None and null is not None)
         ratio = 1.0
+        threshold = self._threshold(state)
+        counted = False  # the window moved the CUSUM: its evidence is part of the tail
         if judged:
             mean, v = null
             expected = mean
@@ -364,13 +378,20 @@ class UnitCost(DetectorBase):
                 anomalous = rise and z >= 1.0
             else:
                 evidence = sequential.update(state.cusum, z if rise else min(z, 0.0))
-                anomalous = rise and evidence >= self.threshold
+                anomalous = rise and evidence >= threshold
+                counted = True
+
             clear = ratio < 1 + c.min_increase / 2 or z < 0.5
         else:
             clear = True
         episode = state.episode
         transition = episode.step(window_start, anomalous, True, 1, c.resolve_after, clear)
-        extra = sequential.alert_extras(evidence, self.threshold, c.window)
+        extra = sequential.alert_extras(evidence, threshold, c.window, state.calibration)
+        if counted:  # after the alert has said how rare it is on the tail so far
+            if anomalous:
+                state.calibration.alarm(threshold)
+            else:
+                state.calibration.observe(evidence, c.window)
         alerts = self.transition_alerts(
             transition, episode, scope, window_start, value, expected, z, **extra
         )

@@ -152,7 +152,11 @@ def test_sequential_state_survives_a_snapshot_and_explain_shows_its_evidence():
     start = T0 + 400 * WINDOW
     shown = detector.explain(state, start, window)
     assert shown == detector.explain(copy, start, window)
-    assert shown["evidence"] > 0 and shown["threshold"] == pytest.approx(detector.threshold)
+    assert shown["evidence"] > 0
+    assert shown["threshold"] == pytest.approx(
+        state.calibration.threshold(detector.threshold, WINDOW)
+    )
+    assert shown["threshold"] == pytest.approx(detector.threshold, rel=0.25)  # young: the model's
     assert shown["upper"] > shown["expected"]
     assert detector.observe(state, {}, start, window) == detector.observe(copy, {}, start, window)
     assert state.cusum == copy.cusum
@@ -292,3 +296,49 @@ def test_the_per_request_state_survives_a_snapshot_and_an_older_state_loads():
     older = detector.new_state()
     older.__setstate__(state.__getstate__()[:7])  # before per-request evidence
     assert older.cusum == state.cusum and older.log_seen == 0
+
+
+def _calibrated_false_alarm_ratio(sigma: float, calibrated: bool, seed: int) -> float:
+    """False alarms over the budget's for z ~ N(0, σ²) judged by a model that assumes σ = 1."""
+    arl = 1000.0
+    budget = sequential.MONTH / WINDOW / arl
+    model = sequential.threshold_for_budget(budget, WINDOW)
+    rng = np.random.default_rng(seed)
+    scopes, windows, learn = 12, 40_000, 10_000
+    alarms = 0
+    for _ in range(scopes):
+        tail = sequential.TailCalibration()
+        stats = sequential.fresh()
+        for i, z in enumerate(rng.standard_normal(windows) * sigma):
+            evidence = sequential.update(stats, float(z))
+            threshold = tail.threshold(model, WINDOW) if calibrated else model
+            if evidence >= threshold:
+                alarms += i >= learn
+                tail.alarm(threshold)
+                stats = sequential.fresh()
+            else:
+                tail.observe(evidence, WINDOW)
+    return alarms / (scopes * (windows - learn)) * arl
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1.35])
+def test_tail_calibration_brings_a_misfit_null_back_to_its_budget(sigma):
+    calibrated = _calibrated_false_alarm_ratio(sigma, True, seed=7)
+    assert 0.5 <= calibrated <= 2.0, calibrated
+    if sigma > 1:  # the model's own threshold is far over budget on this null
+        assert _calibrated_false_alarm_ratio(sigma, False, seed=7) > 3.0
+
+
+def test_tail_calibration_is_the_model_on_a_young_scope_and_survives_a_snapshot():
+    tail = sequential.TailCalibration()
+    model = sequential.threshold_for_budget(0.03, WINDOW)
+    assert tail.threshold(model, WINDOW) == pytest.approx(model, abs=0.05)
+    for evidence in [0.0, 4.0, 9.0, 0.0] * 50:  # excursions far above the model's tail
+        tail.observe(evidence, WINDOW)
+    raised = tail.threshold(model, WINDOW)
+    assert raised > model + 2
+    copy = pickle.loads(pickle.dumps(tail))
+    assert copy.threshold(model, WINDOW) == raised
+    assert copy.once_in_days(raised, WINDOW) == pytest.approx(
+        sequential.MONTH / 86400 / 0.03, rel=0.05
+    )
