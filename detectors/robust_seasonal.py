@@ -51,6 +51,15 @@ from spendwatch.detectors.slots import SlotHistory
 
 STRONG_Z = 3.5
 """A window at least this surprising is not learned while its evidence is weighed."""
+TREND_WINDOWS = 32.0
+"""Memory of the growth ratio, in windows (8 h of 15-minute windows)."""
+TREND_Z = 2.0
+"""A window this surprising is not followed by the trend (an incident's are, one by one)."""
+TREND_PRIOR_REQUESTS = 50.0
+"""Requests' worth of "no growth" the trend is shrunk toward: a thin scope's ratio of a
+few requests is noise, and a trend floored at 1 would turn that noise into growth."""
+TREND_MAX = 4.0
+"""Most growth the trend may carry before an episode's relearning takes over."""
 
 SumMetric = Literal["spend_usd", "requests", "input_tokens", "output_tokens"]
 
@@ -107,6 +116,8 @@ class RobustState:
         "last_z",
         "level",
         "per_request",
+        "trend_expected",
+        "trend_value",
     )
 
     def __init__(self, history: SlotHistory, grid_size: int) -> None:
@@ -119,6 +130,8 @@ class RobustState:
         self.last_z = 0.0
         self.cusum = [0.0] * grid_size
         self.calibration = sequential.TailCalibration()  # the scope's own null tail
+        self.trend_value = 0.0  # EW sums of learned values and of their seasonal medians:
+        self.trend_expected = 0.0  # their ratio (≥ 1) is the scope's recent growth
 
     def __getstate__(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -180,8 +193,26 @@ class RobustSeasonal(DetectorBase):
         expected = (center * count + state.level) / (count + 1)
         # an empty slot: the Jeffreys posterior of a rate with no count in `count` windows
         # (half a request over count + 1 windows), so rate ≈ 0 keeps its uncertainty
-        expected = max(expected, 0.5 * state.per_request / (count + 1))
+        expected = max(expected, 0.5 * state.per_request / (count + 1)) * self._trend(state)
         return expected, self._variance(state, expected)
+
+    def _trend(self, state: RobustState) -> float:
+        """Recent growth the seasonal medians have not caught up with yet (≥ 1).
+
+        A launch that doubles a feature's volume over a day, or a tenant growing 3 % a
+        day, is normal: the medians of the last days lag it by days. The ratio of the
+        recently learned values to their medians (exponentially weighted sums, a memory
+        of ``TREND_WINDOWS``) follows such a ramp, because its windows are each only a
+        little above the last. A jump is not followed: a window ``TREND_Z`` above its
+        band is left out, so an incident on a thin scope, whose windows are not far out
+        enough one by one to be held back from the medians, cannot become its own
+        baseline. Only growth counts: a holiday or a weekend is low on its own
+        and must not make the next normal day look like a spike."""
+        prior = TREND_PRIOR_REQUESTS * max(state.per_request, 0.0)
+        if state.trend_expected + prior <= 0:
+            return 1.0
+        ratio = (state.trend_value + prior) / (state.trend_expected + prior)
+        return min(max(ratio, 1.0), TREND_MAX)
 
     def baseline(self, state: RobustState, window_start: int) -> Baseline | None:
         band = self.band(state, window_start)
@@ -313,6 +344,10 @@ class RobustSeasonal(DetectorBase):
         if z is not None:
             state.corr.push(max(min(z * state.last_z, 4.0), -4.0) / 1.0, alpha)
             state.last_z = max(min(z, 4.0), -4.0)
+        if band is not None and band[0] > 0 and (z is None or z < TREND_Z):
+            keep = 1.0 - 1.0 / TREND_WINDOWS
+            state.trend_value = state.trend_value * keep + value
+            state.trend_expected = state.trend_expected * keep + band[0] / self._trend(state)
         state.history.learn(window_start, value, None)
         state.level = (
             value if not state.history.seen - 1 else state.level + 0.02 * (value - state.level)

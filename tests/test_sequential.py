@@ -342,3 +342,35 @@ def test_tail_calibration_is_the_model_on_a_young_scope_and_survives_a_snapshot(
     assert copy.once_in_days(raised, WINDOW) == pytest.approx(
         sequential.MONTH / 86400 / 0.03, rel=0.05
     )
+
+
+def _growth_stream(detector, rng, days, rate, growth, jump_from=None):
+    """Busy spend with a daily cycle, its volume times ``growth(window)`` (and ×3 later)."""
+    state = detector.new_state()
+    fired = []
+    for i in range(int(days * 96)):
+        start = T0 + i * WINDOW
+        hour = (start % 86400) / 3600
+        mean = rate * (0.3 + 0.7 * (8 <= hour < 20)) * growth(i)
+        if jump_from is not None and i >= jump_from:
+            mean *= 3.0
+        n = int(rng.poisson(mean))
+        spend = float(0.002 * rng.lognormal(0.0, 0.5, n).sum()) if n else 0.0
+        alerts = detector.observe(state, {"tenant": "t"}, start, _usd(spend, n))
+        fired += [(i, a) for a in alerts if a.status == "firing"]
+    return fired
+
+
+def _launch(i: int, at: int = 6 * 96) -> float:
+    """Volume doubling over a day from ``at``, then staying (a feature launch)."""
+    return 1.0 + min(max((i - at) / 96, 0.0), 1.0)
+
+
+def test_robust_seasonal_follows_a_launch_and_still_catches_a_jump_after_it():
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    for seed in range(3):
+        quiet = _growth_stream(detector, np.random.default_rng(seed), 10, 100.0, _launch)
+        assert quiet == [], [(i, a.observed, a.expected) for i, a in quiet]
+    jump = 8 * 96 + 50  # a day after the ramp, while the medians still lag it
+    fired = _growth_stream(detector, np.random.default_rng(9), 9, 100.0, _launch, jump)
+    assert fired and jump <= fired[0][0] < jump + 2, fired[:1]
