@@ -70,11 +70,19 @@ class EnginePlan:
                     children.append(child)
                 if child not in self.aggregations:
                     self.aggregations.append(child)
-        self.judged = [
+        # A breakdown can also be a rule's own aggregation (drivers [model] on [tenant]
+        # and a rule on [tenant, model]): its parents close first and only read its rows,
+        # then its own close judges them.
+        children = {c for kids in self.breakdowns.values() for c in kids}
+        judged = [
             a
             for a in self.aggregations
             if any(r.aggregation == a for r in [*self.detectors, *self.budgets])
         ]
+        self.judged = [a for a in judged if a not in children] + [
+            a for a in judged if a in children
+        ]
+        self.shared_breakdowns = {a for a in judged if a in children}
         self.detectors_by_aggregation = {
             a: [d for d in self.detectors if d.aggregation == a] for a in self.aggregations
         }
@@ -299,13 +307,17 @@ class ShardEngine:
         """Pop the breakdown rows of windows the parent closes: (scope, window) -> dim -> value."""
         found: dict[tuple[tuple[str, ...], int], dict[str, dict[str, Totals]]] = {}
         for child in self.plan.breakdowns.get(parent, ()):
-            self.closed_before[child] = bound
+            shared = child in self.plan.shared_breakdowns  # its own rules close it later
+            if not shared:
+                self.closed_before[child] = bound
             bucket = self.open.get(child, {})
             dimension = child.dims[-1]
             for key in [k for k in bucket if k[1] < bound]:
                 scope, window_start = key
                 parts = found.setdefault((scope[:-1], window_start), {})
-                parts.setdefault(dimension, {})[scope[-1]] = bucket.pop(key)
+                parts.setdefault(dimension, {})[scope[-1]] = (
+                    bucket[key] if shared else bucket.pop(key)
+                )
         return found
 
     def _observe(

@@ -440,8 +440,8 @@ class TailCalibration:
 
         rate(a) = r̂ · exp(−(a − L)/s)   ⇒   a* = a_model + (s − 1)(a_model − L) + s·ln(r̂/r_model)
 
-    which is the model's threshold when the scope behaves as modelled. Four floats per
-    scope.
+    which is the model's threshold when the scope behaves as modelled, and is never set
+    below it. Four floats per scope.
     """
 
     __slots__ = ("excess", "over", "peak", "windows")
@@ -496,12 +496,14 @@ class TailCalibration:
         return rate, min(max(scale, low), high)
 
     def threshold(self, model_threshold: float, window: int) -> float:
-        """The scope's evidence threshold for the budget that gave ``model_threshold``."""
+        """The scope's evidence threshold for the budget that gave ``model_threshold``:
+        never below it (a scope calmer than its model keeps the model's threshold; a
+        bolder one, estimated from a few excursions, would spend the budget on noise)."""
         rate, scale = self.tail(window)
         level = CALIBRATION_LEVEL
         shift = math.log(max(rate, 1e-12) / alarm_rate(level))
         found = model_threshold + (scale - 1.0) * (model_threshold - level) + scale * shift
-        return max(found, level + 0.5 * (model_threshold - level))
+        return max(found, model_threshold)
 
     def once_in_days(self, evidence: float, window: int) -> float:
         """Mean days between null excursions reaching ``evidence`` on this scope."""

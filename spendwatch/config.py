@@ -252,13 +252,16 @@ class SpendwatchConfig(BaseSettings):
 
 
 def _rule_dimensions(rule: Any) -> list[str]:
-    """Every dimension a rule reads: its scope, per-value budgets, drivers and peers."""
+    """Every dimension a rule reads: its scope, per-value budgets, drivers, peers and the
+    dimension whose values it judges (``new_value``)."""
     scope = getattr(rule, "scope", [])
+    judged = getattr(rule, "dimension", None)
     return [
         *(scope if isinstance(scope, list) else scope.keys()),
         *getattr(rule, "scope_by", []),
         *getattr(rule, "drivers", []),
         *getattr(rule, "peers", []),
+        *([judged] if isinstance(judged, str) else []),
     ]
 
 

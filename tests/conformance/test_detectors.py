@@ -89,6 +89,25 @@ def _session_stream(rng: np.random.Generator) -> list[Window]:
     return out
 
 
+def _model_stream(rng: np.random.Generator) -> list[Window]:
+    """Two tenants on a cheap model for three days; ``acme`` then moves to a dear one."""
+    out: list[Window] = []
+    for start in range(T0, T0 + 4 * DAY, WINDOW):
+        for tenant in ("acme", "globex"):
+            dear = tenant == "acme" and start - T0 >= 3 * DAY
+            model, price = ("big", 4e-6) if dear else ("mini", 1e-6)
+            requests = int(rng.poisson(3)) + 1
+            tokens = int(rng.lognormal(6.0, 1.0, requests).sum())
+            out.append(
+                (
+                    (tenant, model),
+                    start,
+                    Totals(int(tokens * price * NANOS), requests, tokens // 2, tokens // 2, 1),
+                )
+            )
+    return out
+
+
 HARNESSES: dict[str, Harness] = {
     "robust_seasonal": Harness(
         {"name": "r", "type": "robust_seasonal", "scope": ["tenant"], "window": "15m"},
@@ -122,6 +141,10 @@ HARNESSES: dict[str, Harness] = {
     "agent_loop": Harness(
         {"name": "r", "type": "agent_loop", "scope": ["session"], "peers": ["tenant"]},
         _session_stream,
+    ),
+    "new_value": Harness(
+        {"name": "r", "type": "new_value", "scope": ["tenant"], "dimension": "model"},
+        _model_stream,
     ),
 }
 
