@@ -234,8 +234,34 @@ class RobustSeasonal(DetectorBase):
         rho = min(max(state.corr.value(0.0, self.config.prior_weight), 0.0), 0.8)
         return sequential.correlation_damping(rho, self.threshold)
 
-    def _z(self, state: RobustState, value: float, band: tuple[float, float]) -> float:
-        return sequential.gamma_z(value, band[0], band[1])
+    def _z(
+        self, state: RobustState, value: float, band: tuple[float, float], requests: int
+    ) -> float:
+        """The window's gamma tail as a z, made honest for a sum of few heavy-tailed requests.
+
+        A gamma law of the right variance has an exponential tail; one request's spend or
+        tokens do not (one answer can be 30× the median), so on a thin scope a single
+        long request would read as a 7σ window. What a window's sizes can show is read as
+        a Student t with 4 + 2n degrees of freedom (``sequential.heavy_tail_z``: one
+        request's z of 7.9 counts as 3.7); what its count shows is not heavy-tailed, so
+        the window keeps as much of its z as its request count alone has (a
+        Poisson–gamma z of the count against the expected count): a loop's many
+        ordinary requests keep their evidence.
+        """
+        z = sequential.gamma_z(value, band[0], band[1])
+        if self.config.metric == "requests" or z <= 0 or state.per_request <= 0:
+            return z
+        honest = sequential.heavy_tail_z(z, requests)
+        if honest >= z:
+            return z
+        c = self.config
+        expected = band[0]
+        count = expected / state.per_request
+        u = state.per_request * c.overdispersion * expected
+        _, burst = state.fit.coefficients(c.min_relative_std**2, c.prior_weight, u, expected**2)
+        burst = max(burst, (c.min_relative_std / 2) ** 2)
+        by_count = sequential.gamma_z(requests, count, count + burst * count * count)
+        return min(z, max(honest, by_count))
 
     def explain(
         self, state: RobustState, window_start: int, totals: Totals
@@ -245,7 +271,7 @@ class RobustSeasonal(DetectorBase):
         if value is None or band is None:
             return None
         expected, variance = band
-        z = self._z(state, value, band)
+        z = self._z(state, value, band, totals.requests)
         stats = list(state.cusum)
         evidence = sequential.update(stats, z, damping=self._damping(state))
         return {
@@ -290,7 +316,7 @@ class RobustSeasonal(DetectorBase):
         threshold = self._threshold(state)
         counted = False  # the window moved the CUSUM: its evidence is part of the tail
         if judged:
-            z = self._z(state, value, band)
+            z = self._z(state, value, band, totals.requests)
             material = value >= c.min_ratio * expected and value - expected >= c.min_impact
             if state.episode.active:  # evidence restarts when the episode ends
                 anomalous = material and z >= 1.0

@@ -374,3 +374,25 @@ def test_robust_seasonal_follows_a_launch_and_still_catches_a_jump_after_it():
     jump = 8 * 96 + 50  # a day after the ramp, while the medians still lag it
     fired = _growth_stream(detector, np.random.default_rng(9), 9, 100.0, _launch, jump)
     assert fired and jump <= fired[0][0] < jump + 2, fired[:1]
+
+
+def test_robust_seasonal_one_huge_request_on_a_thin_scope_is_not_a_spike_a_loop_is():
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    fired_alone = fired_loop = 0
+    for seed in range(10):
+        rng = np.random.default_rng(100 + seed)
+        state = detector.new_state()
+        windows = 6 * 96
+        for i in range(windows):
+            n = int(rng.poisson(0.5))
+            spend = float(0.002 * rng.lognormal(0.0, 0.5, n).sum()) if n else 0.0
+            detector.observe(state, {"tenant": "t"}, T0 + i * WINDOW, _usd(spend, n))
+        start = T0 + windows * WINDOW
+        huge = _usd(0.002 * 40, 1)  # one answer 40× the usual request
+        loop = _usd(0.002 * 16, 16)  # sixteen ordinary requests where one is usual
+        copy = pickle.loads(pickle.dumps(state))
+        fired_alone += bool(detector.observe(state, {"tenant": "t"}, start, huge))
+        fired_loop += any(  # a loop lasts: found within three windows
+            detector.observe(copy, {"tenant": "t"}, start + k * WINDOW, loop) for k in range(3)
+        )
+    assert fired_alone == 0 and fired_loop == 10, (fired_alone, fired_loop)
