@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from spendwatch.detectors import (  # noqa: F401 - registration side effects
+    fan_out,
     new_value,
     peers,
     river_model,

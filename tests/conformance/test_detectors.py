@@ -142,6 +142,17 @@ HARNESSES: dict[str, Harness] = {
         {"name": "r", "type": "agent_loop", "scope": ["session"], "peers": ["tenant"]},
         _session_stream,
     ),
+    "fan_out": Harness(
+        {
+            "name": "r",
+            "type": "fan_out",
+            "scope": ["session"],
+            "peers": ["tenant"],
+            "design_by": "tenant",
+            "expected": {"*": 4},
+        },
+        _session_stream,
+    ),
     "new_value": Harness(
         {"name": "r", "type": "new_value", "scope": ["tenant"], "dimension": "model"},
         _model_stream,
