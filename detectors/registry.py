@@ -12,6 +12,7 @@ from spendwatch.detectors import (  # noqa: F401 - registration side effects
     robust_seasonal,
     seasonal,
     unit_cost,
+    unit_margin,
 )
 from spendwatch.detectors.base import DETECTOR_TYPES, Detector
 

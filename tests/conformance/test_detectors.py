@@ -153,6 +153,19 @@ HARNESSES: dict[str, Harness] = {
         },
         _session_stream,
     ),
+    "unit_margin": Harness(
+        {
+            "name": "r",
+            "type": "unit_margin",
+            "scope": ["tenant"],
+            "value_by": "tenant",
+            "value_per_request": {"*": 0.0025},
+            "fixed_usd_per_month": {"acme": 500},
+            "window": "15m",
+            "min_elapsed": "12h",
+        },
+        _spend_stream,
+    ),
     "new_value": Harness(
         {"name": "r", "type": "new_value", "scope": ["tenant"], "dimension": "model"},
         _model_stream,
