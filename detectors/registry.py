@@ -6,6 +6,7 @@ from typing import Any
 
 from spendwatch.detectors import (  # noqa: F401 - registration side effects
     fan_out,
+    idle_commitment,
     new_value,
     peers,
     river_model,

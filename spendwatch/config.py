@@ -253,9 +253,9 @@ class SpendwatchConfig(BaseSettings):
 
 def _rule_dimensions(rule: Any) -> list[str]:
     """Every dimension a rule reads: its scope, per-value budgets, drivers, peers and the
-    dimension whose values it judges (``new_value``)."""
+    dimension whose values it judges (``new_value``, ``idle_commitment``)."""
     scope = getattr(rule, "scope", [])
-    judged = getattr(rule, "dimension", None)
+    judged = getattr(rule, "dimension", None) or getattr(rule, "status", None)
     return [
         *(scope if isinstance(scope, list) else scope.keys()),
         *getattr(rule, "scope_by", []),

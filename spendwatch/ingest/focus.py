@@ -66,6 +66,8 @@ DEFAULT_COLUMNS: dict[str, str | list[str]] = {
     "tenant": "SubAccountName",
     "labels.service_category": "ServiceCategory",
     "labels.region": "RegionId",
+    "labels.commitment": "CommitmentDiscountId",
+    "labels.commitment_status": "CommitmentDiscountStatus",
 }
 
 

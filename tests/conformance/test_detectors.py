@@ -108,6 +108,19 @@ def _model_stream(rng: np.random.Generator) -> list[Window]:
     return out
 
 
+def _commitment_stream(rng: np.random.Generator) -> list[Window]:
+    """Two commitments' hourly cost by status; ``ri-1`` goes half unused on day 3."""
+    out: list[Window] = []
+    for start in range(T0, T0 + 4 * DAY, 3600):
+        for commitment in ("ri-1", "ri-2"):
+            idle = commitment == "ri-1" and 2 * DAY <= start - T0 < 3 * DAY
+            used = int(NANOS * rng.uniform(0.9, 1.1))
+            out.append(((commitment, "Used"), start, Totals(used, 1, 0, 0, 1)))
+            if idle:
+                out.append(((commitment, "Unused"), start, Totals(used, 1, 0, 0, 1)))
+    return out
+
+
 HARNESSES: dict[str, Harness] = {
     "robust_seasonal": Harness(
         {"name": "r", "type": "robust_seasonal", "scope": ["tenant"], "window": "15m"},
@@ -165,6 +178,9 @@ HARNESSES: dict[str, Harness] = {
             "min_elapsed": "12h",
         },
         _spend_stream,
+    ),
+    "idle_commitment": Harness(
+        {"name": "r", "type": "idle_commitment", "window": "1h"}, _commitment_stream
     ),
     "new_value": Harness(
         {"name": "r", "type": "new_value", "scope": ["tenant"], "dimension": "model"},
