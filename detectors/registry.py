@@ -14,6 +14,7 @@ from spendwatch.detectors import (  # noqa: F401 - registration side effects
     seasonal,
     unit_cost,
     unit_margin,
+    zombie,
 )
 from spendwatch.detectors.base import DETECTOR_TYPES, Detector
 

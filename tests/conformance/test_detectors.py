@@ -121,6 +121,20 @@ def _commitment_stream(rng: np.random.Generator) -> list[Window]:
     return out
 
 
+def _users_stream(rng: np.random.Generator) -> list[Window]:
+    """Two tenants' users per hour for 15 days; ``acme``'s users fall to a fifth in the
+    second week while its spend holds (a zombie feature)."""
+    out: list[Window] = []
+    for start in range(T0, T0 + 15 * DAY, 3600):
+        for tenant in ("acme", "globex"):
+            late = tenant == "acme" and start - T0 >= 7 * DAY
+            users = 4 if late else 20
+            for u in range(users):
+                cost = int(NANOS * rng.uniform(0.9, 1.1) * (5 if late else 1) / 100)
+                out.append(((tenant, f"u{u}"), start, Totals(cost, 1, 0, 0, 1)))
+    return out
+
+
 HARNESSES: dict[str, Harness] = {
     "robust_seasonal": Harness(
         {"name": "r", "type": "robust_seasonal", "scope": ["tenant"], "window": "15m"},
@@ -181,6 +195,9 @@ HARNESSES: dict[str, Harness] = {
     ),
     "idle_commitment": Harness(
         {"name": "r", "type": "idle_commitment", "window": "1h"}, _commitment_stream
+    ),
+    "zombie": Harness(
+        {"name": "r", "type": "zombie", "scope": ["user"], "peers": ["tenant"]}, _users_stream
     ),
     "new_value": Harness(
         {"name": "r", "type": "new_value", "scope": ["tenant"], "dimension": "model"},
