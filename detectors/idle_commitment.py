@@ -51,7 +51,7 @@ class IdleCommitmentConfig(RuleConfig):
     )
     metric: Literal["spend_usd"] = Field(default="spend_usd", description="cost summed")
     window: Duration = Field(default=3600)
-    period: Literal["day", "month"] = Field(default="day", description="what is judged")
+    period: Literal["day", "month"] = Field(default="day", description="UTC period judged")
     max_unused_share: float = Field(
         default=0.2, gt=0, le=1, description="unused share of the commitment's cost that fires"
     )

@@ -12,6 +12,7 @@ from spendwatch.detectors import (  # noqa: F401 - registration side effects
     river_model,
     robust_seasonal,
     seasonal,
+    unattributed,
     unit_cost,
     unit_margin,
     zombie,

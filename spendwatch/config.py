@@ -261,6 +261,7 @@ def _rule_dimensions(rule: Any) -> list[str]:
         *getattr(rule, "scope_by", []),
         *getattr(rule, "drivers", []),
         *getattr(rule, "peers", []),
+        *getattr(rule, "sources", []),
         *([judged] if isinstance(judged, str) else []),
     ]
 

@@ -135,6 +135,19 @@ def _users_stream(rng: np.random.Generator) -> list[Window]:
     return out
 
 
+def _untagged_stream(rng: np.random.Generator) -> list[Window]:
+    """Two tenants' spend per service for 17 days; untagged batch spend appears in week 2."""
+    out: list[Window] = []
+    for start in range(T0, T0 + 17 * DAY, 3600):
+        week_two = 7 * DAY <= start - T0 < 14 * DAY
+        for tenant, service in (("acme", "api"), ("globex", "api"), ("unattributed", "batch")):
+            if tenant == "unattributed" and not week_two:
+                continue
+            cost = int(NANOS * rng.uniform(0.9, 1.1))
+            out.append(((tenant, service), start, Totals(cost, 1, 0, 0, 1)))
+    return out
+
+
 HARNESSES: dict[str, Harness] = {
     "robust_seasonal": Harness(
         {"name": "r", "type": "robust_seasonal", "scope": ["tenant"], "window": "15m"},
@@ -198,6 +211,10 @@ HARNESSES: dict[str, Harness] = {
     ),
     "zombie": Harness(
         {"name": "r", "type": "zombie", "scope": ["user"], "peers": ["tenant"]}, _users_stream
+    ),
+    "unattributed": Harness(
+        {"name": "r", "type": "unattributed", "scope": [], "window": "1h", "min_cost_usd": 1},
+        _untagged_stream,
     ),
     "new_value": Harness(
         {"name": "r", "type": "new_value", "scope": ["tenant"], "dimension": "model"},
@@ -297,7 +314,8 @@ def test_explain_reads_without_writing(harness):
                 for values in seen.values():
                     assert math.isfinite(values["value"]) and math.isfinite(values["expected"])
                     explained += 1
-                detector.observe_group(state, {"tenant": group[0]}, ws, members)
+                peers = dict(zip(detector.aggregation.dims[:k], group, strict=True))
+                detector.observe_group(state, peers, ws, members)
     else:
         assert isinstance(detector, WindowDetector)
         states: dict[tuple, object] = {}
