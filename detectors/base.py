@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
@@ -304,13 +304,14 @@ class ConfiguredRule:
         A sequential rule's ``threshold`` is its evidence threshold (``extra`` may say so).
         """
         threshold = extra.pop("threshold", getattr(self.config, "threshold", 0.0))
+        metric = extra.pop("metric", self.config.metric)
         return make_alert(
             kind="anomaly",
             rule=self.name,
             status=status,
             severity=self.config.severity,
             scope=scope,
-            metric=self.config.metric,
+            metric=metric,
             window_start=window_start,
             window_end=window_start + self.config.window,
             observed=value,
@@ -324,6 +325,19 @@ class ConfiguredRule:
 
 class DetectorBase(ConfiguredRule, WindowDetector):
     """A window detector built from its rule config (most detector types)."""
+
+
+class GroupRule(ConfiguredRule, GroupDetector):
+    """A group detector built from its rule config: ``peers`` name the group (rows are
+    routed by them), ``members`` the rest of the aggregation; never zero-filled."""
+
+    def __init__(self, config: Any, peers: Sequence[str], members: Sequence[str]) -> None:
+        super().__init__(config)
+        self.peer_dims = len(peers)
+        self.aggregation = Aggregation(
+            dims=(*peers, *members), window=config.window, route_dims=self.peer_dims
+        )
+        self.zero_fill = False
 
 
 def driver_aggregation(parent: Aggregation, dimension: str) -> Aggregation:

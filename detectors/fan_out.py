@@ -24,16 +24,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from spendwatch.core.alerts import Alert, make_alert
+from spendwatch.core.alerts import Alert
 from spendwatch.core.configtypes import Dimension, Duration
-from spendwatch.detectors.base import (
-    Aggregation,
-    ConfiguredRule,
-    GroupDetector,
-    RuleConfig,
-    Totals,
-    register_detector,
-)
+from spendwatch.detectors.base import GroupRule, RuleConfig, Totals, register_detector
 
 
 class FanOutConfig(RuleConfig):
@@ -92,20 +85,13 @@ class FanOutState:
 
 
 @register_detector("fan_out", FanOutConfig)
-class FanOut(ConfiguredRule, GroupDetector):
+class FanOut(GroupRule):
     """Judges a peer group's units per window (``observe_group``), against the YAML estimate."""
 
     config: FanOutConfig
 
     def __init__(self, config: FanOutConfig) -> None:
-        super().__init__(config)
-        self.peer_dims = len(config.peers)
-        self.aggregation = Aggregation(
-            dims=(*config.peers, *config.scope),
-            window=config.window,
-            route_dims=self.peer_dims,
-        )
-        self.zero_fill = False
+        super().__init__(config, config.peers, config.scope)
 
     def new_state(self) -> FanOutState:
         return FanOutState()
@@ -183,20 +169,15 @@ class FanOut(ConfiguredRule, GroupDetector):
     ) -> Alert:
         c = self.config
         total = unit[2]
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=c.severity,
-            scope={**peers, **dict(zip(c.scope, member, strict=True))},
-            metric=c.metric,
-            window_start=window_start,
-            window_end=window_start + c.window,
-            observed=total,
-            expected=estimate,
-            score=total / estimate,
+        return self.anomaly_alert(
+            {**peers, **dict(zip(c.scope, member, strict=True))},
+            status,  # type: ignore[arg-type]
+            window_start,
+            total,
+            estimate,
+            total / estimate,
+            int(unit[0]),
             threshold=c.factor,
-            episode_start=int(unit[0]),
             rarity=f"{total / estimate:.1f}× the design estimate of {estimate:g} per "
             f"{'/'.join(c.scope)}",
         )

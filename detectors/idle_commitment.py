@@ -24,16 +24,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from spendwatch.core.alerts import Alert, Driver, make_alert
+from spendwatch.core.alerts import Alert, Driver
 from spendwatch.core.configtypes import Dimension, Duration
-from spendwatch.detectors.base import (
-    Aggregation,
-    ConfiguredRule,
-    GroupDetector,
-    RuleConfig,
-    Totals,
-    register_detector,
-)
+from spendwatch.detectors.base import GroupRule, RuleConfig, Totals, register_detector
+from spendwatch.detectors.periods import period_start
 from spendwatch.ingest.pricing import NANOS_PER_USD
 
 UNUSED = "unused"
@@ -58,13 +52,6 @@ class IdleCommitmentConfig(RuleConfig):
     min_cost_usd: float = Field(default=1.0, ge=0, description="unused cost needed, USD")
 
 
-def period_start(ts: int, period: str) -> int:
-    day = datetime.fromtimestamp(ts, timezone.utc)
-    if period == "month":
-        return int(datetime(day.year, day.month, 1, tzinfo=timezone.utc).timestamp())
-    return ts - ts % 86400
-
-
 class CommitmentState:
     """One commitment: the period being summed, its cost by status (nano-dollars), and the
     period the open episode started in (``None``: not firing)."""
@@ -84,20 +71,13 @@ class CommitmentState:
 
 
 @register_detector("idle_commitment", IdleCommitmentConfig)
-class IdleCommitment(ConfiguredRule, GroupDetector):
+class IdleCommitment(GroupRule):
     """Judges a commitment's finished periods (``observe_group``: its statuses)."""
 
     config: IdleCommitmentConfig
 
     def __init__(self, config: IdleCommitmentConfig) -> None:
-        super().__init__(config)
-        self.peer_dims = len(config.scope)
-        self.aggregation = Aggregation(
-            dims=(*config.scope, config.status),
-            window=config.window,
-            route_dims=self.peer_dims,
-        )
-        self.zero_fill = False
+        super().__init__(config, config.scope, [config.status])
 
     def new_state(self) -> CommitmentState:
         return CommitmentState()
@@ -168,20 +148,16 @@ class IdleCommitment(ConfiguredRule, GroupDetector):
     ) -> Alert:
         c = self.config
         share = unused / whole if whole > 0 else 0.0
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=c.severity,
-            scope=dict(peers),
+        return self.anomaly_alert(
+            dict(peers),
+            status,  # type: ignore[arg-type]
+            window_start,
+            unused / NANOS_PER_USD,
+            whole / NANOS_PER_USD,
+            share,
+            state.firing if state.firing is not None else window_start,
             metric="unused_commitment_usd",
-            window_start=window_start,
-            window_end=window_start + c.window,
-            observed=unused / NANOS_PER_USD,
-            expected=whole / NANOS_PER_USD,
-            score=share,
             threshold=c.max_unused_share,
-            episode_start=state.firing if state.firing is not None else window_start,
             drivers=[Driver(dimension=c.status, value="Unused", share=round(share, 4))],
             rarity=f"{share:.0%} of the commitment's cost unused in the {c.period} "
             f"from {datetime.fromtimestamp(state.period or 0, timezone.utc):%Y-%m-%d}",

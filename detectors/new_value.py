@@ -33,16 +33,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from spendwatch.core.alerts import Alert, Driver, make_alert
+from spendwatch.core.alerts import Alert, Driver
 from spendwatch.core.configtypes import Dimension, Duration
-from spendwatch.detectors.base import (
-    Aggregation,
-    ConfiguredRule,
-    GroupDetector,
-    RuleConfig,
-    Totals,
-    register_detector,
-)
+from spendwatch.detectors.base import GroupRule, RuleConfig, Totals, register_detector
 from spendwatch.ingest.pricing import NANOS_PER_USD
 
 MAX_VALUES = 64
@@ -102,20 +95,13 @@ class NewValueState:
 
 
 @register_detector("new_value", NewValueConfig)
-class NewValue(ConfiguredRule, GroupDetector):
+class NewValue(GroupRule):
     """Judges a scope's values per window (``observe_group``): the scope is the group."""
 
     config: NewValueConfig
 
     def __init__(self, config: NewValueConfig) -> None:
-        super().__init__(config)
-        self.peer_dims = len(config.scope)
-        self.aggregation = Aggregation(
-            dims=(*config.scope, config.dimension),
-            window=config.window,
-            route_dims=self.peer_dims,
-        )
-        self.zero_fill = False
+        super().__init__(config, config.scope, [config.dimension])
 
     def new_state(self) -> NewValueState:
         return NewValueState()
@@ -227,21 +213,16 @@ class NewValue(ConfiguredRule, GroupDetector):
         episode: int | None = None,
     ) -> Alert:
         c = self.config
-        ratio = unit / usual if usual else 0.0
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=c.severity,
-            scope={**peers, c.dimension: value},
+        return self.anomaly_alert(
+            {**peers, c.dimension: value},
+            status,  # type: ignore[arg-type]
+            window_start,
+            unit,
+            usual or 0.0,
+            unit / usual if usual else 0.0,
+            window_start if episode is None else episode,
             metric="cost_per_token_usd",
-            window_start=window_start,
-            window_end=window_start + c.window,
-            observed=unit,
-            expected=usual or 0.0,
-            score=ratio,
             threshold=1 + c.min_increase,
-            episode_start=window_start if episode is None else episode,
             drivers=[Driver(dimension=c.dimension, value=value, share=1.0)],
             rarity=f"{c.dimension} {value} not seen in this scope for "
             f"{c.forget_after // 86400} days",

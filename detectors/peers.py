@@ -30,14 +30,7 @@ from pydantic import Field, model_validator
 from spendwatch.core.alerts import Alert, make_alert
 from spendwatch.core.configtypes import Dimension, Duration
 from spendwatch.detectors import sequential
-from spendwatch.detectors.base import (
-    Aggregation,
-    ConfiguredRule,
-    GroupDetector,
-    RuleConfig,
-    Totals,
-    register_detector,
-)
+from spendwatch.detectors.base import GroupRule, RuleConfig, Totals, register_detector
 
 MAX_FIRING = 10_000
 
@@ -166,20 +159,13 @@ def _percentile_low(hist: list[float], total: float, share: float) -> float:
 
 
 @register_detector("agent_loop", AgentLoopConfig)
-class AgentLoop(ConfiguredRule, GroupDetector):
+class AgentLoop(GroupRule):
     """Judges a whole peer group per window (``observe_group``), not one scope at a time."""
 
     config: AgentLoopConfig
 
     def __init__(self, config: AgentLoopConfig) -> None:
-        super().__init__(config)
-        self.peer_dims = len(config.peers)
-        self.aggregation = Aggregation(
-            dims=(*config.peers, *config.scope),
-            window=config.window,
-            route_dims=self.peer_dims,
-        )
-        self.zero_fill = False
+        super().__init__(config, config.peers, config.scope)
 
     def new_state(self) -> PeerState:
         return PeerState()

@@ -480,6 +480,13 @@ class TailCalibration:
         self.peak = threshold
         self._close()
 
+    def record(self, evidence: float, threshold: float, alarmed: bool, window: int) -> None:
+        """Fold a judged window in: an alarm at ``threshold``, or the evidence after it."""
+        if alarmed:
+            self.alarm(threshold)
+        else:
+            self.observe(evidence, window)
+
     def _close(self) -> None:
         if self.peak >= CALIBRATION_LEVEL:
             self.over += 1.0

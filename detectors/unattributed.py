@@ -21,23 +21,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from spendwatch.core.alerts import Alert, Driver, make_alert
+from spendwatch.core.alerts import Alert, Driver
 from spendwatch.core.configtypes import Dimension, Duration
-from spendwatch.detectors.base import (
-    Aggregation,
-    ConfiguredRule,
-    GroupDetector,
-    RuleConfig,
-    Totals,
-    register_detector,
-)
+from spendwatch.detectors.base import GroupRule, RuleConfig, Totals, register_detector
+from spendwatch.detectors.periods import period_start
 from spendwatch.ingest.events import UNATTRIBUTED
 from spendwatch.ingest.pricing import NANOS_PER_USD
 
 TOP_SOURCES = 5
 MAX_SOURCES = 256
 """Distinct sources remembered per period (the smallest are folded into ``other``)."""
-WEEK_EPOCH = 4 * 86400  # 1970-01-05 was a Monday: UTC weeks start on Mondays
 
 
 class UnattributedConfig(RuleConfig):
@@ -67,15 +60,6 @@ class UnattributedConfig(RuleConfig):
         return self
 
 
-def period_start(ts: int, period: str) -> int:
-    if period == "day":
-        return ts - ts % 86400
-    if period == "week":
-        return ts - (ts - WEEK_EPOCH) % (7 * 86400)
-    day = datetime.fromtimestamp(ts, timezone.utc)
-    return int(datetime(day.year, day.month, 1, tzinfo=timezone.utc).timestamp())
-
-
 class UnattributedState:
     """The period being summed: total spend, unattributed spend by source (nano-dollars),
     and the period the open episode started in."""
@@ -96,20 +80,13 @@ class UnattributedState:
 
 
 @register_detector("unattributed", UnattributedConfig)
-class Unattributed(ConfiguredRule, GroupDetector):
+class Unattributed(GroupRule):
     """Judges finished periods of a scope's spend by (dimension, sources) members."""
 
     config: UnattributedConfig
 
     def __init__(self, config: UnattributedConfig) -> None:
-        super().__init__(config)
-        self.peer_dims = len(config.scope)
-        self.aggregation = Aggregation(
-            dims=(*config.scope, config.dimension, *config.sources),
-            window=config.window,
-            route_dims=self.peer_dims,
-        )
-        self.zero_fill = False
+        super().__init__(config, config.scope, [config.dimension, *config.sources])
 
     def new_state(self) -> UnattributedState:
         return UnattributedState()
@@ -196,20 +173,16 @@ class Unattributed(ConfiguredRule, GroupDetector):
             if unattributed > 0
         ]  # fmt: skip
         since = datetime.fromtimestamp(state.period or 0, timezone.utc)
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=c.severity,
-            scope={**peers, c.dimension: UNATTRIBUTED},
+        return self.anomaly_alert(
+            {**peers, c.dimension: UNATTRIBUTED},
+            status,  # type: ignore[arg-type]
+            window_start,
+            unattributed / NANOS_PER_USD,
+            state.total_nanos / NANOS_PER_USD,
+            share,
+            episode,
             metric="unattributed_spend_usd",
-            window_start=window_start,
-            window_end=window_start + c.window,
-            observed=unattributed / NANOS_PER_USD,
-            expected=state.total_nanos / NANOS_PER_USD,
-            score=share,
             threshold=c.max_share,
-            episode_start=episode,
             drivers=drivers,
             rarity=f"{share:.1%} of spend in the {c.period} from {since:%Y-%m-%d} has no "
             f"{c.dimension}",

@@ -388,10 +388,7 @@ class UnitCost(DetectorBase):
         transition = episode.step(window_start, anomalous, True, 1, c.resolve_after, clear)
         extra = sequential.alert_extras(evidence, threshold, c.window, state.calibration)
         if counted:  # after the alert has said how rare it is on the tail so far
-            if anomalous:
-                state.calibration.alarm(threshold)
-            else:
-                state.calibration.observe(evidence, c.window)
+            state.calibration.record(evidence, threshold, anomalous, c.window)
         alerts = self.transition_alerts(
             transition, episode, scope, window_start, value, expected, z, **extra
         )

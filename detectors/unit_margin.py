@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from spendwatch.core.alerts import Alert, make_alert
+from spendwatch.core.alerts import Alert
 from spendwatch.core.configtypes import Dimension, Duration
 from spendwatch.detectors.base import DetectorBase, RuleConfig, Totals, register_detector
+from spendwatch.detectors.periods import period_bounds
 from spendwatch.ingest.pricing import NANOS_PER_USD
 
 
@@ -67,14 +67,6 @@ class UnitMarginConfig(RuleConfig):
         ):
             raise ValueError("values and fixed costs cannot be negative")
         return self
-
-
-def month_bounds(ts: int) -> tuple[int, int]:
-    """Start and end (epoch seconds, UTC) of the calendar month holding ``ts``."""
-    day = datetime.fromtimestamp(ts, timezone.utc)
-    start = datetime(day.year, day.month, 1, tzinfo=timezone.utc)
-    end = datetime(day.year + day.month // 12, day.month % 12 + 1, 1, tzinfo=timezone.utc)
-    return int(start.timestamp()), int(end.timestamp())
 
 
 class MarginState:
@@ -123,7 +115,7 @@ class UnitMargin(DetectorBase):
         value = state.value
         if value is None or state.requests < c.min_requests:
             return None
-        start, end = month_bounds(state.month)
+        start, end = period_bounds(state.month, "month")
         elapsed = window_end - max(start, state.since)
         if elapsed < c.min_elapsed:
             return None
@@ -144,7 +136,7 @@ class UnitMargin(DetectorBase):
         self, state: MarginState, scope: Mapping[str, str], window_start: int, totals: Totals
     ) -> list[Alert]:
         """Start a new month when the window is past the last one (resolving its alert)."""
-        month, _ = month_bounds(window_start)
+        month, _ = period_bounds(window_start, "month")
         alerts: list[Alert] = []
         if month != state.month:
             if state.firing is not None:
@@ -189,7 +181,7 @@ class UnitMargin(DetectorBase):
 
     def _resolved(self, state: MarginState, scope: Mapping[str, str], window_start: int) -> Alert:
         """The month ended while firing: resolved with the month's final figures."""
-        seen = self.projection(state, month_bounds(state.month)[1]) or {
+        seen = self.projection(state, period_bounds(state.month, "month")[1]) or {
             "value": 0.0,
             "expected": 0.0,
             "breakeven_requests": math.inf,
@@ -205,7 +197,6 @@ class UnitMargin(DetectorBase):
         seen: Mapping[str, float],
         episode: int,
     ) -> Alert:
-        c = self.config
         breakeven = seen["breakeven_requests"]
         if math.isfinite(breakeven):
             rarity = (
@@ -214,20 +205,16 @@ class UnitMargin(DetectorBase):
             )
         else:
             rarity = "no volume breaks even: each request costs more than it earns"
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=c.severity,
-            scope=scope,
+        return self.anomaly_alert(
+            scope,
+            status,  # type: ignore[arg-type]
+            window_start,
+            seen["value"],
+            seen["expected"],
+            seen["value"] / seen["expected"] if seen["expected"] else 0.0,
+            episode,
             metric="cost_per_request_usd",
-            window_start=window_start,
-            window_end=window_start + c.window,
-            observed=seen["value"],
-            expected=seen["expected"],
-            score=seen["value"] / seen["expected"] if seen["expected"] else 0.0,
             threshold=1.0,
-            episode_start=episode,
             rarity=rarity,
             breakeven_requests=None if not math.isfinite(breakeven) else round(breakeven),
         )

@@ -22,16 +22,9 @@ from typing import Literal
 from datasketches import hll_sketch, tgt_hll_type
 from pydantic import Field, model_validator
 
-from spendwatch.core.alerts import Alert, make_alert
+from spendwatch.core.alerts import Alert
 from spendwatch.core.configtypes import Dimension, Duration
-from spendwatch.detectors.base import (
-    Aggregation,
-    ConfiguredRule,
-    GroupDetector,
-    RuleConfig,
-    Totals,
-    register_detector,
-)
+from spendwatch.detectors.base import GroupRule, RuleConfig, Totals, register_detector
 from spendwatch.ingest.pricing import NANOS_PER_USD
 
 LG_K = 12
@@ -88,20 +81,13 @@ class ZombieState:
 
 
 @register_detector("zombie", ZombieConfig)
-class Zombie(ConfiguredRule, GroupDetector):
+class Zombie(GroupRule):
     """Judges a feature's finished days from its members (users) per window."""
 
     config: ZombieConfig
 
     def __init__(self, config: ZombieConfig) -> None:
-        super().__init__(config)
-        self.peer_dims = len(config.peers)
-        self.aggregation = Aggregation(
-            dims=(*config.peers, *config.scope),
-            window=config.window,
-            route_dims=self.peer_dims,
-        )
-        self.zero_fill = False
+        super().__init__(config, config.peers, config.scope)
 
     def new_state(self) -> ZombieState:
         return ZombieState()
@@ -187,20 +173,16 @@ class Zombie(ConfiguredRule, GroupDetector):
         per_user_now = spend_now / users_now if users_now else float("inf")
         now_text = "no active users" if users_now < 0.5 else f"${per_user_now:.4g} per user"
         unit = "/".join(c.scope)
-        return make_alert(
-            kind="anomaly",
-            rule=self.name,
-            status=status,
-            severity=c.severity,
-            scope=dict(peers),
+        return self.anomaly_alert(
+            dict(peers),
+            status,  # type: ignore[arg-type]
+            window_start,
+            round(users_now, 1),
+            round(users_before, 1),
+            users_now / users_before if users_before else 0.0,
+            episode,
             metric=f"distinct_{unit}_per_day",
-            window_start=window_start,
-            window_end=window_start + c.window,
-            observed=round(users_now, 1),
-            expected=round(users_before, 1),
-            score=users_now / users_before if users_before else 0.0,
             threshold=1 - c.min_user_drop,
-            episode_start=episode,
             spend_per_day_usd=round(spend_now, 4),
             rarity=f"daily {unit}s {users_before:,.0f} -> {users_now:,.0f} over {c.days} "
             f"days while spend held (${spend_before:,.2f} -> ${spend_now:,.2f} a day): "

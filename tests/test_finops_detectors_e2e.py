@@ -11,7 +11,8 @@ import numpy as np
 
 from spendwatch.config import load_config
 from spendwatch.detectors.base import Totals
-from spendwatch.detectors.unattributed import Unattributed, UnattributedConfig, period_start
+from spendwatch.detectors.periods import period_start
+from spendwatch.detectors.unattributed import Unattributed, UnattributedConfig
 from spendwatch.ops.backtest import backtest
 from spendwatch.testing.fake_jira import FakeJira
 from spendwatch.testing.fake_slack import FakeSlack

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from spendwatch.detectors.base import Totals
-from spendwatch.detectors.unit_margin import UnitMargin, UnitMarginConfig, month_bounds
+from spendwatch.detectors.periods import period_bounds
+from spendwatch.detectors.unit_margin import UnitMargin, UnitMarginConfig
 
 NOV = 1_793_491_200  # 2026-11-01T00:00:00Z
 HOUR = 3600
@@ -31,9 +32,9 @@ def _hours(detector, state, scope, start, hours, requests, usd_per_request):
 
 
 def test_month_bounds_are_calendar_months_in_utc():
-    assert month_bounds(NOV + 5 * 86400) == (NOV, NOV + 30 * 86400)
+    assert period_bounds(NOV + 5 * 86400, "month") == (NOV, NOV + 30 * 86400)
     dec = NOV + 30 * 86400
-    assert month_bounds(dec + 31 * 86400 - 1) == (dec, dec + 31 * 86400)  # into January
+    assert period_bounds(dec + 31 * 86400 - 1, "month") == (dec, dec + 31 * 86400)  # into January
 
 
 def test_fixed_costs_over_too_little_volume_fire_with_the_breakeven_volume():
