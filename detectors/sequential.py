@@ -420,6 +420,10 @@ CALIBRATION_SCALE = (0.8, 4.0)
 """Bounds of the learned tail scale: neither far bolder nor far shyer than the model."""
 
 
+MODEL_LEVEL_RATE = alarm_rate(CALIBRATION_LEVEL)
+"""Peaks above the calibration level per window under the model (the grid's own)."""
+
+
 class TailCalibration:
     """What a scope's own null evidence looks like, so its threshold meets the budget.
 
@@ -495,7 +499,7 @@ class TailCalibration:
 
     def tail(self, window: int) -> tuple[float, float]:
         """(r̂, s): peaks above the level per window, and the tail's scale."""
-        model_rate = alarm_rate(CALIBRATION_LEVEL)
+        model_rate = MODEL_LEVEL_RATE
         prior_windows = CALIBRATION_PRIOR_DAYS * 86400.0 / window
         rate = (self.over + prior_windows * model_rate) / (self.windows + prior_windows)
         scale = (self.excess + CALIBRATION_PRIOR_PEAKS) / (self.over + CALIBRATION_PRIOR_PEAKS)
@@ -508,7 +512,7 @@ class TailCalibration:
         bolder one, estimated from a few excursions, would spend the budget on noise)."""
         rate, scale = self.tail(window)
         level = CALIBRATION_LEVEL
-        shift = math.log(max(rate, 1e-12) / alarm_rate(level))
+        shift = math.log(max(rate, 1e-12) / MODEL_LEVEL_RATE)
         found = model_threshold + (scale - 1.0) * (model_threshold - level) + scale * shift
         return max(found, model_threshold)
 
