@@ -1,0 +1,205 @@
+"""Scope scaling: the same events spread over 100 … 1,000,000 scopes, through the real engine.
+
+For each scope count S, N events (default 300 k) over 3 days of event time are each given
+one of S prompts at random (uniformly, seeded) and written to a JSONL file. Two rules key
+on `prompt_id` with 15-minute windows: `robust_seasonal` spend and `unit_cost`
+output tokens per request, all other settings at their defaults (16 shards, `max_scopes`
+10,000 per shard). Each size then runs in its own subprocess (so peak RSS is that size's)
+through the source partition, the pre-aggregator and the 16 shard engines in-process, as
+`spendwatch explain` drives them (Bytewax not running, one thread). Per size it prints
+events/s (whole pipeline: parse, aggregate, engine), engine seconds, data scope-windows
+per second (the (rule, scope, window) cells that have events: what the events make),
+bytes per (rule, scope) held at the end (pickled detector state and its share of the
+RSS growth), and peak RSS. The last line is one JSON object with every figure and
+`ratio_sparse_to_dense`: events/s of the sparsest over the densest size of this run.
+
+    .venv/bin/python bench/scopes.py [--events 300000] [--scopes 100,10000,100000[,1000000]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from spendwatch.ops import demo
+
+DAYS = 3
+START = 1_795_000_000 - 1_795_000_000 % 86400  # a midnight, UTC
+CONFIG = """
+source: {{type: jsonl, path: {events}, decode_processes: 0}}
+engine:
+  allowed_lateness: 2m
+dead_letter:
+  path: null
+{pricing}
+detectors:
+  - {{name: prompt-spend, type: robust_seasonal, scope: [prompt_id], window: 15m}}
+  - name: prompt-output-tokens
+    type: unit_cost
+    scope: [prompt_id]
+    metric: output_tokens_per_request
+    window: 15m
+receivers: []
+"""
+
+
+def write_events(path: Path, events: int, scopes: int, seed: int = 1) -> None:
+    """``events`` LLM calls over three days, each on one of ``scopes`` prompts at random."""
+    from spendwatch.core.timefmt import rfc3339
+
+    rng = random.Random(seed)
+    span = DAYS * 86400
+    times = sorted(rng.random() * span for _ in range(events))
+    models = list(demo.PRICES)
+    with path.open("wb") as handle:
+        for i, offset in enumerate(times):
+            prompt = rng.randrange(scopes)
+            handle.write(
+                orjson.dumps(
+                    {
+                        "event_id": f"e{i}",
+                        "ts": rfc3339(START + offset),
+                        "tenant": f"t{prompt % 7}",
+                        "prompt_id": f"p{prompt}",
+                        "model": models[prompt % len(models)],
+                        "input_tokens": 800 + rng.randrange(800),
+                        "output_tokens": 100 + rng.randrange(300),
+                        "requests": 1,
+                    }
+                )
+                + b"\n"
+            )
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_one(config_path: str) -> dict:
+    """One size, in this process: the pipeline of ``spendwatch explain`` without a tracer."""
+    from spendwatch.config import load_config
+    from spendwatch.core.logging import configure
+    from spendwatch.dataflows.aggregate import PreAggregator
+    from spendwatch.dataflows.engine import EnginePlan, ShardEngine
+    from spendwatch.dataflows.inputs import build_source
+    from spendwatch.ops.backtest import replay_source
+    from spendwatch.ops.replay import _batches
+
+    configure("warning")
+    config = load_config(config_path)
+    path = config.source.path
+    parts = build_source(replay_source(config, path), config.parser_settings()).list_parts()
+    plan = EnginePlan.from_config(config, parts)
+    aggregator = PreAggregator(plan.aggregations, config.engine.shards, plan.per_request)
+    engines = {str(s): ShardEngine(plan) for s in range(config.engine.shards)}
+    rss_before = rss_bytes()
+    alerts = events = 0
+    engine_seconds = 0.0
+    clock = time.perf_counter
+    started = clock()
+    for part, batch in _batches(config, path):
+        events += batch.size
+        for key, (stream_time, rows) in aggregator.route(batch):
+            tick = clock()
+            alerts += len(engines[key].on_message(stream_time, rows, part, idle=batch.caught_up))
+            engine_seconds += clock() - tick
+    tick = clock()
+    for engine in engines.values():
+        alerts += len(engine.flush())
+    engine_seconds += clock() - tick
+    seconds = clock() - started
+    rss_after = rss_bytes()
+    held = {rule.name: 0 for rule in plan.detectors}
+    pickled = {rule.name: 0 for rule in plan.detectors}
+    for engine in engines.values():
+        for name in held:
+            states = engine.detector_states.get(name, {})
+            held[name] += len(states)
+            pickled[name] += len(pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL))
+    rule_scopes = sum(held.values())
+    windows = sum(e.counters.windows_closed for e in engines.values())
+    return {
+        "events": events,
+        "seconds": round(seconds, 3),
+        "engine_seconds": round(engine_seconds, 3),
+        "events_per_s": round(events / seconds),
+        # both rules judge the same aggregation: each data window is judged by each rule
+        "scope_windows": windows * len(plan.detectors),
+        "scope_windows_per_s": round(windows * len(plan.detectors) / seconds),
+        "scopes_held": held,
+        "evicted_scopes": sum(e.counters.evicted_scopes for e in engines.values()),
+        "pickled_bytes_per_rule_scope": {
+            name: round(pickled[name] / held[name]) if held[name] else None for name in held
+        },
+        "rss_bytes_per_rule_scope": (
+            round((rss_after - rss_before) / rule_scopes) if rule_scopes else None
+        ),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "alerts": alerts,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--scopes", default="100,10000,100000")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # a config: run one size, print JSON
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one)))
+        return
+    sizes = [int(s) for s in args.scopes.split(",")]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="spendwatch-scopes-") as tmp:
+        for scopes in sizes:
+            events = Path(tmp) / f"events-{scopes}.jsonl"
+            write_events(events, args.events, scopes)
+            config = Path(tmp) / f"config-{scopes}.yaml"
+            config.write_text(CONFIG.format(events=events, pricing=demo.pricing_yaml()))
+            command = [sys.executable, __file__, "--one", str(config)]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            results[scopes] = figures
+            events.unlink()
+            pickled = figures["pickled_bytes_per_rule_scope"]
+            print(
+                f"{scopes:>9,} scopes: {figures['events_per_s']:>9,} events/s "
+                f"({figures['seconds']:.1f} s, engine {figures['engine_seconds']:.1f} s)  "
+                f"{figures['scope_windows_per_s']:>9,} scope-windows/s  "
+                f"state/rule-scope: pickled {pickled}, RSS "
+                f"{figures['rss_bytes_per_rule_scope']} B  held {figures['scopes_held']}  "
+                f"peak RSS {figures['peak_rss_mb']} MB  {figures['alerts']} alerts",
+                file=sys.stderr,
+                flush=True,
+            )
+    densest, sparsest = results[min(sizes)], results[max(sizes)]
+    print(
+        json.dumps(
+            {
+                "bench": "scopes",
+                "events": args.events,
+                "days": DAYS,
+                "rules": ["robust_seasonal spend", "unit_cost output_tokens_per_request"],
+                "by_scopes": {str(k): v for k, v in results.items()},
+                "ratio_sparse_to_dense": round(
+                    sparsest["events_per_s"] / densest["events_per_s"], 4
+                ),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
