@@ -23,6 +23,8 @@ import random
 import sys
 from pathlib import Path
 
+import pytest
+
 from spendwatch.config import SpendwatchConfig
 from spendwatch.dataflows.aggregate import PreAggregator
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
@@ -158,8 +160,9 @@ def _iso(epoch: float) -> str:
     return rfc3339(epoch)
 
 
-def run() -> dict:
-    """Alerts (sorted) and budget totals of the stream through ``CONFIG``."""
+def run(restore_every: int = 0) -> dict:
+    """Alerts (sorted), budget totals and scopes held of the stream through ``CONFIG``
+    (every engine restored from its snapshot every ``restore_every`` batches)."""
     config = SpendwatchConfig.model_validate(CONFIG)
     plan = EnginePlan.from_config(config)
     parser = EventParser(PriceTable(config.pricing), config.used_dimensions(), 86400)
@@ -167,9 +170,13 @@ def run() -> dict:
     engines = {str(s): ShardEngine(plan) for s in range(SHARDS)}
     lines = _lines()
     alerts = []
-    for at in range(0, len(lines), BATCH):
+    held: list[dict[str, list[str]]] = []
+    for batch, at in enumerate(range(0, len(lines), BATCH)):
         for key, (max_ts, rows) in aggregator.route(parser.parse(lines[at : at + BATCH])):
             alerts.extend(engines[key].on_message(max_ts, rows))
+        if restore_every and batch % restore_every == restore_every - 1:
+            engines = {k: ShardEngine(plan, e.snapshot()) for k, e in engines.items()}
+        held.append(_held(engines))
     for engine in engines.values():
         alerts.extend(engine.flush())
     found = [
@@ -202,9 +209,20 @@ def run() -> dict:
         "events": len(lines),
         "alerts": found,
         "budget_totals": dict(sorted(totals.items())),
+        "held_after_each_batch": held,
+        "held_at_end": _held(engines),
         "windows_closed": sum(e.counters.windows_closed for e in engines.values()),
         "evicted_scopes": sum(e.counters.evicted_scopes for e in engines.values()),
     }
+
+
+def _held(engines: dict[str, ShardEngine]) -> dict[str, list[str]]:
+    """The scopes each detector holds state for."""
+    found: dict[str, list[str]] = {}
+    for engine in engines.values():
+        for name, states in engine.detector_states.items():
+            found.setdefault(name, []).extend("/".join(scope) for scope in states)
+    return {name: sorted(scopes) for name, scopes in sorted(found.items())}
 
 
 def _close(a: object, b: object) -> bool:
@@ -217,10 +235,13 @@ def _close(a: object, b: object) -> bool:
     return a == b
 
 
-def test_alerts_and_budget_totals_equal_the_stored_ones():
+@pytest.mark.parametrize("restore_every", [0, 5])
+def test_alerts_and_budget_totals_equal_the_stored_ones(restore_every):
     expected = json.loads(FIXTURE.read_text())
-    found = json.loads(json.dumps(run()))  # the fixture's types (tuples as lists)
+    found = json.loads(json.dumps(run(restore_every)))  # the fixture's types (lists)
     assert found["events"] == expected["events"]
+    assert found["held_after_each_batch"] == expected["held_after_each_batch"]
+    assert found["held_at_end"] == expected["held_at_end"]
     assert found["budget_totals"] == expected["budget_totals"]
     assert (found["windows_closed"], found["evicted_scopes"]) == (
         expected["windows_closed"],
