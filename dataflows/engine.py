@@ -11,6 +11,7 @@ count toward budgets; detectors count them as late. The wall clock is never read
 
 from __future__ import annotations
 
+import heapq
 import math
 import pickle
 from array import array
@@ -176,6 +177,8 @@ class ShardEngine:
         # budget name -> amount key ('*' or scope_by values joined by '/') -> (USD, set at)
         self.budget_overrides: dict[str, dict[str, tuple[float, float]]] = {}
         self.counters = EngineCounters()
+        # rule name -> heap of (last data window, scope) (derived from detector_progress)
+        self._idle: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
         if snapshot is not None:
             self._restore(snapshot)
 
@@ -360,60 +363,168 @@ class ShardEngine:
         bound: int,
         breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]],
     ) -> list[Alert]:
+        """Judge a rule's windows before ``bound``: the scopes with data window by window,
+        the quiet ones (zero-filled rules only) a run of empty windows at a time.
+
+        Scopes are independent of each other: the order they are judged in changes
+        nothing but the order of the alerts of one close.
+        """
         if isinstance(detector, GroupDetector):
             return self._judge_peers(detector, by_scope)
-        aggregation = detector.aggregation
-        window = aggregation.window
         states = self.detector_states.setdefault(detector.name, {})
         progress = self.detector_progress.setdefault(detector.name, {})
-        scopes = set(by_scope) | set(states)  # quiet scopes get zeros, or are forgotten
         alerts: list[Alert] = []
-        ttl = self.plan.scope_idle_ttl
-        for scope in scopes:
-            windows = by_scope.get(scope, ())
-            state = states.get(scope)
-            if state is None:
-                state = states[scope] = detector.new_state()
-            judged, last_data = progress.get(scope, (None, None))
-            scope_map = _scope_map(aggregation, scope)
-            cursor = None if judged is None else judged + window
-            for window_start, totals in [*windows, (bound, None)]:
-                if cursor is not None and last_data is not None:
-                    if window_start - last_data > ttl:
-                        state = states[scope] = detector.new_state()  # idle: start afresh
-                    elif detector.zero_fill:  # sums: a window without events counts as zero
-                        for empty_start in range(cursor, window_start, window):
-                            alerts.extend(
-                                self._observe(
-                                    detector, state, scope, scope_map, empty_start, ZERO, None
-                                )
-                            )
-                            judged = empty_start
-                if totals is None:
-                    break
-                alerts.extend(
-                    self._observe(
-                        detector,
-                        state,
-                        scope,
-                        scope_map,
-                        window_start,
-                        totals,
-                        breakdowns.get((scope, window_start)),
-                    )
-                )
-                judged = last_data = window_start
-                cursor = window_start + window
-            if last_data is not None and bound - last_data > ttl:
-                del states[scope]
-                progress.pop(scope, None)
-                self.driver_states.get(detector.name, {}).pop(scope, None)
-            else:
-                progress[scope] = (judged, last_data)
+        for scope, windows in by_scope.items():
+            alerts.extend(
+                self._judge_scope(detector, states, progress, scope, windows, bound, breakdowns)
+            )
+        if detector.zero_fill:  # a quiet scope's windows count as zero: judge them
+            quiet = [scope for scope in states if scope not in by_scope]
+            for scope in quiet:
+                alerts.extend(self._judge_quiet(detector, states, progress, scope, bound))
+        else:  # a quiet scope has nothing to judge: only the idle ones need finding
+            self._expire_idle(detector.name, states, progress, by_scope, bound)
         cap = getattr(getattr(detector, "config", None), "max_scopes", None)
         if cap is not None and len(states) > cap:
             self._forget_quietest(detector.name, cap)
         return alerts
+
+    def _judge_scope(
+        self,
+        detector: WindowDetector,
+        states: dict[tuple[str, ...], Any],
+        progress: dict[tuple[str, ...], tuple[int, int]],
+        scope: tuple[str, ...],
+        windows: list[tuple[int, Totals]],
+        bound: int,
+        breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]],
+    ) -> list[Alert]:
+        """One scope's closed windows with data, in order, and the empty ones between them."""
+        window = detector.aggregation.window
+        ttl = self.plan.scope_idle_ttl
+        alerts: list[Alert] = []
+        state = states.get(scope)
+        if state is None:
+            state = states[scope] = detector.new_state()
+        judged, last_data = progress.get(scope, (None, None))
+        scope_map = _scope_map(detector.aggregation, scope)
+        cursor = None if judged is None else judged + window
+        for window_start, totals in [*windows, (bound, None)]:
+            if cursor is not None and last_data is not None:
+                if window_start - last_data > ttl:
+                    state = states[scope] = detector.new_state()  # idle: start afresh
+                elif detector.zero_fill and cursor < window_start:
+                    # sums: windows without events count as zero
+                    empty = range(cursor, window_start, window)
+                    alerts.extend(self._observe_empty(detector, state, scope, scope_map, empty))
+                    judged = empty[-1]
+            if totals is None:
+                break
+            alerts.extend(
+                self._observe(
+                    detector,
+                    state,
+                    scope,
+                    scope_map,
+                    window_start,
+                    totals,
+                    breakdowns.get((scope, window_start)),
+                )
+            )
+            judged = last_data = window_start
+            cursor = window_start + window
+        if last_data is not None and bound - last_data > ttl:
+            self._drop_scope(detector.name, scope)
+        else:
+            progress[scope] = (judged, last_data)
+            if not detector.zero_fill and last_data is not None:
+                self._note_data(detector.name, scope, last_data)
+        return alerts
+
+    def _judge_quiet(
+        self,
+        detector: WindowDetector,
+        states: dict[tuple[str, ...], Any],
+        progress: dict[tuple[str, ...], tuple[int, int]],
+        scope: tuple[str, ...],
+        bound: int,
+    ) -> list[Alert]:
+        """A zero-filled scope without data before ``bound``: its empty windows, or forget it
+        once idle for longer than ``scope_idle_ttl`` (what ``_judge_scope`` does for it)."""
+        judged, last_data = progress.get(scope, (None, None))
+        if judged is None or last_data is None:
+            progress.setdefault(scope, (judged, last_data))  # nothing judged yet: nothing to do
+            return []
+        if bound - last_data > self.plan.scope_idle_ttl:
+            self._drop_scope(detector.name, scope)
+            return []
+        empty = range(judged + detector.aggregation.window, bound, detector.aggregation.window)
+        if not empty:
+            return []
+        scope_map = _scope_map(detector.aggregation, scope)
+        alerts = self._observe_empty(detector, states[scope], scope, scope_map, empty)
+        progress[scope] = (empty[-1], last_data)
+        return alerts
+
+    def _observe_empty(
+        self,
+        detector: WindowDetector,
+        state: Any,
+        scope: tuple[str, ...],
+        scope_map: Mapping[str, str],
+        starts: range,
+    ) -> list[Alert]:
+        """Windows without events of one scope: one detector call for the run (per window
+        while a tracer records each); an empty window has no breakdown to learn from."""
+        if self.tracer is None:
+            return detector.observe_empty(state, scope_map, starts)
+        alerts: list[Alert] = []
+        for start in starts:
+            alerts.extend(self._observe(detector, state, scope, scope_map, start, ZERO, None))
+        return alerts
+
+    def _drop_scope(self, rule: str, scope: tuple[str, ...]) -> None:
+        self.detector_states.get(rule, {}).pop(scope, None)
+        self.detector_progress.get(rule, {}).pop(scope, None)
+        self.driver_states.get(rule, {}).pop(scope, None)
+
+    # Rules that do not zero-fill judge only the scopes with data; their idle scopes are
+    # found by a heap of (last data window, scope) per rule instead of a scan of all of
+    # them at every close. The heap is derived from ``detector_progress`` (rebuilt from it
+    # after a restore, and whenever stale entries make it twice the size of the rule's
+    # scopes): an entry counts only while it is the scope's last data window.
+
+    def _idle_heap(self, rule: str) -> list[tuple[int, tuple[str, ...]]]:
+        heap = self._idle.get(rule)
+        if heap is None:
+            progress = self.detector_progress.get(rule, {})
+            heap = [(last, scope) for scope, (_, last) in progress.items() if last is not None]
+            heapq.heapify(heap)
+            self._idle[rule] = heap
+        return heap
+
+    def _note_data(self, rule: str, scope: tuple[str, ...], last_data: int) -> None:
+        heap = self._idle_heap(rule)
+        heapq.heappush(heap, (last_data, scope))
+        if len(heap) > 2 * len(self.detector_progress.get(rule, ())) + 64:
+            del self._idle[rule]  # mostly stale: rebuild from progress
+
+    def _expire_idle(
+        self,
+        rule: str,
+        states: dict[tuple[str, ...], Any],
+        progress: dict[tuple[str, ...], tuple[int, int]],
+        by_scope: Mapping[tuple[str, ...], Any],
+        bound: int,
+    ) -> None:
+        """Forget the scopes of a rule without data for longer than ``scope_idle_ttl``."""
+        heap = self._idle_heap(rule)
+        oldest = bound - self.plan.scope_idle_ttl  # idle: last data before this
+        while heap and heap[0][0] < oldest:
+            last, scope = heapq.heappop(heap)
+            if scope in by_scope or progress.get(scope, (None, None))[1] != last:
+                continue  # stale: the scope has had data since (or is gone)
+            self._drop_scope(rule, scope)
 
     def _forget_quietest(self, rule: str, cap: int) -> None:
         """Keep a rule's scopes within ``cap``: forget those quiet longest, down to 90 %.
@@ -428,7 +539,7 @@ class ShardEngine:
             return (-math.inf if last_data is None else last_data, scope)
 
         keep = max(int(cap * 0.9), 1)
-        for scope in sorted(states, key=last_seen)[: len(states) - keep]:
+        for scope in heapq.nsmallest(len(states) - keep, states, key=last_seen):
             del states[scope]
             progress.pop(scope, None)
             drivers.pop(scope, None)

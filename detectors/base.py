@@ -130,6 +130,24 @@ class WindowDetector(Detector):
     ) -> list[Alert]:
         """Judge one closed window of one scope (windows arrive in order)."""
 
+    def observe_empty(
+        self, state: Any, scope: Mapping[str, str], starts: Sequence[int]
+    ) -> list[Alert]:
+        """Judge a run of windows without events of one scope (``starts``, in order), as a
+        zero-filled rule must: exactly what ``observe`` with zero totals returns for each.
+
+        The engine calls this for the quiet stretches of a scope, which are most of the
+        windows when scopes are many and thin; a detector overrides it only where it can
+        do the same work for the whole run at once with identical results.
+        """
+        alerts: list[Alert] = []
+        observe = self.observe
+        for start in starts:
+            found = observe(state, scope, start, ZERO)
+            if found:
+                alerts.extend(found)
+        return alerts
+
     def explain(self, state: Any, window_start: int, totals: Totals) -> dict[str, float] | None:
         """Value, expected, band and score of a window *before* it is observed (for
         ``explain`` and reports); ``None`` when the detector cannot tell yet."""
