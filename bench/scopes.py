@@ -13,8 +13,11 @@ per second (the (rule, scope, window) cells that have events: what the events ma
 bytes per (rule, scope) held at the end (pickled detector state and its share of the
 RSS growth), and peak RSS. The last line is one JSON object with every figure and
 `ratio_sparse_to_dense`: events/s of the sparsest over the densest size of this run.
+Last, for each rule alone, the CPU time of one window close of a shard holding
+`--close-scopes` scopes (default 100 k), 1 % of them with data in that window.
 
     .venv/bin/python bench/scopes.py [--events 300000] [--scopes 100,10000,100000[,1000000]]
+                                     [--close-scopes 100000]
 """
 
 from __future__ import annotations
@@ -157,14 +160,56 @@ def run_one(config_path: str) -> dict:
     }
 
 
+def close_cpu_seconds(kind: str, scopes: int, closes: int = 8) -> float:
+    """CPU seconds (median) of one window close of a shard holding ``scopes`` scopes of one
+    rule, 1 % of them with data in the window: what the quiet 99 % cost at every close."""
+    from spendwatch.config import SpendwatchConfig
+    from spendwatch.dataflows.engine import EnginePlan, ShardEngine
+    from spendwatch.ingest.pricing import NANOS_PER_USD
+
+    rule = {"name": "r", "type": kind, "scope": ["prompt_id"], "window": "15m"}
+    if kind == "unit_cost":
+        rule["metric"] = "output_tokens_per_request"
+    rule["max_scopes"] = 10 * scopes
+    config = SpendwatchConfig.model_validate(
+        {"detectors": [rule], "engine": {"allowed_lateness": 0}}
+    )
+    engine = ShardEngine(EnginePlan.from_config(config))
+    rng = random.Random(1)
+    names = [(f"p{i}",) for i in range(scopes)]
+
+    def row(scope: tuple[str, ...], start: int) -> tuple:
+        n = rng.randint(1, 3)
+        return (0, scope, start, n * NANOS_PER_USD // 1000, n, 1000 * n, 200 * n, n)
+
+    window = 900
+    engine.on_message(START + window - 1, [row(s, START) for s in names])  # all scopes seen
+    seconds = []
+    for w in range(1, closes + 1):
+        start = START + w * window
+        rows = [row(s, start) for s in rng.sample(names, max(scopes // 100, 1))]
+        tick = time.process_time()
+        engine.on_message(start + window - 1, rows)  # closes the window before
+        seconds.append(time.process_time() - tick)
+    return sorted(seconds)[len(seconds) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--scopes", default="100,10000,100000")
+    parser.add_argument(
+        "--close-scopes", type=int, default=100_000, help="scopes of the window-close timing"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a config: run one size, print JSON
+    parser.add_argument("--close-one", help=argparse.SUPPRESS)  # KIND:SCOPES
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one)))
+        return
+    if args.close_one:
+        kind, scopes = args.close_one.split(":")
+        print(json.dumps(close_cpu_seconds(kind, int(scopes))))
         return
     sizes = [int(s) for s in args.scopes.split(",")]
     results = {}
@@ -191,6 +236,18 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
+    closes = {}
+    if args.close_scopes:
+        for kind in ("robust_seasonal", "unit_cost"):
+            command = [sys.executable, __file__, "--close-one", f"{kind}:{args.close_scopes}"]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            closes[kind] = round(json.loads(done.stdout.strip().splitlines()[-1]), 4)
+            print(
+                f"one window close, {args.close_scopes:,} scopes of {kind} (1 % with data): "
+                f"{closes[kind]:.3f} CPU s",
+                file=sys.stderr,
+                flush=True,
+            )
     densest, sparsest = results[min(sizes)], results[max(sizes)]
     print(
         json.dumps(
@@ -200,6 +257,8 @@ def main() -> None:
                 "days": DAYS,
                 "rules": ["robust_seasonal spend", "unit_cost output_tokens_per_request"],
                 "by_scopes": {str(k): v for k, v in results.items()},
+                "close_scopes": args.close_scopes,
+                "close_cpu_s": closes,
                 "ratio_sparse_to_dense": round(
                     sparsest["events_per_s"] / densest["events_per_s"], 4
                 ),
