@@ -25,7 +25,13 @@ import pytest
 
 from spendwatch.config import SpendwatchConfig
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
-from spendwatch.detectors.base import DETECTOR_TYPES, GroupDetector, Totals, WindowDetector
+from spendwatch.detectors.base import (
+    DETECTOR_TYPES,
+    ZERO,
+    GroupDetector,
+    Totals,
+    WindowDetector,
+)
 from spendwatch.detectors.registry import build_detector
 
 T0 = 1_794_787_200  # 2026-11-16T00:00:00Z, a Monday
@@ -398,3 +404,35 @@ def test_the_query_api_view_has_each_scopes_baseline(kind):
     assert acme["windows_seen"] > 100
     assert math.isfinite(acme["expected"]) and acme["expected"] > 0
     assert math.isfinite(acme["std"]) and acme["std"] > 0
+
+
+def test_a_run_of_empty_windows_at_once_equals_window_by_window(harness):
+    """``observe_empty`` (what the engine calls for a quiet scope's windows) is exactly
+    ``observe`` with zero totals window by window, and the engine judges a stream with
+    quiet gaps the same either way (a tracer makes it go window by window)."""
+    _, h = harness
+    plan = _plan(h.rule)
+    detector = plan.detectors[0]
+    if not isinstance(detector, WindowDetector) or not detector.zero_fill:
+        pytest.skip("only zero-filled rules judge windows without events")
+    windows = h.stream(np.random.default_rng(4))
+    # acme goes quiet for six hours on day 2 and for good after its spike
+    gappy = [
+        w
+        for w in windows
+        if w[0] != ("acme",) or not (2 * DAY <= w[1] - T0 < 2 * DAY + 6 * 3600)
+        if w[0] != ("acme",) or w[1] - T0 < 3.5 * DAY + 7200
+    ]
+    traced = ShardEngine(plan, tracer=lambda *_: None)
+    assert _key(_run(plan, gappy, per=8)) == _key(_run(plan, gappy, per=8, engine=traced))
+
+    engine = ShardEngine(plan)
+    _run(plan, windows[: len(windows) * 2 // 3], engine=engine)
+    after = max(w[1] for w in windows[: len(windows) * 2 // 3]) + 2 * WINDOW
+    starts = range(after, after + 48 * WINDOW, WINDOW)
+    for scope, state in engine.detector_states[detector.name].items():
+        scope_map = dict(zip(detector.aggregation.dims, scope, strict=True))
+        one, many = copy.deepcopy(state), copy.deepcopy(state)
+        single = [a for s in starts for a in detector.observe(one, scope_map, s, ZERO)]
+        assert _key(detector.observe_empty(many, scope_map, starts)) == _key(single)
+        assert pickle.dumps(many) == pickle.dumps(one)
