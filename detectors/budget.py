@@ -23,7 +23,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -427,9 +426,31 @@ class BudgetRule:
         )
 
 
-@lru_cache(maxsize=65536)
+PERIODS_REMEMBERED = 8
+"""Periods of each (period, timezone) remembered by :func:`period_of` (the most recent)."""
+
+_recent_periods: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
+
+
 def period_of(epoch: int, period: Period, timezone: str) -> tuple[str, int, int]:
-    """(key, start, end) of the period containing ``epoch``, in the budget's timezone."""
+    """(key, start, end) of the period containing ``epoch``, in the budget's timezone.
+
+    Every window of every budget scope asks, so the answer is remembered, by the period's
+    bounds rather than by the window: a handful of entries however long the run (keyed by
+    window, a memo would grow by one entry per window of event time).
+    """
+    memo_key = (period, timezone)
+    recent = _recent_periods.get(memo_key, [])
+    for found in recent:
+        if found[1] <= epoch < found[2]:
+            return found
+    found = _period_bounds(epoch, period, timezone)
+    if found[1] <= epoch < found[2]:  # replaced whole: threads of one process share it
+        _recent_periods[memo_key] = [found, *recent[: PERIODS_REMEMBERED - 1]]
+    return found
+
+
+def _period_bounds(epoch: int, period: Period, timezone: str) -> tuple[str, int, int]:
     zone = ZoneInfo(timezone)
     moment = datetime.fromtimestamp(epoch, tz=zone)
     if period == "hour":
