@@ -621,7 +621,20 @@ class ShardEngine:
                 del points[: len(points) - keep]
         if by_scope:
             self.series_version += 1
-        quiet = [s for s, p in series.items() if p and bound - p[-SERIES_FIELDS] > horizon]
+        # The horizon is event time, not a number of steps: a scope with data in only a
+        # few windows a day would otherwise keep a step count's worth, weeks of them.
+        cutoff = bound - horizon
+        quiet = []
+        for scope, points in series.items():
+            if not points or points[-SERIES_FIELDS] < cutoff:
+                quiet.append(scope)
+                continue
+            old = 0
+            while points[old] < cutoff:
+                old += SERIES_FIELDS
+            if old:
+                del points[:old]
+                self.series_version += 1
         for scope in quiet:
             del series[scope]
         cap = self.plan.series_max_scopes
