@@ -30,10 +30,16 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
 
     def write_batch(self, items: Sequence[Alert]) -> None:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        counters = stats.current()
         for alert in items:
             if alert.detected_at is None:
                 alert.detected_at = now
+        # Stored durably before the batch counts as written; the outbox's threads deliver.
+        # A restart (or a reload) re-reads the input after the last snapshot and raises
+        # its alerts again: only those the outbox did not hold yet are counted, logged
+        # and shown as recent, so a replay neither pages nor counts anything twice.
+        new = self._outbox.store(items)
+        counters = stats.current()
+        for alert in new:
             counters.alerts_by_rule[alert.rule] += 1
             counters.alerts_by_kind_rule[(alert.kind, alert.rule)] += 1
             log.info(
@@ -48,9 +54,10 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
                 expected=alert.expected,
                 score=alert.score,
             )
-        # Stored durably before the batch counts as written; the outbox's threads deliver.
-        self._outbox.put_many(items)
-        liveview.current().add_alerts([a.model_dump(mode="json", exclude_none=True) for a in items])
+        if new:
+            liveview.current().add_alerts(
+                [a.model_dump(mode="json", exclude_none=True) for a in new]
+            )
 
     def close(self) -> None:
         # End of input: give pending deliveries the configured time to go out.

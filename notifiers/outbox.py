@@ -276,16 +276,21 @@ class Outbox:
 
     def put_many(self, alerts: Sequence[Alert]) -> int:
         """Store a batch in one transaction; return how many were new."""
+        return len(self.store(alerts))
+
+    def store(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """Store a batch in one transaction; return the alerts that were new (not a replay)."""
         if not alerts:
-            return 0
+            return []
         conn = self._conn()
         now = self._clock()
-        new = 0
+        new: list[Alert] = []
         plans = [self.dispatcher.plan(alert) for alert in alerts]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for plan in plans:
-                new += self._insert(conn, plan, now)
+            for alert, plan in zip(alerts, plans, strict=True):
+                if self._insert(conn, plan, now):
+                    new.append(alert)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -356,3 +356,36 @@ def test_an_older_outbox_is_tightened_on_open(tmp_path):
     outbox = Outbox(str(path), [Recorder()])
     assert _mode(path) == 0o600
     outbox.close()
+
+
+def test_a_replayed_alert_is_counted_and_shown_once(tmp_path, monkeypatch):
+    """A restart re-reads the input after the last snapshot and raises its alerts again:
+    ``spendwatch_alerts_total`` and the recent alerts count each alert once."""
+    from prometheus_client import generate_latest
+
+    from spendwatch.core import liveview, stats
+    from spendwatch.dataflows.sinks import AlertSink
+
+    path = str(tmp_path / "o.db")
+    alerts = [anomaly_alert(), anomaly_alert(status="resolved"), budget_alert()]
+    counters = stats.reset()
+    monkeypatch.setattr(liveview, "VIEW", liveview.LiveView())
+
+    def write(outbox: Outbox, batch: list) -> None:
+        AlertSink(outbox).build("alerts", 0, 1).write_batch(batch)
+
+    first = Outbox(path, [Recorder()], config=FAST)
+    write(first, alerts[:2])
+    write(first, alerts[:2])  # a reload in the same process replays the same windows
+    first.close()
+    second = Outbox(path, [Recorder()], config=FAST)  # a restarted process
+    write(second, alerts)
+    second.close()
+
+    anomaly, budget = (alerts[0].kind, alerts[0].rule), (alerts[2].kind, alerts[2].rule)
+    assert dict(counters.alerts_by_kind_rule) == {anomaly: 2, budget: 1}
+    assert sum(counters.alerts_by_rule.values()) == 3
+    recent = [a["alert_id"] for a in liveview.current().recent_alerts(limit=100)]
+    assert sorted(recent) == sorted(a.alert_id for a in alerts)
+    text = generate_latest(build_registry()).decode()
+    assert f'spendwatch_alerts_total{{kind="{budget[0]}",rule="{budget[1]}"}} 1.0' in text
