@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from prometheus_client import Counter, Gauge
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from spendwatch.core.alerts import Alert
 from spendwatch.core.configtypes import Duration, StrictModel
@@ -55,6 +55,8 @@ PENDING = Gauge(
     "spendwatch_deliveries_pending", "Deliveries not yet sent", ["receiver"], registry=None
 )
 ERROR_LIMIT = 1000
+PRUNE_EVERY = 3600.0
+"""Seconds of wall time between deletions of alerts past ``delivery.retention``."""
 """Characters of a receiver's error kept in ``deliveries.error`` and in the log line."""
 
 
@@ -72,6 +74,19 @@ class DeliveryConfig(StrictModel):
     flush_timeout: Duration = Field(
         default=30, description="at shutdown/end of input, wait this long for pending deliveries"
     )
+    retention: Duration = Field(
+        default=30 * 86400,
+        description="stored alerts whose deliveries are all finished are deleted this long "
+        "after they were stored (0: kept forever); the firing alert of an episode not yet "
+        "resolved is kept. Longer than any outage to resume from: a replay of an alert "
+        "already deleted sends it again",
+    )
+
+    @model_validator(mode="after")
+    def _retention_outlives_deliveries(self) -> DeliveryConfig:
+        if self.retention and self.retention <= self.max_age:
+            raise ValueError("retention must be longer than max_age (or 0: keep forever)")
+        return self
 
 
 _SCHEMA = """
@@ -228,10 +243,12 @@ class Outbox:
         self._wake = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pruner: threading.Thread | None = None
         if os.path.dirname(os.path.abspath(path)):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._conn().executescript(_SCHEMA)
         self._recover()
+        self.prune()
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -259,6 +276,37 @@ class Outbox:
             PENDING.labels(receiver).set(pending.get(receiver, 0))
         if pending:
             log.info("outbox resumed", path=self.path, pending=pending, revived=revived)
+
+    def prune(self) -> int:
+        """Delete alerts stored more than ``retention`` ago with no delivery pending, and
+        their deliveries; return how many alerts. The firing alert of an episode whose
+        resolution is not stored yet stays: that resolution shares its fate (silenced or
+        not). Without this the outbox would grow by every alert for as long as it runs."""
+        retention = self.config.retention
+        if not retention:
+            return 0
+        cutoff = self._clock() - retention
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = conn.execute(
+                "DELETE FROM alerts WHERE stored_at < ? "
+                "AND NOT EXISTS (SELECT 1 FROM deliveries d "
+                "                WHERE d.seq = alerts.seq AND d.state = 'pending') "
+                "AND (status != 'firing' OR EXISTS (SELECT 1 FROM alerts r "
+                "     WHERE r.fingerprint = alerts.fingerprint AND r.episode = alerts.episode "
+                "     AND r.status = 'resolved'))",
+                (cutoff,),
+            ).rowcount
+            if deleted:
+                conn.execute("DELETE FROM deliveries WHERE seq NOT IN (SELECT seq FROM alerts)")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if deleted:
+            log.info("outbox pruned", path=self.path, alerts=deleted, retention_s=retention)
+        return deleted
 
     def _redactor(self, receiver: str) -> Redactor:
         notifier = self.notifiers.get(receiver)
@@ -496,7 +544,19 @@ class Outbox:
             )
             thread.start()
             self._threads.append(thread)
+        if self.config.retention and self._pruner is None:
+            self._pruner = threading.Thread(
+                target=self._prune_loop, name="outbox-prune", daemon=True
+            )
+            self._pruner.start()
         return self
+
+    def _prune_loop(self) -> None:
+        while not self._stop.wait(PRUNE_EVERY):
+            try:
+                self.prune()
+            except sqlite3.Error as error:
+                log.error("outbox prune failed", error=str(error))
 
     def _loop(self, receiver: str) -> None:
         while not self._stop.is_set():
@@ -539,6 +599,9 @@ class Outbox:
         for thread in self._threads:
             thread.join(timeout)
         self._threads = []
+        if self._pruner is not None:
+            self._pruner.join(timeout)
+            self._pruner = None
         for notifier in self.notifiers.values():
             try:
                 notifier.close()

@@ -389,3 +389,41 @@ def test_a_replayed_alert_is_counted_and_shown_once(tmp_path, monkeypatch):
     assert sorted(recent) == sorted(a.alert_id for a in alerts)
     text = generate_latest(build_registry()).decode()
     assert f'spendwatch_alerts_total{{kind="{budget[0]}",rule="{budget[1]}"}} 1.0' in text
+
+
+def test_finished_alerts_are_deleted_after_the_retention_and_the_outbox_stays_bounded(tmp_path):
+    """A month of alerts a day: the outbox holds the retention's worth, not all of them."""
+    clock = Clock()
+    config = DeliveryConfig(max_age=86400, retention=3 * 86400)
+    down = Recorder(fail=lambda a, d: NotifyError("down", retryable=True))
+    outbox = Outbox(
+        str(tmp_path / "o.db"), {"rec": Recorder(), "down": down}, config=config, clock=clock
+    )
+    outbox.dispatcher = Dispatcher(["rec"])  # routed to "rec" only; "down" gets one below
+    open_episode = anomaly_alert(prompt="still-firing@v1")
+    outbox.put(open_episode)
+    stuck = budget_alert(tenant="stuck")
+    outbox.dispatcher = Dispatcher(["down"])
+    outbox.put(stuck)
+    outbox.dispatcher = Dispatcher(["rec"])
+    for day in range(30):
+        clock.now += 86400
+        episode = anomaly_alert(prompt=f"p{day}@v1")
+        outbox.put_many([episode, anomaly_alert(prompt=f"p{day}@v1", status="resolved")])
+        assert outbox.drain("rec", timeout=5)
+        outbox.prune()
+        assert len(outbox.stored()) <= 2 * 4 + 2
+    kept = {alert_id for alert_id, _ in outbox.stored()}
+    assert open_episode.alert_id in kept  # its resolution, when it comes, shares its fate
+    assert stuck.alert_id in kept  # still pending for "down" (expired ones are finished)
+    assert anomaly_alert(prompt="p0@v1").alert_id not in kept
+    assert anomaly_alert(prompt="p29@v1").alert_id in kept
+    counts = outbox.counts()
+    assert counts["rec"] == {"sent": 2 * 4 + 1}
+    outbox.close()
+
+
+def test_retention_zero_keeps_everything_and_must_outlive_max_age():
+    assert DeliveryConfig(retention=0).retention == 0
+    with pytest.raises(ValueError, match="retention"):
+        DeliveryConfig(max_age=86400, retention=3600)
