@@ -20,6 +20,8 @@ WINDOW = 900
 def test_the_period_memo_holds_a_few_periods_after_a_year_of_windows():
     """Every window asks for its period: remembering each window would grow for years."""
     zones = ["UTC", "Europe/Berlin", "America/New_York"]
+    for zone in zones:  # the time zones' own data is loaded once, outside the measure
+        period_of(T0, "month", zone)
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -29,7 +31,8 @@ def test_the_period_memo_holds_a_few_periods_after_a_year_of_windows():
             period_of(start, "day", zone)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert held < 64 * 1024, f"{held / 1024:.0f} KiB after 35 k windows"
+    # (a memo per window held 25 MB here; other threads of the suite may allocate a little)
+    assert held < 1024 * 1024, f"{held / 1024:.0f} KiB after 35 k windows"
     for zone in zones:
         for period in ("month", "day"):
             assert len(budget._recent_periods[(period, zone)]) <= budget.PERIODS_REMEMBERED
