@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -41,6 +42,7 @@ import textwrap
 import threading
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -156,27 +158,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def slope_mb_per_min(samples: list[tuple[float, float]], tail: float = 0.5) -> float:
-    """Least-squares slope of RSS over the last ``tail`` of the samples (MB per minute)."""
-    half = samples[int(len(samples) * (1 - tail)) :]
-    if len(half) < 2:
+def slope_mb_per_min(samples: list[tuple[float, float, float]], after_day: float) -> float:
+    """Least-squares slope of RSS over the samples from ``after_day`` of event time on
+    (MB per minute of wall time)."""
+    kept = [s for s in samples if s[2] >= after_day]
+    if len(kept) < 2:
         return float("nan")
-    t = np.array([s[0] for s in half]) / 60
-    y = np.array([s[1] for s in half])
+    t = np.array([s[0] for s in kept]) / 60
+    y = np.array([s[1] for s in kept])
     return float(np.polyfit(t, y, 1)[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--days", type=float, default=10.0, help="event time the run covers")
+    parser.add_argument("--days", type=float, default=40.0, help="event time the run covers")
+    parser.add_argument(
+        "--full-after",
+        type=float,
+        default=10.0,
+        help="days of event time by which every horizon is full (slope fitted after it)",
+    )
     parser.add_argument("--scale", type=float, default=0.2, help="demo stream rate")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=300.0,
+        help="seconds to wait after the input ends for the worker to deliver what is pending",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="spendwatch-soak-"))
+    # Event time ends a day before the wall clock: a live source dead-letters events
+    # stamped more than engine.max_future_skew ahead of it.
+    today = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     stream = demo.generate(
         days=args.days,
+        start=today - timedelta(days=math.ceil(args.days) + 1),
         scale=args.scale,
         seed=31,
         spike_at_hours=args.days * 24 * 0.6,
@@ -202,6 +221,8 @@ def main() -> None:
 
     stop = threading.Event()
 
+    progress = {"written": 0}
+
     def grow() -> None:
         started = time.monotonic()
         written = 0
@@ -211,31 +232,33 @@ def main() -> None:
                 if due > written:
                     out.write(b"\n".join(lines[written:due]) + b"\n")
                     out.flush()
-                    written = due
+                    written = progress["written"] = due
                 time.sleep(0.05)
 
     writer = threading.Thread(target=grow, daemon=True)
     started = time.monotonic()
     writer.start()
-    samples: list[tuple[float, float]] = []
-    base_samples: list[tuple[float, float]] = []
+    # (wall seconds, RSS MB, days of event time written so far)
+    samples: list[tuple[float, float, float]] = []
+    base_samples: list[tuple[float, float, float]] = []
     lags: list[float] = []
     try:
         while writer.is_alive():
             time.sleep(SAMPLE_EVERY)
             now = time.monotonic() - started
-            samples.append((now, rss_mb(worker.pid)))
-            base_samples.append((now, rss_mb(baseline.pid)))
+            day = progress["written"] / len(lines) * args.days
+            samples.append((now, rss_mb(worker.pid), day))
+            base_samples.append((now, rss_mb(baseline.pid), day))
             lag = metrics(port).get("spendwatch_consumer_lag", float("nan"))
             lags.append(lag)
             print(
-                f"{now / 60:6.1f} min  rss {samples[-1][1]:7.1f} MB  baseline "
+                f"{now / 60:6.1f} min  day {day:5.1f}  rss {samples[-1][1]:7.1f} MB  baseline "
                 f"{base_samples[-1][1]:6.1f} MB  lag {lag:,.0f} B",
                 flush=True,
             )
             if worker.poll() is not None:
                 raise SystemExit(f"the worker died: see {work / 'worker.log'}")
-        deadline = time.monotonic() + 120  # let the worker catch up and deliver
+        deadline = time.monotonic() + args.drain  # let the worker catch up and deliver
         while time.monotonic() < deadline:
             figures = metrics(port)
             if figures.get("spendwatch_consumer_lag", 1) == 0 and not figures.get(
@@ -255,17 +278,24 @@ def main() -> None:
         slack.stop()
     raised = int(figures.get("spendwatch_alerts_total", 0))
     delivered = int(figures.get("spendwatch_deliveries_total_sent", 0))
-    slope = slope_mb_per_min(samples)
-    base_slope = slope_mb_per_min(base_samples)
+    full = args.full_after
+    last_quarter = args.days * 0.75
+    slope = slope_mb_per_min(samples, full)
+    base_slope = slope_mb_per_min(base_samples, full)
+    at_full = next((s[1] for s in samples if s[2] >= full), float("nan"))
     result = {
         "minutes": args.minutes,
+        "days": args.days,
         "events": len(lines),
         "lines_per_s": round(rate, 1),
         "rss_start_mb": round(samples[0][1], 1) if samples else None,
+        "rss_full_mb": round(at_full, 1),
         "rss_end_mb": round(samples[-1][1], 1) if samples else None,
-        "rss_slope_mb_per_min": round(slope, 3),
-        "rss_slope_mb_per_hour": round(slope * 60, 2),
-        "rss_slope_last_quarter_mb_per_hour": round(slope_mb_per_min(samples, 0.25) * 60, 2),
+        "full_after_days": full,
+        "rss_slope_after_full_mb_per_hour": round(slope * 60, 2),
+        "rss_slope_last_quarter_mb_per_hour": round(
+            slope_mb_per_min(samples, last_quarter) * 60, 2
+        ),
         "alerts_raised": raised,
         "alerts_delivered": delivered,
         "delivery_retries": int(figures.get("spendwatch_deliveries_total_retry", 0)),
@@ -273,17 +303,21 @@ def main() -> None:
         "lag_max_bytes": max(lags) if lags else None,
         "lag_end_bytes": figures.get("spendwatch_consumer_lag"),
         "events_counted": int(figures.get("spendwatch_events_total", 0)),
+        "dead_lettered": int(figures.get("spendwatch_dead_lettered_events_total", 0)),
         "dedup_unchecked": int(figures.get("spendwatch_dedup_unchecked_events_total", 0)),
         "baseline_rss_end_mb": round(base_samples[-1][1], 1) if base_samples else None,
-        "baseline_slope_mb_per_min": round(base_slope, 3),
+        "baseline_slope_after_full_mb_per_hour": round(base_slope * 60, 2),
         "rss_ratio_to_baseline": round(samples[-1][1] / base_samples[-1][1], 2)
         if samples and base_samples
         else None,
     }
     print(
-        f"RSS {result['rss_start_mb']} → {result['rss_end_mb']} MB, slope over the second "
-        f"half {result['rss_slope_mb_per_hour']} MB/h (baseline {base_slope * 60:.2f} MB/h); "
-        f"alerts raised {raised}, delivered {delivered} (receiver failed {slack.failed} times); "
+        f"RSS {result['rss_start_mb']} → {result['rss_full_mb']} MB at day {full:g} → "
+        f"{result['rss_end_mb']} MB at the end; slope after day {full:g} "
+        f"{result['rss_slope_after_full_mb_per_hour']} MB/h, over the last quarter "
+        f"{result['rss_slope_last_quarter_mb_per_hour']} MB/h (baseline "
+        f"{base_slope * 60:.2f} MB/h); alerts raised {raised}, delivered {delivered} "
+        f"(receiver failed {slack.failed} times); "
         f"lag max {result['lag_max_bytes']:,.0f} B, end {result['lag_end_bytes']}"
     )
     if args.keep:
