@@ -39,6 +39,7 @@ class _AlertPartition(StatelessSinkPartition[Alert]):
         # and shown as recent, so a replay neither pages nor counts anything twice.
         new = self._outbox.store(items)
         counters = stats.current()
+        counters.alerts_replayed += len(items) - len(new)
         for alert in new:
             counters.alerts_by_rule[alert.rule] += 1
             counters.alerts_by_kind_rule[(alert.kind, alert.rule)] += 1

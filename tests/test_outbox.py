@@ -385,10 +385,12 @@ def test_a_replayed_alert_is_counted_and_shown_once(tmp_path, monkeypatch):
     anomaly, budget = (alerts[0].kind, alerts[0].rule), (alerts[2].kind, alerts[2].rule)
     assert dict(counters.alerts_by_kind_rule) == {anomaly: 2, budget: 1}
     assert sum(counters.alerts_by_rule.values()) == 3
+    assert counters.alerts_replayed == 4
     recent = [a["alert_id"] for a in liveview.current().recent_alerts(limit=100)]
     assert sorted(recent) == sorted(a.alert_id for a in alerts)
     text = generate_latest(build_registry()).decode()
     assert f'spendwatch_alerts_total{{kind="{budget[0]}",rule="{budget[1]}"}} 1.0' in text
+    assert "spendwatch_alerts_replayed_total 4.0" in text
 
 
 def test_finished_alerts_are_deleted_after_the_retention_and_the_outbox_stays_bounded(tmp_path):

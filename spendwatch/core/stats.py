@@ -30,6 +30,8 @@ class RunStats:
     alerts_by_rule: Counter = field(default_factory=Counter)
     dead_reasons: Counter = field(default_factory=Counter)
     alerts_by_kind_rule: Counter = field(default_factory=Counter)
+    # alerts raised again by a replay after a restart or reload (the outbox held them)
+    alerts_replayed: int = 0
     # source partition -> bytes (or messages) not read yet
     lag: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

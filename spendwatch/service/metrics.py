@@ -69,6 +69,12 @@ class WorkerCollector(Collector):
         for (kind, rule), count in sorted(counters.alerts_by_kind_rule.items()):
             alerts.add_metric([kind, rule], count)
         yield alerts
+        yield _counter(
+            "spendwatch_alerts_replayed",
+            "Alerts raised again by the replay after a restart or reload (held by the outbox: "
+            "neither counted in spendwatch_alerts nor delivered again)",
+            counters.alerts_replayed,
+        )
         # Deliveries are counted by the outbox itself (spendwatch_deliveries_total).
         lag = GaugeMetricFamily(
             "spendwatch_consumer_lag",
