@@ -25,8 +25,11 @@ at day 10, 111.9 MB at day 40; slope after day 10 13.1 MB/h of wall time, 5.0 MB
 not flat. Where those 5 MB are (``/proc/PID/smaps``, day 10 to 40): 4.0 MB in
 anonymous mappings that grew in 1 MiB steps (CPython's object arenas), 0.9 MB of malloc
 heap; in diagnostic runs the engine's snapshot stayed at 1.6 MB and malloc's bytes in
-use at 22.5 MB from day 10 on. Lag 0 throughout; 522 alerts raised, 522 delivered (the
-Slack failed 676 requests); baseline follower 12.8 MB (its dict grows by design).
+use at 22.5 MB from day 10 on, and the memory Python objects hold (tracemalloc) went from
+51.5 MB at day 12 to 49.0 MB at day 38: what still grows is the allocators' high-water
+mark (freed memory not returned to the system), not held state. Lag 0 throughout; 522
+alerts raised, 522 delivered (the Slack failed 676 requests); baseline follower 12.8 MB
+(its dict grows by design).
 The earlier run (10 days of event time in 30 minutes: 88.6 -> 112.9 MB, 32.5 MB/h over
 its second half) ended before the horizons were full, and with a budget period memo that
 grew by one entry per window.
