@@ -50,10 +50,8 @@ def record_batch(batch: ParsedBatch) -> None:
     counters.dead_lettered += len(batch.dead)
     for dead in batch.dead:
         counters.dead_reasons[dead.reason.split(":", 1)[0]] += 1
-    for model in batch.fallback_priced:
-        if model not in counters.fallback_priced:
-            log.warning("model priced by the fallback price", model=model)
-    counters.fallback_priced.update(batch.fallback_priced)
+    for model in stats.count_fallback(counters.fallback_priced, batch.fallback_priced):
+        log.warning("model priced by the fallback price", model=model)
 
 
 def with_offsets(dead: list[DeadLetter], block: bytes, block_offset: int) -> list[DeadLetter]:

@@ -270,3 +270,17 @@ def test_arbitrary_bytes_become_events_or_dead_letters(chunks, depth):
     assert batch.size + len(batch.dead) + batch.duplicates == len(lines)
     assert batch.size >= 1  # the valid anchor line always survives its neighbours
     assert np.all(batch.spend_nanos >= 0)
+
+
+def test_made_up_model_names_do_not_grow_the_fallback_counter_without_bound():
+    from collections import Counter
+
+    from spendwatch.core.stats import MAX_FALLBACK_MODELS, OTHER_MODELS, count_fallback
+
+    counter: Counter = Counter()
+    new = count_fallback(counter, {f"model-{i}": 1 for i in range(5 * MAX_FALLBACK_MODELS)})
+    assert len(new) == MAX_FALLBACK_MODELS and len(counter) == MAX_FALLBACK_MODELS + 1
+    assert counter[OTHER_MODELS] == 4 * MAX_FALLBACK_MODELS
+    assert sum(counter.values()) == 5 * MAX_FALLBACK_MODELS  # every event still counted
+    assert count_fallback(counter, {"model-0": 2, "model-x": 1}) == []
+    assert counter["model-0"] == 3 and counter[OTHER_MODELS] == 4 * MAX_FALLBACK_MODELS + 1

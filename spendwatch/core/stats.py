@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -56,6 +57,26 @@ class RunStats:
 
 STATS = RunStats()
 
+MAX_FALLBACK_MODELS = 100
+"""Distinct model names counted as fallback-priced; the rest count as ``OTHER_MODELS``.
+Names come from the input, so a hostile stream of made-up models must not grow the
+counter, the run summary or the metric's label set without bound."""
+OTHER_MODELS = "(other)"
+
+
+def count_fallback(counter: Counter, counts: Mapping[str, int]) -> list[str]:
+    """Add fallback-priced counts by model, bounded; return the names new to ``counter``."""
+    new = []
+    for model, count in counts.items():
+        if model not in counter:
+            if len(counter) >= MAX_FALLBACK_MODELS:
+                model = OTHER_MODELS
+            else:
+                new.append(model)
+        counter[model] += count
+    return new
+
+
 # What a source partition counts (its snapshot's tally) and a shard engine counts (its
 # snapshot's counters): restored with the state, so a restart or a reload, which re-reads
 # the input after the last snapshot, counts each event once.
@@ -87,7 +108,7 @@ def add_tally(tally: dict) -> None:
         for name in INGEST_FIELDS:
             setattr(counters, name, getattr(counters, name) + tally.get(name, 0))
         counters.dead_reasons.update(tally.get("dead_reasons", {}))
-        counters.fallback_priced.update(tally.get("fallback_priced", {}))
+        count_fallback(counters.fallback_priced, tally.get("fallback_priced", {}))
 
 
 def reset() -> RunStats:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from spendwatch.core.stats import count_fallback
 from spendwatch.ingest.decoding import BlockDecoder, DecodedBlock
 from spendwatch.ingest.events import (
     MAX_EVENT_TS,
@@ -206,7 +207,7 @@ class EventParser:
         tally["dedup_unchecked"] += batch.unchecked
         for letter in batch.dead:
             tally["dead_reasons"][letter.reason.split(":", 1)[0]] += 1
-        tally["fallback_priced"].update(batch.fallback_priced)
+        count_fallback(tally["fallback_priced"], batch.fallback_priced)
 
     def snapshot(self) -> dict[str, Any]:
         return {
