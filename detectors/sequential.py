@@ -230,19 +230,20 @@ def _gamma_upper(a: float, x: float) -> float:
     return math.exp(log_front) * h
 
 
-def heavy_tail_z(z: float, requests: float) -> float:
+def heavy_tail_z(z: float, requests: float, kappa: float = 3.0) -> float:
     """A z made honest for heavy-tailed requests: its Student-t tail read as a normal z.
 
     A window's statistic of n requests is only as Gaussian as the mean of n heavy-tailed
     values (real token counts: one request can be 30× the median), whose excess kurtosis
     falls as κ/n. A Student t with ν degrees of freedom has excess kurtosis 6/(ν − 4), so
-    reading z as a t with ν = 4 + 6n/κ (κ = 3 for one request's log value: ν = 4 + 2n)
-    keeps one huge request on a thin scope from being a 5σ event (t₆ = 5 is z ≈ 3.1)
-    while a busy window's z is left as it is.
+    reading z as a t with ν = 4 + 6n/κ (κ = 3 for one request's log value: ν = 4 + 2n;
+    a learned κ where the scope's windows show heavier tails) keeps one huge request on a
+    thin scope from being a 5σ event (t₆ = 5 is z ≈ 3.1) while a busy window's z is left
+    as it is.
     """
     if z <= 0:
         return z
-    nu = 4.0 + 2.0 * max(requests, 0.0)
+    nu = 4.0 + 6.0 * max(requests, 0.0) / max(kappa, 1e-9)
     if nu > 400:
         return z
     return normal_upper_z(student_t_upper(z, nu))

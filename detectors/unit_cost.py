@@ -77,6 +77,12 @@ TAIL_LEVEL = 3.5
 """A lone request this many σ above its scope's mean counts toward the tail share."""
 TAIL_PRIOR_WEIGHT = 20.0
 """Lone requests the prior tail share is worth."""
+KURTOSIS_PRIOR_WEIGHT = 48.0
+"""Windows the prior κ = 3 is worth."""
+KURTOSIS_MAX = 200.0
+"""Heaviest per-request tail learned (κ)."""
+KURTOSIS_Z = 6.0
+"""A window's z is bounded here before it counts toward κ."""
 
 UnitMetric = Literal["cost_per_request_usd", "output_tokens_per_request"]
 
@@ -140,13 +146,14 @@ class UnitCostState:
     """Per scope: request-weighted unit mean, shrunk c², CUSUMs, request history, episode."""
 
     __slots__ = (
-        "calibration", "cusum", "cv2", "episode", "log_requests", "log_seen", "log_sum", "log_tail",
-        "log_var", "num", "requests", "seen", "volume",
+        "calibration", "cusum", "cv2", "episode", "kurtosis", "log_requests", "log_seen",
+        "log_sum", "log_tail", "log_var", "num", "requests", "seen", "volume",
     )  # fmt: skip
     # snapshot order: the fields of the state before per-request evidence come first
     _V1 = ("cusum", "cv2", "episode", "num", "requests", "seen", "volume")
     _V2 = (*_V1, "log_sum", "log_requests", "log_var", "log_seen", "log_tail")
-    _FIELDS = (*_V2, "calibration")
+    _V3 = (*_V2, "calibration")
+    _FIELDS = (*_V3, "kurtosis")
 
     def __init__(self, volume: SlotHistory, grid_size: int) -> None:
         self.volume = volume
@@ -158,6 +165,7 @@ class UnitCostState:
         self.seen = 0
         self._fresh_log()
         self.calibration = sequential.TailCalibration()  # the scope's own null tail
+        self.kurtosis = sequential.Shrunk()  # one request's excess kurtosis (κ)
 
     def _fresh_log(self) -> None:
         self.log_sum = 0.0  # EW Σ per-request log value (single-request events)
@@ -173,13 +181,14 @@ class UnitCostState:
         # A snapshot of the older window-gated state has other fields: the engine drops
         # it (the rule's settings changed), it only has to load.
         self.calibration = sequential.TailCalibration()
+        self.kurtosis = sequential.Shrunk()
         if len(state) == len(self._V1):  # before per-request evidence: that starts afresh
             for name, value in zip(self._V1, state, strict=True):
                 setattr(self, name, value)
             self._fresh_log()
             return
-        if len(state) == len(self._V2):  # before the tail calibration: that starts afresh
-            for name, value in zip(self._V2, state, strict=True):
+        if len(state) in (len(self._V2), len(self._V3)):  # the newer parts start afresh
+            for name, value in zip(self._V3, state, strict=False):
                 setattr(self, name, value)
             return
         if len(state) != len(self._FIELDS):
@@ -229,11 +238,24 @@ class UnitCost(DetectorBase):
         mean, v = null
         return Baseline(mean, mean * math.sqrt(math.expm1(v)))
 
-    def _z(self, value: float, mean: float, v: float, requests: int) -> float:
+    def _z(self, state: UnitCostState, value: float, mean: float, v: float, requests: int) -> float:
         if value <= 0:
             return -sequential.Z_CAP
-        z = (math.log(value / mean) + v / 2) / math.sqrt(v)
-        return sequential.heavy_tail_z(z, requests)
+        return sequential.heavy_tail_z(self._raw_z(value, mean, v), requests, self._kappa(state))
+
+    @staticmethod
+    def _raw_z(value: float, mean: float, v: float) -> float:
+        """The window mean's log-normal z, before its tail is made honest."""
+        return (math.log(value / mean) + v / 2) / math.sqrt(v)
+
+    def _kappa(self, state: UnitCostState) -> float:
+        """One request's excess kurtosis as the scope's window means show it (≥ 3).
+
+        The mean of n requests has excess kurtosis κ/n, so n·(z⁴ − 3) of a window's raw z
+        estimates κ: the Azure code trace's generated tokens (CV 2.2, one answer 30× the
+        median) make two windows in a row look ×3 and ×4 by chance; a scope whose windows
+        have shown such tails reads its z as a t of fewer degrees of freedom."""
+        return min(max(state.kurtosis.value(3.0, KURTOSIS_PRIOR_WEIGHT), 3.0), KURTOSIS_MAX)
 
     def _log_sums(self, totals: Totals) -> tuple[float, float] | None:
         """(Σ log, Σ log²) of the window's per-request values when it is judged per
@@ -316,7 +338,7 @@ class UnitCost(DetectorBase):
         mean, v = null
         sums = self._log_sums(totals)
         log_z = None if sums is None else self._log_z(state, sums, totals.requests)
-        z = self._z(value, mean, v, totals.requests) if log_z is None else log_z
+        z = self._z(state, value, mean, v, totals.requests) if log_z is None else log_z
         stats = list(state.cusum)
         evidence = sequential.update(stats, z)
         # the unit value that would make this window decisive on its own evidence
@@ -367,7 +389,7 @@ class UnitCost(DetectorBase):
                 log_null = self._log_null(state)
                 ratio = math.exp(log_sums[0] / n - log_null[0])  # geometric mean's rise
             else:
-                z = self._z(value, mean, v, n)
+                z = self._z(state, value, mean, v, n)
                 ratio = value / mean
             if volume is not None and n > c.max_volume_ratio * volume[0]:
                 vz = sequential.wilson_hilferty_z(n, volume[0], 2.0 * max(volume[0], 1.0))
@@ -403,6 +425,9 @@ class UnitCost(DetectorBase):
         quiet = not episode.active and not (judged and z >= 3.5 and ratio >= 1.0)
         if quiet or episode.firing_windows > c.relearn_after:
             self._learn(state, value, n)
+            if judged and log_z is None and value > 0:  # a window mean: its tail's weight
+                raw = max(min(self._raw_z(value, null[0], null[1]), KURTOSIS_Z), -KURTOSIS_Z)
+                state.kurtosis.push(n * (raw**4 - 3.0), self.alpha / 4)
             if log_sums is not None:
                 self._learn_log(state, log_sums[0], n)
         state.volume.learn(window_start, float(n), volume[0] if volume else None)
