@@ -332,13 +332,9 @@ class RobustSeasonal(DetectorBase):
         # on one noisy window and fire again on the next)
         clear = not judged or value < expected * (1 + (c.min_ratio - 1) / 2) or z < 1.5
         transition = episode.step(window_start, anomalous, True, 1, c.resolve_after, clear)
-        extra = (  # what a firing alert says of its evidence, on the tail so far
-            sequential.alert_extras(evidence, threshold, c.window, state.calibration)
-            if transition == "firing"
-            else {}
+        extra = sequential.settle_window(
+            state.calibration, transition, evidence, threshold, anomalous, counted, c.window
         )
-        if counted:  # after the alert has said how rare it is on the tail so far
-            state.calibration.record(evidence, threshold, anomalous, c.window)
         alerts = self.transition_alerts(
             transition, episode, scope, window_start, value, expected, z, **extra
         )

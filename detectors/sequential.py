@@ -485,13 +485,6 @@ class TailCalibration:
         self.peak = threshold
         self._close()
 
-    def record(self, evidence: float, threshold: float, alarmed: bool, window: int) -> None:
-        """Fold a judged window in: an alarm at ``threshold``, or the evidence after it."""
-        if alarmed:
-            self.alarm(threshold)
-        else:
-            self.observe(evidence, window)
-
     def _close(self) -> None:
         if self.peak >= CALIBRATION_LEVEL:
             self.over += 1.0
@@ -525,3 +518,24 @@ class TailCalibration:
         if evidence < level:  # below the fitted tail: the model's own rate
             per_window = alarm_rate(max(evidence, 0.0))
         return math.inf if per_window <= 0 else window / per_window / 86400.0
+
+
+def settle_window(
+    calibration: TailCalibration,
+    transition: str | None,
+    evidence: float,
+    threshold: float,
+    alarmed: bool,
+    counted: bool,
+    window: int,
+) -> dict[str, object]:
+    """End a sequential rule's window: what a firing alert says of its evidence (on the
+    scope's tail so far), then the window folded into that tail when it moved the CUSUM
+    (an alarm counts at ``threshold``)."""
+    extra = alert_extras(evidence, threshold, window, calibration) if transition == "firing" else {}
+    if counted:
+        if alarmed:
+            calibration.alarm(threshold)
+        else:
+            calibration.observe(evidence, window)
+    return extra

@@ -408,13 +408,9 @@ class UnitCost(DetectorBase):
             clear = True
         episode = state.episode
         transition = episode.step(window_start, anomalous, True, 1, c.resolve_after, clear)
-        extra = (  # what a firing alert says of its evidence, on the tail so far
-            sequential.alert_extras(evidence, threshold, c.window, state.calibration)
-            if transition == "firing"
-            else {}
+        extra = sequential.settle_window(
+            state.calibration, transition, evidence, threshold, anomalous, counted, c.window
         )
-        if counted:  # after the alert has said how rare it is on the tail so far
-            state.calibration.record(evidence, threshold, anomalous, c.window)
         alerts = self.transition_alerts(
             transition, episode, scope, window_start, value, expected, z, **extra
         )
