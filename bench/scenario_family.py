@@ -736,6 +736,84 @@ class Stream:
         }
 
 
+ORACLE_SAMPLES = 20_000
+"""Requests drawn (fixed seed) to measure a series' per-request token and cost spread."""
+ORACLE_BANDS = ((0.0, 12.0, "<12"), (12.0, 36.0, "12-36"), (36.0, math.inf, ">=36"))
+"""Oracle evidence bands in nats. About 12 nats is what any test needs at the default
+budget (ln of 0.03 false alarms per scope-month of 15-minute windows ≈ 11.5); an incident
+under it is within its scope's own noise for every detector, an oracle included."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _request_spread(
+    prompt: Prompt, model: str, background: str
+) -> tuple[float, float, float, float]:
+    """Per request of a series: mean spend, mean squared spend, sd of log output tokens and
+    sd of log spend, measured on a fixed-seed sample of its own token law."""
+    rng = np.random.default_rng(12345)
+    inp, out = _tokens(rng, prompt, ORACLE_SAMPLES, background)
+    _, price_in, price_out = MODELS[model]
+    spend = (inp * price_in + out * price_out) / 1e6
+    return (
+        float(spend.mean()),
+        float((spend**2).mean()),
+        float(np.log(np.maximum(out, 1.0)).std()),
+        float(np.log(np.maximum(spend, 1e-12)).std()),
+    )
+
+
+def oracle_evidence(spec: Spec, item: Item) -> float:
+    """Expected log-likelihood ratio (nats) an oracle gathers over an incident's first
+    ``HORIZON``: the physical limit of detection, against which recall is read.
+
+    The oracle knows everything a detector must learn: the incident's size, each series'
+    rate, its hourly gamma noise and its per-request token law. Its evidence is the
+    Kullback–Leibler divergence of the incident from the null, under a Gaussian reading of
+    log values: per hour for spend changes (a scope's spend with variance Σλ·E[s²] of its
+    requests plus Σm²/k of each tenant feature's gamma noise), per request for changes of
+    output tokens or cost per request (the series' spread of log tokens or log cost). Only
+    the arrival pattern of the Azure background (which averages out over an hour) is left
+    out. An incident with less evidence than a test's threshold cannot be found by any
+    detector without false alarms at that budget; recall by evidence band says how far a
+    detector is from the limit, which recall by effect size alone cannot.
+    """
+    end = min(item.end, item.start + HORIZON)
+    total = 0.0
+    for h0 in np.arange(item.start, end, HOUR):
+        frac = min(1.0, (end - h0) / HOUR)
+        at = np.array([h0 + HOUR / 2])
+        mean = var = requests = log_sd = 0.0
+        by_feature: dict[tuple[str, str], float] = {}
+        for i in item.leaves:
+            leaf = spec.leaves[i]
+            rate = leaf.rate * load_profile(spec.shapes[leaf.tenant], at, spec.start)[0]
+            for change in spec.changes:
+                if i in change.leaves:
+                    rate *= float(change_factor(change, at)[0])
+            m1, m2, sd_tokens, sd_spend = _request_spread(
+                spec.prompts[leaf.prompt_id], leaf.model, spec.background
+            )
+            mean += rate * m1
+            var += rate * m2
+            requests += rate
+            log_sd = max(log_sd, sd_tokens if item.type == "token_regression" else sd_spend)
+            key = (leaf.tenant, leaf.feature)
+            by_feature[key] = by_feature.get(key, 0.0) + rate * m1
+        shift = math.log(item.effect) ** 2
+        if item.type in ("token_regression", "model_switch"):
+            total += frac * requests * shift / (2 * log_sd**2)
+            continue
+        for key, m in by_feature.items():
+            if spec.dispersion[key]:
+                var += m * m / spec.dispersion[key]
+        total += frac * shift / (2 * math.log1p(var / mean**2))
+    return float(total)
+
+
+def oracle_band(nats: float) -> str:
+    return next(name for lo, hi, name in ORACLE_BANDS if lo <= nats < hi)
+
+
 def item_label(spec: Spec, item: Item) -> dict[str, Any]:
     """A JSON-able label: what, where (scope and the series it changed), when, how much."""
     leaves = []
@@ -760,6 +838,8 @@ def item_label(spec: Spec, item: Item) -> dict[str, Any]:
     if item.incident:
         label["rate_band"] = rate_band(item.scope_rate)
         label["effect_band"] = effect_band(item.effect)
+        label["oracle_nats"] = round(oracle_evidence(spec, item), 2)
+        label["oracle_band"] = oracle_band(label["oracle_nats"])
     return label
 
 

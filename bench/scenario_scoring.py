@@ -43,6 +43,7 @@ from bench.scenario_family import (
     CHANGE_TYPES,
     EFFECT_BANDS,
     INCIDENT_TYPES,
+    ORACLE_BANDS,
     RATE_BANDS,
     rate_band,
 )
@@ -175,6 +176,8 @@ def score(
                         "effect_band",
                     )
                 },
+                "oracle_nats": label.get("oracle_nats"),
+                "oracle_band": label.get("oracle_band"),
                 "seed": labels["seed"],
                 "background": labels["background"],
                 "detected": first is not None,
@@ -270,11 +273,17 @@ def _grouped(items, key) -> dict[str, list]:
     return out
 
 
+def _in_target(incident: Mapping[str, Any]) -> bool:
+    """The issue's recall target: incidents of ×2 or more on scopes of ≥ 1 request/h."""
+    return incident["effect"] >= 2.0 and incident["scope_rate"] >= 1.0
+
+
 def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The figures over scenarios (each ``results`` entry is one ``score``)."""
     incidents = [i for r in results for i in r["incidents"]]
     rate_names = [name for _, _, name in RATE_BANDS]
     effect_names = [name for _, _, name in EFFECT_BANDS]
+    oracle_names = [name for _, _, name in ORACLE_BANDS]
     by_type = _grouped(incidents, lambda i: i["type"])
     false = [f for r in results for f in r["false"]]
     post_days = sum(r["post_days"] for r in results)
@@ -311,6 +320,14 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 sum(i["chance_detected"] for i in by_type.get(t, [])), len(by_type.get(t, []))
             )
             for t in INCIDENT_TYPES
+        },
+        "recall_by_oracle_band": {
+            b: _recall([i for i in incidents if i.get("oracle_band") == b]) for b in oracle_names
+        },
+        "recall_target": _recall([i for i in incidents if _in_target(i)]),
+        "recall_target_by_oracle_band": {
+            b: _recall([i for i in incidents if _in_target(i) and i.get("oracle_band") == b])
+            for b in oracle_names
         },
         "recall_by_rate_band": {
             b: _recall([i for i in incidents if i["rate_band"] == b]) for b in rate_names

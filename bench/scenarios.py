@@ -207,6 +207,29 @@ def print_tables(summary: dict[str, Any], baseline: dict[str, Any], out: Any = N
             _percent(above),
         ]
         line(f"| {kind} | " + " | ".join(cells) + " |")
+    oracle = [name for _, _, name in family.ORACLE_BANDS]
+    line()
+    line(
+        "Recall by the evidence an oracle knowing the true noise would gather over the "
+        "incident (nats, family.oracle_evidence); about 12 are needed at the default budget"
+    )
+    line("| incidents | all | " + " | ".join(oracle) + " |")
+    line("|---|---:|" + "---:|" * len(oracle))
+    rows = (
+        (
+            "all",
+            summary["recall"]
+            and {
+                "n": summary["incidents"],
+                "detected": summary["detected"],
+                "recall": summary["recall"],
+            },
+            summary["recall_by_oracle_band"],
+        ),
+        ("×2+ on ≥ 1/h", summary["recall_target"], summary["recall_target_by_oracle_band"]),
+    )
+    for name, total, by_band in rows:
+        line(f"| {name} | {_cell(total)} | " + " | ".join(_cell(by_band[b]) for b in oracle) + " |")
     line()
     line(
         "Detection delay, minutes from onset to the end of the first matching window (median / p95)"
@@ -299,6 +322,9 @@ def figures(summary: dict[str, Any], baseline: dict[str, Any], seconds: float) -
         "chance_recall_by_type",
         "recall_above_chance",
         "recall_above_chance_by_type",
+        "recall_target",
+        "recall_by_oracle_band",
+        "recall_target_by_oracle_band",
         "recall_by_rate_band",
         "recall_by_effect_band",
         "recall_by_type_rate_band",

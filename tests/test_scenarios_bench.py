@@ -7,9 +7,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -139,3 +141,44 @@ def test_a_tenfold_request_loop_on_a_busy_scope_is_caught(tmp_path):
     (caught,) = result["incidents"]
     assert caught["type"] == "request_loop" and caught["detected"], caught
     assert caught["delay_minutes"] <= 45, caught
+
+
+def test_oracle_evidence_follows_the_noise_it_knows():
+    """The physical limit the recall is read against: more requests, a larger effect or a
+    quieter tenant give more evidence; the same loop on a gamma-noisy tenant gives less, and
+    a Poisson hour's evidence is the closed form (ln x)² / (2 ln(1 + E[s²]/(λ E[s]²)))."""
+    spec = family.draw(SEEDS[0], replace(family.QUICK, incidents=0))
+    (tenant, feature), leaves = max(
+        spec.scopes().items(), key=lambda kv: sum(spec.leaves[i].rate for i in kv[1])
+    )
+    scope = {"tenant": tenant, "feature": feature}
+    onset = spec.warmup_end + 3 * family.HOUR
+
+    def nats(kind: str, effect: float, shape: float, hours: float = 1.0) -> float:
+        spec.dispersion[(tenant, feature)] = shape
+        item = family.make_incident(spec, kind, scope, onset, hours * family.HOUR, effect)
+        return family.oracle_evidence(spec, item)
+
+    poisson = nats("request_loop", 3.0, 0.0)
+    assert nats("request_loop", 6.0, 0.0) > poisson > nats("request_loop", 1.5, 0.0) > 0
+    assert nats("request_loop", 3.0, 1.5) < poisson / 2, "hourly CV 0.8 hides a loop"
+    assert nats("request_loop", 3.0, 0.0, hours=4) > 3 * poisson
+    assert nats("request_loop", 1.0, 0.0) == 0.0
+    rate = 0.0
+    mean = square = 0.0
+    at = np.array([onset + family.HOUR / 2])
+    for i in leaves:
+        leaf = spec.leaves[i]
+        r = leaf.rate * family.load_profile(spec.shapes[leaf.tenant], at, spec.start)[0]
+        for change in spec.changes:
+            if i in change.leaves:
+                r *= float(family.change_factor(change, at)[0])
+        m1, m2, _, _ = family._request_spread(
+            spec.prompts[leaf.prompt_id], leaf.model, spec.background
+        )
+        rate, mean, square = rate + r, mean + r * m1, square + r * m2
+    assert poisson == pytest.approx(math.log(3.0) ** 2 / (2 * math.log1p(square / mean**2)))
+    per_request = nats("token_regression", 3.0, 0.0)
+    assert per_request > 0 and nats("token_regression", 3.0, 1.5) == per_request, (
+        "tokens per request do not see the tenant's volume noise"
+    )
