@@ -48,6 +48,7 @@ from spendwatch.detectors.base import (
 )
 from spendwatch.detectors.episodes import Episode
 from spendwatch.detectors.slots import SlotHistory
+from spendwatch.detectors.weekly import BLOCK, WeeklyFactor
 
 STRONG_Z = 3.5
 """A window at least this surprising is not learned while its evidence is weighed."""
@@ -118,6 +119,7 @@ class RobustState:
         "per_request",
         "trend_expected",
         "trend_value",
+        "weekly",
     )
 
     def __init__(self, history: SlotHistory, grid_size: int) -> None:
@@ -132,6 +134,7 @@ class RobustState:
         self.calibration = sequential.TailCalibration()  # the scope's own null tail
         self.trend_value = 0.0  # EW sums of learned values and of their seasonal medians:
         self.trend_expected = 0.0  # their ratio (≥ 1) is the scope's recent growth
+        self.weekly = WeeklyFactor()  # the last two weeks' level at this hour of the week
 
     def __getstate__(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -164,6 +167,7 @@ class RobustSeasonal(DetectorBase):
         self.threshold = sequential.threshold_for_budget(
             config.false_alarms_per_scope_per_month, config.window
         )
+        self.weekly_enabled = config.seasonality == "time_of_day" and config.window <= BLOCK
 
     def new_state(self) -> RobustState:
         c = self.config
@@ -194,7 +198,15 @@ class RobustSeasonal(DetectorBase):
         # an empty slot: the Jeffreys posterior of a rate with no count in `count` windows
         # (half a request over count + 1 windows), so rate ≈ 0 keeps its uncertainty
         expected = max(expected, 0.5 * state.per_request / (count + 1)) * self._trend(state)
+        expected *= self._weekly(state, window_start)
         return expected, self._variance(state, expected)
+
+    def _weekly(self, state: RobustState, window_start: int) -> float:
+        """The weekly factor of this hour of the week (``detectors/weekly.py``), 1 where
+        windows are longer than its cells or the rule has no seasonality."""
+        if not self.weekly_enabled:
+            return 1.0
+        return state.weekly.factor(window_start)
 
     def _trend(self, state: RobustState) -> float:
         """Recent growth the seasonal medians have not caught up with yet (≥ 1).
@@ -371,6 +383,8 @@ class RobustSeasonal(DetectorBase):
             keep = 1.0 - 1.0 / TREND_WINDOWS
             state.trend_value = state.trend_value * keep + value
             state.trend_expected = state.trend_expected * keep + band[0] / self._trend(state)
+            if self.weekly_enabled:
+                state.weekly.push(window_start, value, band[0] / self._weekly(state, window_start))
         state.history.learn(window_start, value, None)
         state.level = (
             value if not state.history.seen - 1 else state.level + 0.02 * (value - state.level)
