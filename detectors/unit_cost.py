@@ -1,4 +1,4 @@
-"""``type: unit_cost``: cost (or output tokens) per request rising while volume is normal.
+"""``type: unit_cost``: cost (or output tokens) per request rising, whatever the volume.
 
 A prompt edit that makes answers five times longer, or a silent switch to a pricier
 model, leaves the request rate alone and raises what each request costs. Spend
@@ -42,10 +42,11 @@ The z of each window feeds a grid of CUSUMs; a scope fires when the evidence cro
 threshold that ``false_alarms_per_scope_per_month`` implies, and the rise is at least
 ``min_increase``. Two ×5 requests on a thin prompt are decisive on their own, a busy
 scope fires within its first shifted window, and one huge request (z ≈ 2.5 under a
-CV-2 null) is not. Volume growth is not unit cost: a window whose requests are both
-``max_volume_ratio`` above their seasonal baseline and clearly so (z ≥ 3) adds no
-evidence — that is the spend/request detectors' alert, and a mix shift caused by one
-looping feature is not a unit-cost regression.
+CV-2 null) is not. A window's volume does not gate its evidence: a
+regression that arrives with more traffic (a morning ramp, a loop of the regressed
+prompt) is still a regression, and a mix shift that a looping prompt causes moves what
+each request costs; holding such windows back delayed busy prompts' regressions by
+hours.
 """
 
 from __future__ import annotations
@@ -104,9 +105,7 @@ class UnitCostConfig(ExplainedRuleConfig):
     min_requests: int = Field(
         default=1, ge=1, description="windows with fewer requests add no evidence (1: all count)"
     )
-    max_volume_ratio: float = Field(
-        default=1.5, ge=1.0, description="requests above this × their baseline: not unit cost"
-    )
+    max_volume_ratio: float = Field(default=1.5, ge=1.0, description="unused; kept for old configs")
     history: int = Field(default=48, ge=4, description="memory of the unit baseline, in windows")
     days: int = Field(default=5, ge=1, description="days of request history per slot")
     prior_cv: float = Field(
@@ -391,10 +390,6 @@ class UnitCost(DetectorBase):
             else:
                 z = self._z(state, value, mean, v, n)
                 ratio = value / mean
-            if volume is not None and n > c.max_volume_ratio * volume[0]:
-                vz = sequential.wilson_hilferty_z(n, volume[0], 2.0 * max(volume[0], 1.0))
-                if vz >= 3.0:
-                    z = min(z, 0.0)  # volume growth: the spend detectors' case, no evidence
             rise = ratio >= 1 + c.min_increase
             if state.episode.active:  # evidence restarts when the episode ends
                 anomalous = rise and z >= 1.0

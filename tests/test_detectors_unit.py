@@ -80,6 +80,8 @@ def test_robust_seasonal_needs_impact_and_accumulates_evidence():
 
 
 def test_unit_cost_fires_on_dearer_requests_not_on_more_requests():
+    """More requests at the usual unit cost are the spend detectors' case; dearer ones are
+    unit cost, whether or not the volume rose with them (a regressed prompt that loops)."""
     config = UnitCostConfig(name="u", scope=["tenant"])
     detector = UnitCost(config)
     state = detector.new_state()
@@ -92,8 +94,8 @@ def test_unit_cost_fires_on_dearer_requests_not_on_more_requests():
     assert dearer[0].observed == pytest.approx(0.016)
     state = detector.new_state()
     _feed(detector, state, 3)
-    both = detector.observe(state, SCOPE, start, _usd(35.0 * 1.6, 3500))
-    assert both == [], "volume far above normal: the spend detectors' case"
+    (both,) = detector.observe(state, SCOPE, start, _usd(35.0 * 1.6, 3500))
+    assert both.status == "firing" and both.observed == pytest.approx(0.016)
 
 
 def test_unit_cost_min_requests_still_skips_thin_windows_when_asked():
