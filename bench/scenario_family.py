@@ -745,21 +745,21 @@ under it is within its scope's own noise for every detector, an oracle included.
 
 
 @functools.lru_cache(maxsize=4096)
-def _request_spread(
-    prompt: Prompt, model: str, background: str
-) -> tuple[float, float, float, float]:
-    """Per request of a series: mean spend, mean squared spend, sd of log output tokens and
-    sd of log spend, measured on a fixed-seed sample of its own token law."""
+def _request_spread(prompt: Prompt, model: str, background: str) -> dict[str, float]:
+    """Per request of a series, on a fixed-seed sample of its own token law: mean and mean
+    square of spend; sd of log output tokens and of log spend; squared CV of both."""
     rng = np.random.default_rng(12345)
     inp, out = _tokens(rng, prompt, ORACLE_SAMPLES, background)
     _, price_in, price_out = MODELS[model]
     spend = (inp * price_in + out * price_out) / 1e6
-    return (
-        float(spend.mean()),
-        float((spend**2).mean()),
-        float(np.log(np.maximum(out, 1.0)).std()),
-        float(np.log(np.maximum(spend, 1e-12)).std()),
-    )
+    return {
+        "spend": float(spend.mean()),
+        "spend_square": float((spend**2).mean()),
+        "log_sd_tokens": float(np.log(np.maximum(out, 1.0)).std()),
+        "log_sd_spend": float(np.log(np.maximum(spend, 1e-12)).std()),
+        "cv2_tokens": float(out.var() / out.mean() ** 2),
+        "cv2_spend": float(spend.var() / spend.mean() ** 2),
+    }
 
 
 def oracle_evidence(spec: Spec, item: Item) -> float:
@@ -769,20 +769,30 @@ def oracle_evidence(spec: Spec, item: Item) -> float:
     The oracle knows everything a detector must learn: the incident's size, each series'
     rate, its hourly gamma noise and its per-request token law. Its evidence is the
     Kullback–Leibler divergence of the incident from the null, under a Gaussian reading of
-    log values: per hour for spend changes (a scope's spend with variance Σλ·E[s²] of its
-    requests plus Σm²/k of each tenant feature's gamma noise), per request for changes of
-    output tokens or cost per request (the series' spread of log tokens or log cost). Only
-    the arrival pattern of the Azure background (which averages out over an hour) is left
+    log values, in two independent parts: the request count of each hour (Poisson within
+    each tenant feature's gamma multiplier: variance Λ + Σλ²/k), where requests multiply,
+    and the size of each request (the series' spread of log output tokens or log cost),
+    where tokens or prices do — per request, or per hour where the stream carries a busy
+    series as bucketed sums (then only the mean of λ requests is seen, of squared CV
+    cv²/λ: a heavy tail makes a mean weak evidence). Only the arrival pattern of the Azure
+    background (which averages out over an hour) is left
     out. An incident with less evidence than a test's threshold cannot be found by any
     detector without false alarms at that budget; recall by evidence band says how far a
     detector is from the limit, which recall by effect size alone cannot.
     """
     end = min(item.end, item.start + HORIZON)
+    detail = item.detail
+    if item.type == "token_regression":
+        count_x, size_x, unit = 1.0, detail["output_tokens_x"], "tokens"
+    elif item.type == "model_switch":
+        count_x, size_x, unit = 1.0, item.effect, "spend"
+    else:  # a loop: more requests; a spike: more requests and longer ones
+        count_x, size_x, unit = detail.get("requests_x", 1.0), detail.get("tokens_x", 1.0), "spend"
+    count_shift, size_shift = math.log(count_x) ** 2, math.log(size_x) ** 2
     total = 0.0
     for h0 in np.arange(item.start, end, HOUR):
         frac = min(1.0, (end - h0) / HOUR)
         at = np.array([h0 + HOUR / 2])
-        mean = var = requests = log_sd = 0.0
         by_feature: dict[tuple[str, str], float] = {}
         for i in item.leaves:
             leaf = spec.leaves[i]
@@ -790,23 +800,23 @@ def oracle_evidence(spec: Spec, item: Item) -> float:
             for change in spec.changes:
                 if i in change.leaves:
                     rate *= float(change_factor(change, at)[0])
-            m1, m2, sd_tokens, sd_spend = _request_spread(
-                spec.prompts[leaf.prompt_id], leaf.model, spec.background
-            )
-            mean += rate * m1
-            var += rate * m2
-            requests += rate
-            log_sd = max(log_sd, sd_tokens if item.type == "token_regression" else sd_spend)
             key = (leaf.tenant, leaf.feature)
-            by_feature[key] = by_feature.get(key, 0.0) + rate * m1
-        shift = math.log(item.effect) ** 2
-        if item.type in ("token_regression", "model_switch"):
-            total += frac * requests * shift / (2 * log_sd**2)
-            continue
-        for key, m in by_feature.items():
-            if spec.dispersion[key]:
-                var += m * m / spec.dispersion[key]
-        total += frac * shift / (2 * math.log1p(var / mean**2))
+            by_feature[key] = by_feature.get(key, 0.0) + rate
+            if not size_shift or rate <= 0:
+                continue
+            spread = _request_spread(spec.prompts[leaf.prompt_id], leaf.model, spec.background)
+            if leaf.rate * spec.bucket < HOUR:  # its requests are events: each is evidence
+                total += frac * rate * size_shift / (2 * spread[f"log_sd_{unit}"] ** 2)
+            else:  # bucketed sums: only the mean of the hour's requests is seen
+                total += frac * size_shift / (2 * math.log1p(spread[f"cv2_{unit}"] / rate))
+        requests = sum(by_feature.values())
+        if count_shift and requests > 0:
+            var = requests + sum(
+                r * r / spec.dispersion[key]
+                for key, r in by_feature.items()
+                if spec.dispersion[key]
+            )
+            total += frac * count_shift / (2 * math.log1p(var / requests**2))
     return float(total)
 
 
