@@ -82,6 +82,8 @@ class Delivery:
     """Wall-clock time of the first attempt (bounds the search for an earlier effect)."""
     notes: list[str] = field(default_factory=list)
     """Lines other receivers want shown with the alert (e.g. a proposed flag change)."""
+    proposals: dict[str, str] = field(default_factory=dict)
+    """receiver → change it proposes for this alert and a person may approve."""
 
     @property
     def maybe_done(self) -> bool:
@@ -113,6 +115,10 @@ class Notifier(ABC):
 
     def describe(self, alert: Alert) -> str | None:
         """A line other receivers should show with ``alert`` (what this receiver will do)."""
+        return None
+
+    def proposal(self, alert: Alert) -> str | None:
+        """The change this receiver proposes for ``alert`` and awaits approval of, if any."""
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook

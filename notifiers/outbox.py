@@ -39,7 +39,7 @@ from spendwatch.core.configtypes import Duration, StrictModel
 from spendwatch.core.logging import get_logger
 from spendwatch.notifiers.base import Delivery, Notifier, NotifyError
 from spendwatch.notifiers.redaction import GENERIC, Redactor
-from spendwatch.notifiers.router import Dispatcher, Plan
+from spendwatch.notifiers.router import Dispatcher, Plan, SilenceConfig
 
 log = get_logger("spendwatch.outbox")
 
@@ -114,6 +114,24 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (receiver, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (receiver, state, seq);
+CREATE TABLE IF NOT EXISTS silences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    definition TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL,
+    episode TEXT NOT NULL,
+    alert_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    user_name TEXT,
+    via TEXT NOT NULL,
+    decided_at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    UNIQUE (fingerprint, episode)
+);
 CREATE TABLE IF NOT EXISTS receiver_state (
     receiver TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -198,6 +216,26 @@ class _State:
         return [(k, v) for k, v in rows]
 
 
+_DECISION_COLUMNS = (
+    "fingerprint, episode, alert_id, action, user_id, user_name, via, decided_at, outcome"
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One person's decision on one alert episode (a row of the ``decisions`` audit table)."""
+
+    fingerprint: str
+    episode: str
+    alert_id: str
+    action: str
+    user_id: str
+    user_name: str | None
+    via: str
+    decided_at: float
+    outcome: str = "pending"
+
+
 @dataclass(frozen=True)
 class StepResult:
     """What one delivery step did: ``delivered`` rows, or when the head is next due."""
@@ -249,6 +287,9 @@ class Outbox:
         self._conn().executescript(_SCHEMA)
         self._recover()
         self.prune()
+        stored = self.stored_silences()
+        if stored:  # silences set from Slack outlive restarts, like configured ones
+            self.dispatcher.silences = [*self.dispatcher.silences, *stored]
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -398,6 +439,109 @@ class Outbox:
             log.warning("describe failed", receiver=receiver, error=type(error).__name__)
             return None
 
+    def proposals(self, alert: Alert) -> dict[str, str]:
+        """receiver → change it proposes for ``alert`` and awaits a human's approval for.
+
+        Only receivers the alert is routed to propose; the same answer at delivery time
+        and when the approval arrives, as both follow from the config and the alert.
+        """
+        if alert.status != "firing":
+            return {}
+        found: dict[str, str] = {}
+        for receiver in self.dispatcher.route(alert):
+            notifier = self.notifiers.get(receiver)
+            try:
+                text = notifier.proposal(alert) if notifier is not None else None
+            except Exception as error:  # a proposal is optional; never lose the alert over it
+                log.warning("proposal failed", receiver=receiver, error=type(error).__name__)
+                text = None
+            if text:
+                found[receiver] = text
+        return found
+
+    # -- silences and decisions from people -------------------------------------------------------
+
+    def add_silence(self, silence: SilenceConfig) -> None:
+        """Store a silence set at run time: it applies from the next alert on, and on every
+        later open of this outbox (a restart) until it ends."""
+        self._conn().execute(
+            "INSERT INTO silences(definition, created_at) VALUES (?, ?)",
+            (silence.model_dump_json(by_alias=True), self._clock()),
+        )
+        self.dispatcher.silences = [*self.dispatcher.silences, silence]  # swapped, not mutated
+
+    def stored_silences(self) -> list[SilenceConfig]:
+        """Silences set at run time (not those of the config), oldest first."""
+        rows = self._conn().execute("SELECT definition FROM silences ORDER BY id")
+        return [SilenceConfig.model_validate_json(definition) for (definition,) in rows]
+
+    def firing_alert(self, fingerprint: str, episode: str) -> Alert | None:
+        """The stored firing alert of one episode of a condition, or None."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT payload FROM alerts WHERE fingerprint=? AND episode=? AND status='firing'",
+                (fingerprint, episode),
+            )
+            .fetchone()
+        )
+        return Alert.model_validate_json(row[0]) if row else None
+
+    def claim_decision(self, decision: Decision) -> Decision | None:
+        """Record ``decision`` as pending unless the episode was decided before.
+
+        Returns None when claimed, else the earlier decision: one decision per alert
+        episode, whichever of two simultaneous clicks commits first wins.
+        """
+        conn = self._conn()
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO decisions(fingerprint, episode, alert_id, action, user_id, "
+            "user_name, via, decided_at, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (
+                decision.fingerprint,
+                decision.episode,
+                decision.alert_id,
+                decision.action,
+                decision.user_id,
+                decision.user_name,
+                decision.via,
+                decision.decided_at,
+            ),
+        )
+        if cursor.rowcount == 1:
+            return None
+        return self.decision(decision.fingerprint, decision.episode)
+
+    def finish_decision(self, decision: Decision, outcome: str) -> None:
+        """Set the outcome of a claimed decision (``applied``, ``recorded``, ...)."""
+        self._conn().execute(
+            "UPDATE decisions SET outcome=? WHERE fingerprint=? AND episode=?",
+            (outcome, decision.fingerprint, decision.episode),
+        )
+
+    def release_decision(self, decision: Decision) -> None:
+        """Forget a claimed decision whose effect failed, so the click can be repeated."""
+        self._conn().execute(
+            "DELETE FROM decisions WHERE fingerprint=? AND episode=? AND outcome='pending'",
+            (decision.fingerprint, decision.episode),
+        )
+
+    def decision(self, fingerprint: str, episode: str) -> Decision | None:
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {_DECISION_COLUMNS} FROM decisions WHERE fingerprint=? AND episode=?",
+                (fingerprint, episode),
+            )
+            .fetchone()
+        )
+        return Decision(*row) if row else None
+
+    def decisions(self) -> list[Decision]:
+        """Every decision, oldest first: the audit trail."""
+        rows = self._conn().execute(f"SELECT {_DECISION_COLUMNS} FROM decisions ORDER BY id")
+        return [Decision(*row) for row in rows]
+
     # -- delivering -----------------------------------------------------------------------------
 
     def step(self, receiver: str) -> StepResult:
@@ -438,6 +582,7 @@ class Outbox:
             state=self.state(receiver),
             first_attempt_at=first_at,
             notes=json.loads(notes) if notes else [],
+            proposals=self.proposals(alert),
         )
         try:
             self.notifiers[receiver].deliver(alert, delivery)

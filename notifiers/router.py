@@ -84,6 +84,11 @@ class RouteConfig(StrictModel):
     continue_: bool = Field(
         default=False, alias="continue", description="keep evaluating later routes"
     )
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="Slack user ids (U…/W…) or user group ids (S…) allowed to approve, reject, "
+        "silence or acknowledge this route's alerts from their Slack message",
+    )
 
 
 class OwnerConfig(StrictModel):
@@ -179,6 +184,18 @@ class Dispatcher:
         for route in self.routes:
             if route.match.matches(alert):
                 chosen.extend(r for r in route.receivers if r not in chosen)
+                if not route.continue_:
+                    break
+        return chosen
+
+    def approvers(self, alert: Alert, receiver: str) -> list[str]:
+        """Who may decide on ``alert`` as delivered to ``receiver``: the ``approvers`` of the
+        routes that sent it there (evaluated as :meth:`route` does), in order, no repeats."""
+        chosen: list[str] = []
+        for route in self.routes:
+            if route.match.matches(alert):
+                if receiver in route.receivers:
+                    chosen.extend(a for a in route.approvers if a not in chosen)
                 if not route.continue_:
                     break
         return chosen
