@@ -12,7 +12,10 @@ alert resolves) removes its entry, so the scope falls back to the default varian
 ``mode: apply`` rewrites the flag file atomically (temp file + fsync + rename);
 ``mode: propose`` writes the same content to ``proposal_path`` for a human to review
 and copy over, and every other receiver of the alert says so (see :meth:`describe`).
-Other flags in the file are kept as they are.
+A proposal can also be approved from its Slack message (``spendwatch.notifiers.
+slack_actions``): :meth:`FlagNotifier.approve` then writes the approved throttles, and
+only those, to ``path``, atomically as ``mode: apply`` does; the budget's resolution
+lifts an approved throttle again. Other flags in the file are kept as they are.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from spendwatch.notifiers.base import (
     MemoryState,
     Notifier,
     NotifyError,
+    ReceiverState,
     register_notifier,
 )
 from spendwatch.notifiers.router import glob_match
@@ -133,6 +137,13 @@ class FlagNotifier(Notifier):
             f"over {self.config.path} to apply."
         )
 
+    def proposal(self, alert: Alert) -> str | None:
+        """In ``mode: propose``, the throttle a firing budget alert proposes (approvable)."""
+        variant = self.variant_for(alert)
+        if self.config.mode != "propose" or alert.status != "firing" or variant is None:
+            return None
+        return f"flag `{self.config.flag}` to `{variant}` for {render.scope_text(alert)}"
+
     # -- delivery -------------------------------------------------------------------------------
 
     def deliver(self, alert: Alert, delivery: Delivery) -> None:
@@ -142,11 +153,30 @@ class FlagNotifier(Notifier):
         key = f"throttle:{alert.fingerprint}"
         if alert.status == "resolved":
             delivery.state.delete(key)
+            if delivery.state.get(f"approved:{alert.fingerprint}") is not None:
+                delivery.state.delete(f"approved:{alert.fingerprint}")
+                self._write_approved(delivery.state)  # the condition cleared: lift it
         else:
-            entry = {"scope": alert.scope, "variant": variant, "threshold": alert.threshold}
-            delivery.state.put(key, json.dumps(entry, sort_keys=True))
+            delivery.state.put(key, _entry(alert, variant))
         entries = [json.loads(v) for _, v in delivery.state.items("throttle:")]
         self.write(entries)
+
+    def approve(self, alert: Alert, state: ReceiverState) -> str:
+        """Apply the throttle ``alert`` proposes to ``path`` (a person approved it); its variant.
+
+        The live file then holds every approved throttle still in force, each until its
+        budget alert resolves.
+        """
+        variant = self.proposal(alert) and self.variant_for(alert)
+        if not variant:
+            raise NotifyError("flags: this alert proposes no throttle", retryable=False)
+        state.put(f"approved:{alert.fingerprint}", _entry(alert, variant))
+        self._write_approved(state)
+        return variant
+
+    def _write_approved(self, state: ReceiverState) -> None:
+        entries = [json.loads(v) for _, v in state.items("approved:")]
+        self.write(entries, target=self.config.path)
 
     def flag_definition(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """The flagd definition of our flag for the given active throttles."""
@@ -169,9 +199,10 @@ class FlagNotifier(Notifier):
             definition["targeting"] = {"if": [*branches, None]}
         return definition
 
-    def write(self, entries: list[dict[str, Any]]) -> None:
-        """Rewrite our flag in the target file atomically, keeping every other flag."""
-        target = self.config.target_path
+    def write(self, entries: list[dict[str, Any]], target: str | None = None) -> None:
+        """Rewrite our flag in ``target`` (default: the mode's file) atomically, keeping
+        every other flag."""
+        target = target or self.config.target_path
         base = target if os.path.exists(target) else self.config.path
         document: dict[str, Any] = {"$schema": SCHEMA_URL, "flags": {}}
         if os.path.exists(base):
@@ -195,6 +226,12 @@ class FlagNotifier(Notifier):
 
     def _drives(self, alert: Alert) -> bool:
         return not self.config.rules or any(glob_match(alert.rule, p) for p in self.config.rules)
+
+
+def _entry(alert: Alert, variant: str) -> str:
+    return json.dumps(
+        {"scope": alert.scope, "variant": variant, "threshold": alert.threshold}, sort_keys=True
+    )
 
 
 def _scope_condition(scope: dict[str, str]) -> dict[str, Any]:

@@ -9,6 +9,12 @@
   (message metadata carries the alert id) before posting again.
 * Errors: 429 → retry after ``Retry-After``; token errors are not retried; messages
   never contain the token.
+* Decisions: with a ``signing_secret`` (clicks to the worker's ``POST /slack/actions``)
+  or an ``app_token`` (Socket Mode), a firing alert's message carries the buttons
+  **Approve throttle** (when a receiver proposes a throttle for it), **Reject**,
+  **Silence** and **Acknowledge**; ``spendwatch.notifiers.slack_actions`` handles the
+  clicks and :meth:`SlackNotifier.show_decision` replaces the buttons by who decided
+  what, and when.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from spendwatch.core.alerts import Alert
-from spendwatch.core.configtypes import StrictModel
+from spendwatch.core.configtypes import Duration, StrictModel
 from spendwatch.notifiers import render
 from spendwatch.notifiers import slack_blocks as sb
 from spendwatch.notifiers.base import (
@@ -31,6 +37,7 @@ from spendwatch.notifiers.base import (
     MemoryState,
     Notifier,
     NotifyError,
+    ReceiverState,
     register_notifier,
 )
 from spendwatch.notifiers.redaction import Redactor, guard_library_logs
@@ -69,6 +76,29 @@ class SlackConfig(StrictModel):
         default=True, description="one thread per budget scope and period for its thresholds"
     )
     reply_on_resolve: bool = Field(default=True, description="also reply in the thread")
+    signing_secret: SecretStr | None = Field(
+        default=None,
+        description="the Slack app's signing secret, e.g. ${SLACK_SIGNING_SECRET}: messages get "
+        "decision buttons whose clicks POST /slack/actions verifies; never logged",
+    )
+    app_token: SecretStr | None = Field(
+        default=None,
+        description="app-level token (xapp-…, scope connections:write), e.g. ${SLACK_APP_TOKEN}: "
+        "clicks arrive over Socket Mode, an outbound WebSocket (no public URL); never logged",
+    )
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="Slack user ids (U…/W…) or user group ids (S…) who may decide on every "
+        "alert this receiver posts, beside the approvers of the routes that sent it",
+    )
+    silence_for: Duration = Field(
+        default=4 * 3600, description="how long the Silence button silences a rule and scope"
+    )
+
+    @property
+    def interactive(self) -> bool:
+        """Whether clicks can reach the worker (HTTP or Socket Mode): only then buttons."""
+        return self.signing_secret is not None or self.app_token is not None
 
 
 @register_notifier("slack", SlackConfig)
@@ -79,7 +109,12 @@ class SlackNotifier(Notifier):
         self.name = config.name
         self.config = config
         self._token = config.token.get_secret_value()
-        self.redactor = Redactor([self._token])
+        self.redactor = Redactor(
+            [
+                self._token,
+                *(s.get_secret_value() for s in (config.signing_secret, config.app_token) if s),
+            ]
+        )
         guard_library_logs(self.redactor, *SDK_LOGGERS)
         # retry_handlers=[]: no silent re-posts; the outbox retries after checking.
         self.client = WebClient(
@@ -133,7 +168,11 @@ class SlackNotifier(Notifier):
         response = self.client.chat_postMessage(
             channel=channel,
             text=sb.fallback_text(alert),
-            blocks=sb.blocks(alert, delivery.notes if notes is None else notes),
+            blocks=sb.blocks(
+                alert,
+                delivery.notes if notes is None else notes,
+                actions=self._actions(alert, delivery),
+            ),
             thread_ts=thread_ts,
             reply_broadcast=True if thread_ts and alert.severity == "critical" else None,
             metadata=sb.metadata(alert),
@@ -172,7 +211,9 @@ class SlackNotifier(Notifier):
             channel=channel,
             ts=original["ts"],
             text=sb.fallback_text(alert),
-            blocks=sb.blocks(alert, delivery.notes),
+            blocks=sb.blocks(
+                alert, delivery.notes, decision=delivery.state.get(_decision_key(alert))
+            ),
         )
         if not self.config.reply_on_resolve:
             return
@@ -186,6 +227,56 @@ class SlackNotifier(Notifier):
             blocks=sb.resolved_reply(alert),
             metadata=sb.metadata(alert),
         )
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    def _actions(self, alert: Alert, delivery: Delivery) -> list[dict[str, Any]] | None:
+        if not self.config.interactive or alert.status != "firing":
+            return None
+        return sb.actions(
+            alert, self.name, approve=bool(delivery.proposals), silence_for=self.config.silence_for
+        )
+
+    def message_of(self, alert: Alert, state: ReceiverState) -> dict[str, str] | None:
+        """Where this receiver posted ``alert`` (channel, ts), if it did."""
+        return _load(state.get(_message_key(alert)))
+
+    def show_decision(
+        self,
+        alert: Alert,
+        state: ReceiverState,
+        decision: str,
+        notes: list[str],
+        where: dict[str, str] | None = None,
+    ) -> None:
+        """Replace the buttons of ``alert``'s message by ``decision`` (mrkdwn, built by
+        :func:`~spendwatch.notifiers.slack_blocks.decision_text`); kept for its resolve."""
+        state.put(_decision_key(alert), decision)
+        where = where or self.message_of(alert, state)
+        if not where:
+            return
+        try:
+            self.client.chat_update(
+                channel=where["channel"],
+                ts=where["ts"],
+                text=sb.fallback_text(alert),
+                blocks=sb.blocks(alert, notes, decision=decision),
+            )
+        except SlackApiError as error:
+            failure = self._api_error(error)
+        except (SlackClientError, urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            failure = NotifyError(f"slack: connection failed ({type(e).__name__})", retryable=True)
+        else:
+            return
+        raise failure
+
+    def members(self, group: str) -> set[str]:
+        """User ids in a Slack user group (scope usergroups:read)."""
+        try:
+            response = self.client.usergroups_users_list(usergroup=group)
+        except (SlackClientError, urllib.error.URLError, OSError, http.client.HTTPException):
+            return set()  # unknown membership: nobody is let in through this group
+        return {str(u) for u in response.get("users", [])}
 
     # -- finding an earlier post ----------------------------------------------------------------
 
@@ -249,6 +340,10 @@ class SlackNotifier(Notifier):
 
 def _message_key(alert: Alert) -> str:
     return f"msg:{alert.fingerprint}:{alert.episode}"
+
+
+def _decision_key(alert: Alert) -> str:
+    return f"decision:{alert.fingerprint}:{alert.episode}"
 
 
 def _load(value: str | None) -> dict[str, str] | None:

@@ -12,6 +12,7 @@ receivers go out as ``plain_text``, which Slack never parses.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -88,8 +89,15 @@ def fallback_text(alert: Alert) -> str:
     return escape(f"[{state}] {render.title(alert)}: {render.comparison(alert)}")
 
 
-def blocks(alert: Alert, notes: list[str] | None = None) -> list[dict[str, Any]]:
-    """The message for a firing or resolved alert."""
+def blocks(
+    alert: Alert,
+    notes: list[str] | None = None,
+    *,
+    actions: list[dict[str, Any]] | None = None,
+    decision: str | None = None,
+) -> list[dict[str, Any]]:
+    """The message for a firing or resolved alert: with decision buttons (``actions``, see
+    :func:`actions`) until someone decides, then with who decided what (``decision``)."""
     resolved = alert.status == "resolved"
     icon = ":white_check_mark:" if resolved else _ICONS.get(alert.severity, "")
     state = "Resolved" if resolved else alert.severity.capitalize()
@@ -116,6 +124,10 @@ def blocks(alert: Alert, notes: list[str] | None = None) -> list[dict[str, Any]]
         result.append({"type": "section", "text": _mrkdwn(text)})
     for note in notes or []:
         result.append({"type": "section", "text": plain(note)})
+    if decision:
+        result.append({"type": "context", "elements": [_mrkdwn(decision)]})
+    elif actions:
+        result.append({"type": "actions", "block_id": ACTIONS_BLOCK, "elements": actions})
     result.append(
         {
             "type": "context",
@@ -128,6 +140,76 @@ def blocks(alert: Alert, notes: list[str] | None = None) -> list[dict[str, Any]]
         }
     )
     return result
+
+
+ACTIONS_BLOCK = "spendwatch_decision"
+ACTION_PREFIX = "spendwatch_"
+ACTION_LABELS = {
+    "approve": "Approve throttle",
+    "reject": "Reject",
+    "silence": "Silence",
+    "acknowledge": "Acknowledge",
+}
+DONE = {
+    "approve": ":white_check_mark: Throttle approved",
+    "reject": ":no_entry_sign: Rejected",
+    "silence": ":no_bell: Silenced",
+    "acknowledge": ":eyes: Acknowledged",
+}
+
+
+def action_value(alert: Alert, receiver: str) -> str:
+    """What a button carries: the alert episode and the receiver that posted it."""
+    return json.dumps(
+        {"f": alert.fingerprint, "e": alert.episode, "r": receiver}, separators=(",", ":")
+    )
+
+
+def actions(
+    alert: Alert, receiver: str, *, approve: bool, silence_for: float
+) -> list[dict[str, Any]]:
+    """The decision buttons; **Approve throttle** only where a throttle is proposed."""
+    value = action_value(alert, receiver)
+    names = ["approve"] if approve else []
+    names += ["reject", "silence", "acknowledge"]
+    buttons = []
+    for name in names:
+        label = ACTION_LABELS[name]
+        if name == "silence":
+            label = f"Silence {_hours(silence_for)}"
+        button: dict[str, Any] = {
+            "type": "button",
+            "action_id": ACTION_PREFIX + name,
+            "text": plain(label, 75),
+            "value": value,
+        }
+        if name == "approve":
+            button["style"] = "primary"
+            button["confirm"] = {
+                "title": plain("Apply the throttle?", 100),
+                "text": plain("The flag variant goes live for this scope.", 300),
+                "confirm": plain("Apply", 30),
+                "deny": plain("Cancel", 30),
+            }
+        elif name == "reject":
+            button["style"] = "danger"
+        buttons.append(button)
+    return buttons
+
+
+def decision_text(action: str, user_id: str, at: str, detail: str | None = None) -> str:
+    """The line that replaces the buttons: who decided what, and when (mrkdwn)."""
+    who = f"<@{user_id}>" if _USER_ID.fullmatch(user_id) else escape(user_id)
+    text = f"{DONE.get(action, escape(action))} by {who} at {escape(at)}"
+    return f"{text} ({escape(detail)})" if detail else text
+
+
+def _hours(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    if seconds % 60 == 0:
+        return f"{int(seconds // 60)} min"
+    return f"{int(seconds)} s"
 
 
 def resolved_reply(alert: Alert) -> list[dict[str, Any]]:
