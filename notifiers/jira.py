@@ -174,6 +174,23 @@ class JiraNotifier(Notifier):
             return
         jira.add_comment(key, body)
 
+    def comment(self, alert: Alert, body: str) -> str | None:
+        """Comment ``body`` (plain text, escaped here) on the condition's open issue; its key,
+        or None when no issue is open. For what people decided about the alert in Slack."""
+        failure: NotifyError | None = None
+        try:
+            key = self._open_issue(alert)
+            if key is not None:
+                self.client().add_comment(key, wiki_escape(body))
+            return key
+        except JIRAError as error:
+            failure = self._api_error(error)
+        except requests.RequestException as error:
+            failure = NotifyError(
+                f"jira: connection failed ({type(error).__name__})", retryable=True
+            )
+        raise failure
+
     # -- resolved -------------------------------------------------------------------------------
 
     def _resolve(self, alert: Alert) -> None:

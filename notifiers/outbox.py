@@ -487,6 +487,18 @@ class Outbox:
         )
         return Alert.model_validate_json(row[0]) if row else None
 
+    def notes(self, alert: Alert) -> list[str]:
+        """The notes stored with ``alert`` (what other receivers said they would do)."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT notes FROM alerts WHERE fingerprint=? AND episode=? AND status=?",
+                (alert.fingerprint, alert.episode, alert.status),
+            )
+            .fetchone()
+        )
+        return json.loads(row[0]) if row and row[0] else []
+
     def claim_decision(self, decision: Decision) -> Decision | None:
         """Record ``decision`` as pending unless the episode was decided before.
 

@@ -37,6 +37,8 @@ class LiveView:
         self._overrides: dict[str, dict[str, tuple[float, float]]] = {}
         self.overrides_version = 0
         self.config: Any = None  # the running config (status page, API token)
+        self.outbox: Any = None  # the running outbox (silences set from Slack)
+        self.approvals: Any = None  # decisions on alerts (POST /slack/actions)
 
     # -- writers (worker threads) ------------------------------------------------------------
 

@@ -7,6 +7,7 @@ per request of a rule's scopes over recent windows (the series each shard keeps,
 ``GET /anomalies?status=firing``  open and recent anomaly episodes, drivers and status.
 ``PUT /budgets/<name>/<scope>`` (or POST)  set a budget's amount at run time, body
 ``{"amount_usd": 250, "reason": "…"}``; needs ``Authorization: Bearer <server.api_token>``.
+``GET /silences``  the config's silences and those set from Slack (kept in the outbox).
 ``GET /status.json``  silences, delivery health per receiver, watermark (the status page).
 ``GET /openapi.json``  this API, generated from the pydantic models below.
 
@@ -697,6 +698,7 @@ def openapi() -> dict[str, Any]:
         BudgetAmountRequest,
         BudgetAmountResponse,
         StatusResponse,
+        SilencesResponse,
         ErrorResponse,
     ]
     _, schemas = models_json_schema(
@@ -768,6 +770,12 @@ def openapi() -> dict[str, Any]:
                     "responses": {"200": answer(StatusResponse)},
                 }
             },
+            "/silences": {
+                "get": {
+                    "summary": "silences of the config and those set from Slack messages",
+                    "responses": {"200": answer(SilencesResponse)},
+                }
+            },
             "/budgets": {
                 "get": {
                     "summary": "every open budget period per scope",
@@ -828,7 +836,14 @@ class SilenceOut(BaseModel):
     end: str
     reason: str
     created_by: str | None = None
+    source: Literal["config", "slack"] = Field(
+        default="config", description="in the config file, or set from a Slack message"
+    )
     active: bool = Field(description="the watermark is inside [start, end)")
+
+
+class SilencesResponse(BaseModel):
+    silences: list[SilenceOut] = Field(description="the config's, then those set from Slack")
 
 
 class ReceiverHealth(BaseModel):
@@ -883,6 +898,31 @@ def _health(row: Mapping[str, Any]) -> str:
     return "ok" if row.get("sent", 0) else "idle"
 
 
+def silences_of(view: liveview.LiveView) -> list[SilenceOut]:
+    """The config's silences, then those set from Slack (kept in the outbox); ``active``
+    when the watermark is inside (or, before any data, the wall clock)."""
+    configured = list(getattr(view.config, "silences", []) or [])
+    outbox = view.outbox
+    stored = outbox.stored_silences() if outbox is not None else []
+    mark = view.watermark()
+    rows = []
+    for silence, source in [*((s, "config") for s in configured), *((s, "slack") for s in stored)]:
+        start, end = silence.start.timestamp(), silence.end.timestamp()
+        moment = mark if mark is not None and source == "config" else max(mark or 0, time.time())
+        rows.append(
+            SilenceOut(
+                match=silence.match.model_dump(exclude_defaults=True),
+                start=rfc3339(start),
+                end=rfc3339(end),
+                reason=silence.reason,
+                created_by=silence.created_by,
+                source=source,
+                active=(mark is not None or source == "slack") and start <= moment < end,
+            )
+        )
+    return rows
+
+
 def status(handler: _Handler, url: SplitResult, query: dict[str, str]) -> None:
     view = liveview.current()
     config = view.config
@@ -897,19 +937,7 @@ def status(handler: _Handler, url: SplitResult, query: dict[str, str]) -> None:
             elif key == "type" and value:
                 into["type"] = value
     mark = view.watermark()
-    silences = []
-    for silence in getattr(config, "silences", []) or []:
-        start, end = silence.start.timestamp(), silence.end.timestamp()
-        silences.append(
-            SilenceOut(
-                match=silence.match.model_dump(exclude_defaults=True),
-                start=rfc3339(start),
-                end=rfc3339(end),
-                reason=silence.reason,
-                created_by=silence.created_by,
-                active=mark is not None and start <= mark < end,
-            )
-        )
+    silences = silences_of(view)
     deliveries = [ReceiverHealth(**row, status=_health(row)) for _, row in sorted(merged.items())]
     body = StatusResponse(
         version=__version__,

@@ -6,6 +6,9 @@
 ``GET /budgets``  current spend per budget scope and period, with percent of the amount.
 ``GET /alerts``   recent alerts, newest first (``?limit=N``, default 100).
 ``GET /scopes/<rule>?dim=value``  the current baseline of a detector's scopes.
+``GET /silences``  silences of the config and those set from Slack, with ``active``.
+``POST /slack/actions``  Slack's interactivity requests (decision buttons), signed with the
+app's signing secret (``spendwatch.notifiers.slack_actions``).
 ``POST /v1/traces``  OTLP/HTTP trace exports for ``source: {type: otlp, receive: true}``
 (``spendwatch.service.otlp_receiver``).
 ``GET /costs``, ``/unit-costs``, ``/anomalies``, ``/openapi.json``, ``PUT /budgets/<name>/<scope>``
@@ -34,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from spendwatch.core import liveview
 from spendwatch.core.logging import get_logger
+from spendwatch.notifiers import slack_actions
 from spendwatch.service import api, otlp_receiver, statuspage
 from spendwatch.service.metrics import build_registry
 
@@ -78,6 +82,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(404, {"error": f"no detector state for rule {rule!r}"})
             else:
                 self._json(200, {"rule": rule, "scopes": rows, **extra})
+        elif path == "/silences":
+            body = api.SilencesResponse(silences=api.silences_of(view))
+            self._json(200, body.model_dump(exclude_none=True))
         elif path in ("/costs", "/unit-costs", "/anomalies", "/status.json", "/openapi.json", "/"):
             self._cost_guard(url, query, path)
         else:
@@ -102,10 +109,33 @@ class _Handler(BaseHTTPRequestHandler):
         self._change()
 
     def do_POST(self) -> None:
-        if urlsplit(self.path).path == otlp_receiver.PATH:
+        path = urlsplit(self.path).path
+        if path == otlp_receiver.PATH:
             otlp_receiver.receive(self)  # OTLP/HTTP traces into the otlp source
+        elif path == slack_actions.PATH:
+            self._slack_action()
         else:
             self._change()
+
+    def _slack_action(self) -> None:
+        """``POST /slack/actions``: a click on a decision button, verified before anything."""
+        approvals = liveview.current().approvals
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > slack_actions.MAX_BODY:
+            self._json(413, {"error": "request body too large"})
+            return
+        body = self.rfile.read(length) if length else b""
+        if approvals is None:
+            self._json(503, {"error": "not ready for decisions"})
+            return
+        answer = approvals.handle_http(body, {k: v for k, v in self.headers.items()})
+        if answer.body is None:
+            self._send(answer.status, b"", "text/plain; charset=utf-8")
+        else:
+            self._json(answer.status, answer.body)
 
     def _change(self) -> None:
         """``PUT``/``POST /budgets/<name>/<scope>``: a budget amount set at run time."""

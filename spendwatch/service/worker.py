@@ -126,6 +126,7 @@ class Worker:
         from spendwatch.dataflows.inputs import describe_source
         from spendwatch.dataflows.runner import Shutdown, run_flow
         from spendwatch.notifiers.outbox import build_outbox
+        from spendwatch.notifiers.slack_actions import Interactivity
 
         view = liveview.current()
         while not self._stopping:
@@ -142,6 +143,8 @@ class Worker:
             )
             view.clear_shards()
             outbox = build_outbox(self.config, path=self._outbox_path()).start()
+            interactivity = Interactivity(outbox).start()  # clicks on Slack's buttons
+            view.outbox, view.approvals = outbox, interactivity.approvals
             flow = get_flow(self.config, outbox=outbox, recoverable=bool(self.options.state_dir))
             view.ready.set()
             try:
@@ -160,7 +163,10 @@ class Worker:
             finally:
                 self._running = False
                 view.ready.clear()
+                view.approvals = None
+                interactivity.close()
                 outbox.flush(self.config.delivery.flush_timeout)  # the rest resumes next start
+                view.outbox = None
                 outbox.close()
             if self.options.addresses and finished:
                 time.sleep(CLUSTER_LINGER)
