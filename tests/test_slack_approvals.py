@@ -186,9 +186,9 @@ def _decisions(outbox: Path) -> list[tuple]:
 @pytest.fixture
 def servers():
     groups = {GROUP: [BOB]}
-    with FakeSlack(token=SLACK_TOKEN, app_token=APP_TOKEN, groups=groups) as slack:
-        with FakeJira(token=JIRA_TOKEN) as jira:
-            yield slack, jira
+    slack = FakeSlack(token=SLACK_TOKEN, app_token=APP_TOKEN, groups=groups)
+    with slack, FakeJira(token=JIRA_TOKEN) as jira:
+        yield slack, jira
 
 
 def test_decisions_from_slack_over_http_and_socket_mode(servers, tmp_path):
