@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
-from slack_sdk.errors import SlackClientError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
@@ -49,7 +49,7 @@ from spendwatch.notifiers.jira import JiraNotifier
 from spendwatch.notifiers.outbox import Decision, Outbox
 from spendwatch.notifiers.redaction import guard_library_logs
 from spendwatch.notifiers.router import Match, SilenceConfig
-from spendwatch.notifiers.slack import SlackNotifier
+from spendwatch.notifiers.slack import TOKEN_ERRORS, SlackNotifier
 
 log = get_logger("spendwatch.slack_actions")
 
@@ -366,18 +366,33 @@ class SocketModeLink:
         while not self._stop.is_set():
             try:
                 self.client.connect()
-            except Exception as error:  # Slack unreachable or the token refused: keep trying
-                log.warning(
-                    "slack socket mode not connected, will retry",
-                    receiver=self.name,
-                    error=type(error).__name__,
-                    retry_in=delay,
-                )
-                self._stop.wait(delay)
+            except SlackApiError as error:
+                code = str((error.response.data or {}).get("error", "")) if error.response else ""
+                if code in TOKEN_ERRORS:
+                    log.error(
+                        "slack socket mode: the app token was rejected; fix it and restart",
+                        receiver=self.name,
+                        error=code,
+                    )
+                    return
+                self._retry_later(error, delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            except Exception as error:  # Slack unreachable: keep trying
+                self._retry_later(error, delay)
                 delay = min(delay * 2, 60.0)
                 continue
             log.info("slack socket mode connected", receiver=self.name)
             return
+
+    def _retry_later(self, error: Exception, delay: float) -> None:
+        log.warning(
+            "slack socket mode not connected, will retry",
+            receiver=self.name,
+            error=type(error).__name__,
+            retry_in=delay,
+        )
+        self._stop.wait(delay)
 
     def start(self) -> SocketModeLink:
         self._thread.start()
