@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -93,6 +94,7 @@ class FlagNotifier(Notifier):
         self.name = config.name
         self.config = config
         self._memory = MemoryState()
+        self._lock = threading.Lock()
         if config.mode == "apply":
             self._ensure_flag()
 
@@ -150,6 +152,10 @@ class FlagNotifier(Notifier):
         variant = self.variant_for(alert)
         if variant is None:
             return
+        with self._lock:  # an approval arriving meanwhile sees the throttle before or after
+            self._deliver(alert, variant, delivery)
+
+    def _deliver(self, alert: Alert, variant: str, delivery: Delivery) -> None:
         key = f"throttle:{alert.fingerprint}"
         if alert.status == "resolved":
             delivery.state.delete(key)
@@ -170,8 +176,14 @@ class FlagNotifier(Notifier):
         variant = self.proposal(alert) and self.variant_for(alert)
         if not variant:
             raise NotifyError("flags: this alert proposes no throttle", retryable=False)
-        state.put(f"approved:{alert.fingerprint}", _entry(alert, variant))
-        self._write_approved(state)
+        with self._lock:
+            if state.get(f"throttle:{alert.fingerprint}") is None:
+                # not proposed yet, or its budget alert resolved since: nothing to apply
+                raise NotifyError(
+                    "flags: the throttle is not (or no longer) proposed", retryable=False
+                )
+            state.put(f"approved:{alert.fingerprint}", _entry(alert, variant))
+            self._write_approved(state)
         return variant
 
     def _write_approved(self, state: ReceiverState) -> None:
