@@ -323,4 +323,13 @@ def test_decisions_from_slack_over_http_and_socket_mode(servers, tmp_path):
     dump = "\n".join(sqlite3.connect(outbox).iterdump())
     for secret in (SLACK_TOKEN, APP_TOKEN, SIGNING, JIRA_TOKEN):
         assert secret not in stderr and secret not in dump
-    assert '"decision"' in stderr or "decision" in stderr
+    logged = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    decided = [
+        (e["action"], e["user"], e["fingerprint"]) for e in logged if e.get("event") == "decision"
+    ]
+    audited = _rows(outbox, "SELECT action, user_id, fingerprint FROM decisions ORDER BY id")
+    assert decided == audited and len(decided) == 4
+    refused = [e["reason"] for e in logged if e.get("event") == "decision refused"]
+    assert sorted(refused) == ["already decided", "not an approver"]
+    stale = [e for e in logged if e.get("event") == "slack request refused"]
+    assert len(stale) == 2
