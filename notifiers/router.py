@@ -22,11 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from spendwatch.core.alerts import Alert, AlertKind, AlertStatus
 from spendwatch.core.configtypes import Severity, StrictModel
+
+SlackId = Annotated[str, StringConstraints(pattern=r"^[UWS][A-Z0-9]{2,}$")]
+"""A Slack user id (``U…``, ``W…``) or user group id (``S…``): approvers are ids, not names."""
 
 
 @lru_cache(maxsize=4096)
@@ -84,7 +88,7 @@ class RouteConfig(StrictModel):
     continue_: bool = Field(
         default=False, alias="continue", description="keep evaluating later routes"
     )
-    approvers: list[str] = Field(
+    approvers: list[SlackId] = Field(
         default_factory=list,
         description="Slack user ids (U…/W…) or user group ids (S…) allowed to approve, reject, "
         "silence or acknowledge this route's alerts from their Slack message",

@@ -41,6 +41,7 @@ from spendwatch.notifiers.base import (
     register_notifier,
 )
 from spendwatch.notifiers.redaction import Redactor, guard_library_logs
+from spendwatch.notifiers.router import SlackId
 
 SDK_LOGGERS = ("slack_sdk.web.base_client", "slack_sdk.web.slack_response")
 """Where slack-sdk logs requests and response bodies (an error body may echo the token)."""
@@ -86,7 +87,7 @@ class SlackConfig(StrictModel):
         description="app-level token (xapp-…, scope connections:write), e.g. ${SLACK_APP_TOKEN}: "
         "clicks arrive over Socket Mode, an outbound WebSocket (no public URL); never logged",
     )
-    approvers: list[str] = Field(
+    approvers: list[SlackId] = Field(
         default_factory=list,
         description="Slack user ids (U…/W…) or user group ids (S…) who may decide on every "
         "alert this receiver posts, beside the approvers of the routes that sent it",
