@@ -153,3 +153,37 @@ def test_no_approval_once_the_budget_alert_resolved(slack, tmp_path):
         assert (tmp_path / "flags.json.proposed.json").exists()
     finally:
         outbox.close()
+
+
+def test_receiver_approvers_decide_without_routes_and_others_are_refused(slack, tmp_path):
+    receivers = {
+        "slack": SlackNotifier(
+            SlackConfig(
+                token=TOKEN,
+                channel="C0ALERTS",
+                base_url=slack.api_url,
+                signing_secret=SECRET,
+                approvers=["U0CAROL01"],
+            )
+        )
+    }
+    outbox = Outbox(str(tmp_path / "outbox.sqlite"), receivers)  # no routes: every receiver
+    try:
+        alert = _alert("acme")
+        outbox.put(alert)
+        assert outbox.drain(timeout=10)
+        approvals = Approvals(outbox)
+        refused = approvals.decide(_click(slack, alert, "acknowledge", ALICE), via="http")
+        assert refused is not None and "not allowed" in refused["text"]
+        assert outbox.decisions() == []
+        click = _click(slack, alert, "acknowledge", "U0CAROL01")
+        assert approvals.decide(click, via="http") is None
+        [decision] = outbox.decisions()
+        assert (decision.user_id, decision.outcome) == ("U0CAROL01", "acknowledged")
+        approvals.wait()
+        [message] = slack.top_level()
+        assert _action_ids(message) == [] and "Acknowledged by <@U0CAROL01>" in json.dumps(
+            message["blocks"]
+        )
+    finally:
+        outbox.close()
