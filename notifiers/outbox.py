@@ -117,7 +117,8 @@ CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (receiver, state, s
 CREATE TABLE IF NOT EXISTS silences (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     definition TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    ends_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -341,6 +342,8 @@ class Outbox:
             ).rowcount
             if deleted:
                 conn.execute("DELETE FROM deliveries WHERE seq NOT IN (SELECT seq FROM alerts)")
+            # silences set from Slack go as long after their end as alerts after storing
+            conn.execute("DELETE FROM silences WHERE ends_at < ?", (cutoff,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -465,8 +468,8 @@ class Outbox:
         """Store a silence set at run time: it applies from the next alert on, and on every
         later open of this outbox (a restart) until it ends."""
         self._conn().execute(
-            "INSERT INTO silences(definition, created_at) VALUES (?, ?)",
-            (silence.model_dump_json(by_alias=True), self._clock()),
+            "INSERT INTO silences(definition, created_at, ends_at) VALUES (?, ?, ?)",
+            (silence.model_dump_json(by_alias=True), self._clock(), silence.end.timestamp()),
         )
         self.dispatcher.silences = [*self.dispatcher.silences, silence]  # swapped, not mutated
 

@@ -187,3 +187,34 @@ def test_receiver_approvers_decide_without_routes_and_others_are_refused(slack, 
         )
     finally:
         outbox.close()
+
+
+def test_silences_set_from_slack_are_pruned_a_retention_after_they_end(tmp_path):
+    from datetime import datetime, timezone
+
+    from spendwatch.notifiers.router import Match, SilenceConfig
+
+    now = [1_800_000_000.0]
+    outbox = Outbox(
+        str(tmp_path / "outbox.sqlite"),
+        {},
+        config=DeliveryConfig(retention=30 * 86400),
+        clock=lambda: now[0],
+    )
+    try:
+        def silence(end: float) -> SilenceConfig:
+            return SilenceConfig(
+                match=Match(rule=["r"]),
+                start=datetime.fromtimestamp(end - 3600, tz=timezone.utc),
+                end=datetime.fromtimestamp(end, tz=timezone.utc),
+                reason="from slack",
+            )
+
+        outbox.add_silence(silence(now[0] + 3600))
+        outbox.add_silence(silence(now[0] + 10 * 86400))
+        now[0] += 31 * 86400  # the first ended 31 days ago, the second 21
+        outbox.prune()
+        [kept] = outbox.stored_silences()
+        assert kept.end.timestamp() == 1_800_000_000.0 + 10 * 86400
+    finally:
+        outbox.close()
