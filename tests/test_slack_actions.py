@@ -117,8 +117,10 @@ def test_a_silence_from_slack_outlives_the_outbox_and_matches_its_scope_literall
         clicked = _alert("a*c")
         outbox.put(clicked)
         assert outbox.drain(timeout=10)
-        assert Approvals(outbox).decide(_click(slack, clicked, "silence"), via="http") is None
+        approvals = Approvals(outbox)
+        assert approvals.decide(_click(slack, clicked, "silence"), via="http") is None
         assert [d.action for d in outbox.decisions()] == ["silence"]
+        approvals.wait()  # the message update, before the outbox closes
     finally:
         outbox.close()
 
