@@ -762,6 +762,15 @@ def _request_spread(prompt: Prompt, model: str, background: str) -> dict[str, fl
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _arrival_cv2(window_minutes: int = 15) -> float:
+    """Squared CV of a window's share of the Azure trace's minute profile, over rotations."""
+    profile = azure_trace().minute_profile
+    cycle = np.concatenate([profile, profile])
+    sums = np.array([cycle[r : r + window_minutes].mean() for r in range(profile.shape[0])])
+    return float(sums.var() / sums.mean() ** 2)
+
+
 def oracle_evidence(spec: Spec, item: Item) -> float:
     """Expected log-likelihood ratio (nats) an oracle gathers over an incident's first
     ``HORIZON``: the physical limit of detection, against which recall is read.
@@ -774,11 +783,13 @@ def oracle_evidence(spec: Spec, item: Item) -> float:
     and the size of each request (the series' spread of log output tokens or log cost),
     where tokens or prices do — per request, or per hour where the stream carries a busy
     series as bucketed sums (then only the mean of λ requests is seen, of squared CV
-    cv²/λ: a heavy tail makes a mean weak evidence). Only the arrival pattern of the Azure
-    background (which averages out over an hour) is left
-    out. An incident with less evidence than a test's threshold cannot be found by any
-    detector without false alarms at that budget; recall by evidence band says how far a
-    detector is from the limit, which recall by effect size alone cannot.
+    cv²/λ: a heavy tail makes a mean weak evidence). On the Azure background the requests
+    of each 15-minute window also carry the real trace's minute-by-minute arrival pattern,
+    taken as independent from window to window (its hourly rotation makes an hour's sum
+    nearly constant, an artefact no detector of real traffic could lean on). An incident
+    with less evidence than a test's threshold cannot be found by any detector without
+    false alarms at that budget; recall by evidence band says how far a detector is from
+    the limit, which recall by effect size alone cannot.
     """
     end = min(item.end, item.start + HORIZON)
     detail = item.detail
@@ -816,6 +827,8 @@ def oracle_evidence(spec: Spec, item: Item) -> float:
                 for key, r in by_feature.items()
                 if spec.dispersion[key]
             )
+            if spec.background == "azure":  # four windows' independent arrival noise
+                var += requests**2 * _arrival_cv2() / 4
             total += frac * count_shift / (2 * math.log1p(var / requests**2))
     return float(total)
 

@@ -233,17 +233,25 @@ class RobustSeasonal(DetectorBase):
     def windows_seen(self, state: RobustState) -> int:
         return state.history.seen
 
+    def _prior(self, state: RobustState) -> float:
+        """The noise prior's weight in windows: ``prior_weight`` for a new scope, fading as
+        the scope's own windows do (memory ``noise_memory``). A prior of fixed weight next
+        to data whose weight saturates at ``noise_memory`` would keep a quarter of every
+        old scope's noise estimate at the rule's default: a bursty tenant's bands would
+        stay narrower than its noise forever."""
+        return self.config.prior_weight * math.exp(-state.history.seen * self.alpha)
+
     def _variance(self, state: RobustState, expected: float) -> float:
         c = self.config
         u = max(state.per_request, 0.0) * c.overdispersion * max(expected, 0.0)
         w = expected * expected
-        coef_a, coef_b = state.fit.coefficients(c.min_relative_std**2, c.prior_weight, u, w)
+        coef_a, coef_b = state.fit.coefficients(c.min_relative_std**2, self._prior(state), u, w)
         floor_b = (c.min_relative_std / 2) ** 2
         return max(coef_a, 0.3) * u + max(coef_b, floor_b) * w
 
     def _damping(self, state: RobustState) -> list[float]:
         """Correlated windows carry less independent evidence (see ``correlation_damping``)."""
-        rho = min(max(state.corr.value(0.0, self.config.prior_weight), 0.0), 0.8)
+        rho = min(max(state.corr.value(0.0, self._prior(state)), 0.0), 0.8)
         return sequential.correlation_damping(rho, self.threshold)
 
     def _z(
@@ -270,7 +278,7 @@ class RobustSeasonal(DetectorBase):
         expected = band[0]
         count = expected / state.per_request
         u = state.per_request * c.overdispersion * expected
-        _, burst = state.fit.coefficients(c.min_relative_std**2, c.prior_weight, u, expected**2)
+        _, burst = state.fit.coefficients(c.min_relative_std**2, self._prior(state), u, expected**2)
         burst = max(burst, (c.min_relative_std / 2) ** 2)
         by_count = sequential.gamma_z(requests, count, count + burst * count * count)
         return min(z, max(honest, by_count))

@@ -4,6 +4,7 @@ next week, and robust_seasonal finds a weekend spike a weekday band would hide."
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -91,7 +92,8 @@ def _spend_stream(weekly: bool, rng, days: int, spike: tuple[int, int] | None) -
     for i in range(days * 96):
         start = T0 + i * WINDOW
         hour = (start % 86400) / 3600
-        mean = 400.0 * (0.3 + 0.7 * (8 <= hour < 20)) * (0.35 if _weekend(start) else 1.0)
+        mean = 400.0 * (0.65 + 0.35 * math.cos((hour - 14) / 24 * 2 * math.pi))
+        mean *= 0.35 if _weekend(start) else 1.0
         if spike and spike[0] <= i < spike[1]:
             mean *= 2.2
         n = int(rng.poisson(mean))
