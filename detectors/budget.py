@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -33,6 +33,9 @@ from spendwatch.core.configtypes import Dimension, Duration, Severity, StrictMod
 from spendwatch.detectors.base import Aggregation, SlotsState
 from spendwatch.detectors.forecast import SlotClock, SpendModel
 from spendwatch.ingest.pricing import NANOS_PER_USD
+
+if TYPE_CHECKING:
+    from spendwatch.dataflows.allocation import Allocator
 
 Period = Literal["hour", "day", "week", "month"]
 
@@ -92,6 +95,12 @@ class BudgetConfig(StrictModel):
     forecast_history: int = Field(
         default=7, ge=1, description="effective memory, in samples, of each hourly slot"
     )
+    include_allocated: bool = Field(
+        default=False,
+        description="count shared spend spread to each value by the `allocation:` rule of "
+        "one of this budget's dimensions (direct + allocated); false: direct spend only, "
+        "the shared value keeps its own total",
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -133,7 +142,7 @@ class BudgetConfig(StrictModel):
 class PeriodState(SlotsState):
     """Spend and crossed thresholds of one scope in one period."""
 
-    __slots__ = ("crossed", "end", "forecast", "start", "total_nanos")
+    __slots__ = ("allocated_nanos", "crossed", "end", "forecast", "start", "total_nanos")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
@@ -141,6 +150,12 @@ class PeriodState(SlotsState):
         self.total_nanos = 0
         self.crossed: list[float] = []
         self.forecast = False
+        self.allocated_nanos = 0  # the part of total_nanos spread from a shared value
+
+    def __setstate__(self, state: tuple) -> None:
+        if len(state) == 5:  # snapshots from before allocation
+            state = (0, *state)
+        super().__setstate__(state)
 
 
 class BudgetState(SlotsState):
@@ -160,22 +175,45 @@ class BudgetState(SlotsState):
 
 
 class BudgetRule:
-    """Evaluates one :class:`BudgetConfig`; pure, state passed in by the engine."""
+    """Evaluates one :class:`BudgetConfig`; pure, state passed in by the engine.
 
-    def __init__(self, config: BudgetConfig) -> None:
+    With an ``allocation`` (``include_allocated: true``) the rule's aggregation keys the
+    allocated dimension last and routes by the others, so one shard holds every value of
+    a group (and sees the shared value's window next to the usage that splits it); a fixed
+    ``scope`` value of that dimension becomes a filter applied after the split
+    (:meth:`keeps`), since its share depends on the other values' usage.
+    """
+
+    def __init__(self, config: BudgetConfig, allocation: Allocator | None = None) -> None:
         self.config = config
         self.name = config.name
+        self.allocation = allocation
+        dims = tuple(config.scope_by) + tuple(sorted(config.scope))
+        match = tuple(sorted(config.scope.items()))
+        route_dims = None
+        self._keep: str | None = None
+        if allocation is not None:
+            spread = allocation.dimension
+            dims = (*(d for d in dims if d != spread), spread)
+            match = tuple((d, v) for d, v in match if d != spread)
+            self._keep = config.scope.get(spread)
+            route_dims = len(dims) - 1
         self.aggregation = Aggregation(
-            dims=tuple(config.scope_by) + tuple(sorted(config.scope)),
+            dims=dims,
             window=config.window,
-            match=tuple(sorted(config.scope.items())),
+            match=match,
             include_credits=True,
+            route_dims=route_dims,
         )
         self._zone = ZoneInfo(config.timezone)
         self._clock = SlotClock(self._zone)
 
     def new_state(self) -> BudgetState:
         return BudgetState()
+
+    def keeps(self, scope: tuple[str, ...]) -> bool:
+        """Whether a scope (allocated dimension last) is one this budget counts."""
+        return self._keep is None or scope[-1] == self._keep
 
     def amount_usd(self, scope: Mapping[str, str]) -> float:
         if self.config.overrides:
@@ -184,16 +222,25 @@ class BudgetRule:
         return self.config.amount_usd
 
     def add(
-        self, state: BudgetState, scope: Mapping[str, str], window_start: int, spend_nanos: int
+        self,
+        state: BudgetState,
+        scope: Mapping[str, str],
+        window_start: int,
+        spend_nanos: int,
+        allocated_nanos: int = 0,
     ) -> list[Alert]:
-        """Add a window's spend (late windows too) and fire newly crossed thresholds."""
+        """Add a window's spend (late windows too) and fire newly crossed thresholds;
+        ``allocated_nanos`` is the part of ``spend_nanos`` spread from a shared value."""
         key, start, end = period_of(window_start, self.config.period, self.config.timezone)
         if state.closed and key in state.closed:
-            return self._correct(scope, key, state.closed[key], window_start, spend_nanos)
+            closed = state.closed[key]
+            closed.allocated_nanos += allocated_nanos
+            return self._correct(scope, key, closed, window_start, spend_nanos)
         period = state.periods.get(key)
         if period is None:
             period = state.periods[key] = PeriodState(start, end)
         period.total_nanos += spend_nanos
+        period.allocated_nanos += allocated_nanos
         amount = self.amount_usd(scope)
         amount_nanos = amount * NANOS_PER_USD
         alerts = []
@@ -407,6 +454,13 @@ class BudgetRule:
         window_start: int,
     ) -> Alert:
         spend = period.total_nanos / NANOS_PER_USD
+        extra: dict[str, object] = {}
+        if self.allocation is not None:  # what of the total is direct and what allocated
+            extra["explain"] = {
+                "direct_nanos": period.total_nanos - period.allocated_nanos,
+                "allocated_nanos": period.allocated_nanos,
+                "allocation": self.allocation.name,
+            }
         return make_alert(
             kind="budget",
             rule=self.name,
@@ -423,6 +477,7 @@ class BudgetRule:
             period=key,
             fingerprint_threshold=threshold,
             episode_start=period.start,
+            **extra,
         )
 
 
