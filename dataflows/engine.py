@@ -21,6 +21,7 @@ from typing import Any
 
 from spendwatch.core.alerts import Alert
 from spendwatch.dataflows.aggregate import PartialRow
+from spendwatch.dataflows.allocation import AllocationTally, Allocator
 from spendwatch.detectors import drivers as driver_mix
 from spendwatch.detectors.base import (
     SUM_FIELDS,
@@ -121,9 +122,15 @@ class EnginePlan:
     def from_config(cls, config: Any, partitions: Sequence[str] = ()) -> EnginePlan:
         from spendwatch.detectors.registry import build_detector
 
+        allocators = {a.name: Allocator(a) for a in getattr(config, "allocation", ())}
+
+        def allocator_of(budget: Any) -> Allocator | None:
+            rule = config.allocation_of(budget) if allocators else None
+            return None if rule is None else allocators[rule.name]
+
         return cls(
             detectors=[build_detector(d) for d in config.detectors],
-            budgets=[BudgetRule(b) for b in config.budgets],
+            budgets=[BudgetRule(b, allocator_of(b)) for b in config.budgets],
             allowed_lateness=config.engine.allowed_lateness,
             scope_idle_ttl=config.engine.scope_idle_ttl,
             partitions=tuple(partitions),
@@ -145,6 +152,8 @@ class EngineCounters:
     windows_closed: int = 0
     late_events: int = 0
     evicted_scopes: int = 0
+    # budget name -> what its allocation moved (nano-dollars)
+    allocation: dict[str, AllocationTally] = field(default_factory=dict)
 
 
 class ShardEngine:
@@ -169,6 +178,9 @@ class ShardEngine:
         self.detector_states: dict[str, dict[tuple[str, ...], Any]] = {}
         self.detector_progress: dict[str, dict[tuple[str, ...], tuple[int, int]]] = {}
         self.budget_states: dict[str, dict[tuple[str, ...], BudgetState]] = {}
+        # budget name -> group (scope without the allocated dimension) -> (window, usage
+        # by value): the last known shares of budgets with include_allocated
+        self.allocation_shares: dict[str, dict[tuple[str, ...], tuple[int, dict[str, int]]]] = {}
         # rule name -> scope -> breakdown mix (drivers)
         self.driver_states: dict[str, dict[tuple[str, ...], driver_mix.MixState]] = {}
         # aggregation -> scope -> flat int64 array of (start, *Totals) per step, oldest first
@@ -294,6 +306,10 @@ class ShardEngine:
             alerts.extend(self._judge(detector, by_scope, bound, breakdowns))
         for rule in self.plan.budgets_by_aggregation[aggregation]:
             states = self.budget_states.setdefault(rule.name, {})
+            if rule.allocation is not None:
+                alerts.extend(self._add_allocated(rule, states, by_scope, bound))
+                self.counters.evicted_scopes += rule.bound(states)
+                continue
             for scope, windows in by_scope.items():
                 state = states.get(scope)
                 if state is None:
@@ -303,6 +319,94 @@ class ShardEngine:
                     alerts.extend(rule.add(state, scope_map, window_start, totals.spend_nanos))
             self.counters.evicted_scopes += rule.bound(states)
         return alerts
+
+    def _add_allocated(
+        self,
+        rule: BudgetRule,
+        states: dict[tuple[str, ...], BudgetState],
+        by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]],
+        bound: int,
+    ) -> list[Alert]:
+        """A budget with ``include_allocated``: split each group's windows (in window
+        order, groups in sorted order) and add every value's direct + allocated spend.
+
+        The scope's last value is the allocated dimension; the rows of every value of a
+        group are on this shard (the aggregation routes by the rest), so the split sees
+        the whole window and depends on nothing but it and the shares of earlier windows.
+        """
+        allocator = rule.allocation
+        assert allocator is not None
+        memory = self.allocation_shares.setdefault(rule.name, {})
+        tally = self.counters.allocation.setdefault(rule.name, AllocationTally())
+        groups: dict[tuple[str, ...], dict[int, dict[str, Totals]]] = {}
+        for scope, windows in by_scope.items():
+            per_window = groups.setdefault(scope[:-1], {})
+            for window_start, totals in windows:
+                per_window.setdefault(window_start, {})[scope[-1]] = totals
+        adds: dict[tuple[str, ...], list[tuple[int, int, int]]] = {}
+        for group in sorted(groups):
+            for window_start, values in sorted(groups[group].items()):
+                last = memory.get(group)
+                split, remember = allocator.split(
+                    {value: totals.spend_nanos for value, totals in values.items()},
+                    {value: allocator.usage(totals) for value, totals in values.items()},
+                    last[1] if last is not None else None,
+                    tally,
+                )
+                if remember is not None:
+                    memory[group] = (window_start, remember)
+                for value in sorted(split.spend):
+                    adds.setdefault((*group, value), []).append(
+                        (window_start, split.spend[value], split.allocated.get(value, 0))
+                    )
+        alerts = self._add_budget_parts(rule, states, adds)
+        oldest = bound - self.plan.scope_idle_ttl  # shares of long-quiet groups go
+        for group in [g for g, (start, _) in memory.items() if start < oldest]:
+            del memory[group]
+        return alerts
+
+    def _add_budget_parts(
+        self,
+        rule: BudgetRule,
+        states: dict[tuple[str, ...], BudgetState],
+        adds: Mapping[tuple[str, ...], list[tuple[int, int, int]]],
+    ) -> list[Alert]:
+        """Add (window, spend, allocated part) per scope to an allocating budget."""
+        alerts: list[Alert] = []
+        for scope, parts in adds.items():
+            if not rule.keeps(scope):
+                continue
+            state = states.get(scope)
+            if state is None:
+                state = states[scope] = rule.new_state()
+            scope_map = _scope_map(rule.aggregation, scope)
+            for window_start, spend, allocated in parts:
+                alerts.extend(rule.add(state, scope_map, window_start, spend, allocated))
+        return alerts
+
+    def _late_allocated(
+        self, rule: BudgetRule, scope: tuple[str, ...], window_start: int, totals: Totals
+    ) -> list[Alert]:
+        """A late row of an allocating budget: a real value's spend is its own; a shared
+        value's is spread by the group's last known shares (its window's usage was
+        split when the window closed and is no longer held)."""
+        allocator = rule.allocation
+        assert allocator is not None
+        states = self.budget_states.setdefault(rule.name, {})
+        value, group = scope[-1], scope[:-1]
+        if value not in allocator.shared:
+            parts = {scope: [(window_start, totals.spend_nanos, 0)]}
+            return self._add_budget_parts(rule, states, parts)
+        tally = self.counters.allocation.setdefault(rule.name, AllocationTally())
+        last = self.allocation_shares.get(rule.name, {}).get(group)
+        split, _ = allocator.split(
+            {value: totals.spend_nanos}, {}, last[1] if last is not None else None, tally
+        )
+        adds = {
+            (*group, v): [(window_start, split.spend[v], split.allocated.get(v, 0))]
+            for v in sorted(split.spend)
+        }
+        return self._add_budget_parts(rule, states, adds)
 
     def _close_breakdowns(
         self, parent: Aggregation, bound: int
@@ -580,6 +684,9 @@ class ShardEngine:
         alerts: list[Alert] = []
         budgets = self.plan.budgets_by_aggregation[aggregation]
         for rule in budgets:
+            if rule.allocation is not None:
+                alerts.extend(self._late_allocated(rule, scope, window_start, totals))
+                continue
             states = self.budget_states.setdefault(rule.name, {})
             state = states.get(scope)
             if state is None:
@@ -677,8 +784,12 @@ class ShardEngine:
                 "detector_states": self.detector_states,
                 "detector_progress": self.detector_progress,
                 "budget_states": self.budget_states,
+                "allocation_shares": self.allocation_shares,
                 "driver_states": self.driver_states,
                 "counters": (self.counters.windows_closed, self.counters.evicted_scopes),
+                "allocation_tally": {
+                    name: tally.as_list() for name, tally in self.counters.allocation.items()
+                },
                 "series": self.series,
                 "budget_overrides": self.budget_overrides,
             },
@@ -699,6 +810,9 @@ class ShardEngine:
         self.budget_overrides = state.get("budget_overrides", {})
         windows, evicted = state.get("counters", (0, 0))
         self.counters = EngineCounters(windows_closed=windows, evicted_scopes=evicted)
+        self.allocation_shares = state.get("allocation_shares", {})
+        for name, counts in state.get("allocation_tally", {}).items():
+            self.counters.allocation[name] = AllocationTally(*counts)
         self._reconcile(state.get("rules"))
 
     def _reconcile(self, saved: dict[str, tuple] | None) -> None:
@@ -714,6 +828,8 @@ class ShardEngine:
             self.detector_progress,
             self.driver_states,
             self.budget_states,
+            self.allocation_shares,
+            self.counters.allocation,
         ):
             for name in list(states):
                 if name not in current or (saved is not None and saved.get(name) != current[name]):

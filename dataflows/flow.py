@@ -48,6 +48,7 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
             with counters.lock:
                 counters.windows_closed += self.engine.counters.windows_closed
                 counters.evicted_scopes += self.engine.counters.evicted_scopes
+            stats.add_allocation(self._allocation())
         self._key = f"shard-{id(self):x}"
         self._published = 0.0
         self._dirty = False
@@ -116,15 +117,25 @@ class _ShardLogic(StatefulBatchLogic[TaggedMessage, Alert, bytes]):
         else:
             self._dirty = True
 
-    def _counters(self) -> tuple[int, int, int]:
+    def _counters(self) -> tuple[int, int, int, dict[str, list[int]]]:
         engine = self.engine.counters
-        return engine.windows_closed, engine.late_events, engine.evicted_scopes
+        return engine.windows_closed, engine.late_events, engine.evicted_scopes, self._allocation()
 
-    def _count(self, before: tuple[int, int, int]) -> None:
+    def _allocation(self) -> dict[str, list[int]]:
+        return {name: tally.as_list() for name, tally in self.engine.counters.allocation.items()}
+
+    def _count(self, before: tuple[int, int, int, dict[str, list[int]]]) -> None:
         counters = stats.current()
-        windows, _late, evicted = self._counters()
+        windows, _late, evicted, allocation = self._counters()
         counters.windows_closed += windows - before[0]
         counters.evicted_scopes += evicted - before[2]
+        if allocation:
+            earlier = before[3]
+            delta = {}
+            for name, counts in allocation.items():
+                was = earlier.get(name, [0] * len(counts))
+                delta[name] = [a - b for a, b in zip(counts, was, strict=True)]
+            stats.add_allocation(delta)
         # Late events are counted once each, by the source partitions (ParsedBatch.late):
         # the engine sees an event once per aggregation.
 

@@ -369,6 +369,14 @@ def _print_summary(summary: dict[str, Any], alerts_out: str) -> None:
     )
     for model, count in summary["fallback_priced"].items():
         print(f"priced by fallback: {model} ({count:,} events)", file=out)
+    for budget, moved in summary.get("allocation", {}).items():
+        print(
+            f"allocated in {budget}: ${moved['shared_nanos'] / 1e9:,.2f} shared, "
+            f"${moved['by_window_nanos'] / 1e9:,.2f} by the window's usage, "
+            f"${moved['by_last_shares_nanos'] / 1e9:,.2f} by the last known shares, "
+            f"${moved['unallocated_nanos'] / 1e9:,.2f} unallocated",
+            file=out,
+        )
     print(f"alerts {summary['alerts']:,} -> {alerts_out}", file=out)
     for rule, count in summary["alerts_by_rule"].items():
         print(f"  {rule}: {count}", file=out)

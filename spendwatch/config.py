@@ -23,6 +23,7 @@ from spendwatch.core.configtypes import Dimension, Duration, StrictModel
 from spendwatch.core.kafkaconf import KafkaSourceConfig
 from spendwatch.core.timefmt import format_duration, parse_duration
 from spendwatch.core.yamlload import DuplicateKeyError, YAMLLimitError, load_yaml
+from spendwatch.dataflows.allocation import AllocationConfig, allocation_for
 from spendwatch.detectors.base import DETECTOR_TYPES
 from spendwatch.detectors.budget import BudgetConfig
 from spendwatch.detectors.registry import build_detector  # noqa: F401 - registers detectors
@@ -182,6 +183,11 @@ class SpendwatchConfig(BaseSettings):
     budgets: list[BudgetConfig] = Field(
         default_factory=list, description="spend budgets with percent thresholds per period"
     )
+    allocation: list[AllocationConfig] = Field(
+        default_factory=list,
+        description="shared spend spread over a dimension's values by their usage in the "
+        "same window; counted by budgets with include_allocated",
+    )
     receivers: list[ReceiverConfig] = Field(  # type: ignore[valid-type]
         default_factory=lambda: [ConsoleConfig()],
         description="where alerts are delivered, each keyed by its `type`",
@@ -215,6 +221,7 @@ class SpendwatchConfig(BaseSettings):
                         f"{kind}[{index}] ({rule.name}) uses dimension(s) {', '.join(missing)} "
                         "that are not listed in `dimensions`"
                     )
+        self._check_allocation(kept)
         receiver_names = [r.name for r in self.receivers]
         if len(set(receiver_names)) != len(receiver_names):
             raise ValueError("receiver names must be unique (set `name:` on repeated types)")
@@ -223,6 +230,41 @@ class SpendwatchConfig(BaseSettings):
             if unknown:
                 raise ValueError(f"routes[{index}] names unknown receiver(s): {', '.join(unknown)}")
         return self
+
+    def _check_allocation(self, kept: set[str] | None) -> None:
+        """Allocation rule names are unique, one rule per dimension, and every budget with
+        ``include_allocated`` is keyed on exactly one rule's dimension (the error names the
+        key, so the file's line is found)."""
+        names = [rule.name for rule in self.allocation]
+        for index, rule in enumerate(self.allocation):
+            if names.count(rule.name) > 1:
+                raise ValueError(f"allocation[{index}].name: repeated allocation name")
+            if kept is not None and rule.dimension not in kept:
+                raise ValueError(
+                    f"allocation[{index}].dimension: not listed in `dimensions`"
+                )
+            if [r.dimension for r in self.allocation].index(rule.dimension) != index:
+                raise ValueError(
+                    f"allocation[{index}].dimension: another allocation rule already "
+                    "spreads this dimension"
+                )
+        for index, budget in enumerate(self.budgets):
+            if not budget.include_allocated:
+                continue
+            found = allocation_for(self.allocation, [*budget.scope_by, *budget.scope])
+            if len(found) != 1:
+                which = ", ".join(rule.name for rule in found) or "none"
+                raise ValueError(
+                    f"budgets[{index}].include_allocated: needs exactly one `allocation:` "
+                    "rule spreading a dimension of its scope or scope_by; found: " + which
+                )
+
+    def allocation_of(self, budget: BudgetConfig) -> AllocationConfig | None:
+        """The allocation rule a budget counts (``include_allocated``), if any."""
+        if not budget.include_allocated:
+            return None
+        found = allocation_for(self.allocation, [*budget.scope_by, *budget.scope])
+        return found[0] if found else None
 
     def parser_settings(self) -> ParserSettings:
         """What the source partitions need of this config to parse their input."""
@@ -239,7 +281,7 @@ class SpendwatchConfig(BaseSettings):
     def used_dimensions(self) -> list[str]:
         """Dimensions some rule keys on: the only ones worth extracting from each event."""
         used: list[str] = []
-        for rule in [*self.detectors, *self.budgets]:
+        for rule in [*self.detectors, *self.budgets, *self.allocation]:
             for dim in _rule_dimensions(rule):
                 if dim not in used:
                     used.append(dim)
@@ -481,6 +523,10 @@ def _describe(file: str, root: Any, data: Any, merged: Any, error: dict[str, Any
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    named = _NAMED_KEY.match(message) if not path else None
+    if named is not None:  # a cross-section check naming its key: blame that key's line
+        path = _parse_key_path(named.group(1))
+        message = named.group(2)
     if error["type"] == "extra_forbidden":
         message = "unknown key (check the spelling; see `spendwatch schema`)"
     key = format_key_path(path) or "(top level)"
@@ -508,6 +554,20 @@ def _data_path(data: Any, loc: list[Any]) -> list[Any]:
         ):
             path.append(part)  # a missing key: still worth naming
             node = None
+    return path
+
+
+_NAMED_KEY = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+)+): (.+)$", re.DOTALL)
+
+
+def _parse_key_path(text: str) -> list[Any]:
+    """``budgets[2].include_allocated`` → ``["budgets", 2, "include_allocated"]``."""
+    path: list[Any] = []
+    for part in text.split("."):
+        name, _, index = part.partition("[")
+        path.append(name)
+        if index:
+            path.append(int(index.rstrip("]")))
     return path
 
 

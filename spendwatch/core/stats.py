@@ -33,14 +33,28 @@ class RunStats:
     alerts_by_kind_rule: Counter = field(default_factory=Counter)
     # alerts raised again by a replay after a restart or reload (the outbox held them)
     alerts_replayed: int = 0
+    # budget name -> nano-dollars its allocation rule saw shared, spread by the window's
+    # usage, spread by the last known shares, and left unallocated
+    allocation: dict = field(default_factory=dict)
     # source partition -> bytes (or messages) not read yet
     lag: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def summary(self) -> dict:
         otlp = {"spans_skipped": self.spans_skipped} if self.spans_skipped else {}
+        allocation = (
+            {
+                "allocation": {
+                    name: dict(zip(ALLOCATION_FIELDS, counts, strict=True))
+                    for name, counts in sorted(self.allocation.items())
+                }
+            }
+            if self.allocation
+            else {}
+        )
         return {
             **otlp,
+            **allocation,
             "events": self.events,
             "dead_lettered": self.dead_lettered,
             "duplicates": self.duplicates,
@@ -89,6 +103,17 @@ INGEST_FIELDS = (
     "dedup_unchecked",
 )
 ENGINE_FIELDS = ("windows_closed", "evicted_scopes")
+ALLOCATION_FIELDS = ("shared_nanos", "by_window_nanos", "by_last_shares_nanos", "unallocated_nanos")
+
+
+def add_allocation(counts: Mapping[str, list[int]]) -> None:
+    """Add what shard engines' allocations moved (per budget, see ``ALLOCATION_FIELDS``)."""
+    counters = current()
+    with counters.lock:
+        for name, values in counts.items():
+            held = counters.allocation.setdefault(name, [0] * len(ALLOCATION_FIELDS))
+            for index, value in enumerate(values):
+                held[index] += value
 
 
 def forget_input_counts() -> None:
@@ -99,6 +124,7 @@ def forget_input_counts() -> None:
             setattr(counters, name, 0)
         counters.dead_reasons.clear()
         counters.fallback_priced.clear()
+        counters.allocation.clear()
 
 
 def add_tally(tally: dict) -> None:
