@@ -336,6 +336,8 @@ class ShardEngine:
         """
         allocator = rule.allocation
         assert allocator is not None
+        if not by_scope:
+            return []
         memory = self.allocation_shares.setdefault(rule.name, {})
         tally = self.counters.allocation.setdefault(rule.name, AllocationTally())
         groups: dict[tuple[str, ...], dict[int, dict[str, Totals]]] = {}
