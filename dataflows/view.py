@@ -43,6 +43,11 @@ def describe(engine: ShardEngine) -> dict[str, Any]:
                         "crossed": sorted(period.crossed),
                         "thresholds": list(rule.config.thresholds),
                         **_amount_set(engine, rule, scope_map),
+                        **(
+                            {"allocated_nanos": period.allocated_nanos}
+                            if rule.allocation is not None
+                            else {}
+                        ),
                     }
                 )
     scopes: dict[str, list[dict[str, Any]]] = {}
