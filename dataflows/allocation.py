@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from spendwatch.core.configtypes import Dimension, StrictModel
 from spendwatch.detectors.base import Totals
@@ -79,6 +79,16 @@ class AllocationConfig(StrictModel):
         if len(set(value)) != len(value):
             raise ValueError("shared values must be distinct")
         return value
+
+    @model_validator(mode="after")
+    def _someone_receives(self) -> AllocationConfig:
+        receivers = {k for k, w in self.weights.items() if w > 0 and k not in self.shared}
+        if self.default_weight == 0 and not receivers:
+            raise ValueError(
+                "default_weight 0 and no positive weight of a real value: nothing could "
+                "ever receive the shared spend"
+            )
+        return self
 
 
 def split_exact(whole: int, weights: Mapping[str, int]) -> dict[str, int]:

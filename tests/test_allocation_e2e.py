@@ -29,7 +29,7 @@ from spendwatch.detectors.budget import BudgetConfig, BudgetRule
 from spendwatch.ingest.parser import EventParser
 from spendwatch.ingest.pricing import PriceTable, PricingConfig
 from spendwatch.ops.backtest import backtest
-from tests.conftest import read_alerts, write_config
+from tests.conftest import comparable, read_alerts, write_config
 
 T0 = 1_795_000_000 - 1_795_000_000 % 86400  # a midnight
 LATENESS = 600
@@ -442,3 +442,46 @@ allocation:
     )
     metric = base.replace("[feature]", "[tenant]").replace("shared]}", "shared], by: latency}")
     assert _problem(tmp_path, metric).startswith("config.yaml:8: allocation[0].by: Input should be")
+    nobody = base.replace("[feature]", "[tenant]").replace(
+        "shared: [shared]}", "shared: [shared], default_weight: 0, weights: {shared: 1}}"
+    )
+    assert _problem(tmp_path, nobody) == (
+        "config.yaml:8: allocation[0]: default_weight 0 and no positive weight of a real "
+        "value: nothing could ever receive the shared spend"
+    )
+
+
+def test_worker_and_backtest_agree_and_the_summary_shows_what_was_allocated(
+    tmp_path, capsys
+):
+    import subprocess
+    import sys
+
+    from spendwatch.cli import main
+
+    stream = _tokens_stream(tmp_path / "events.jsonl")
+    live = tmp_path / "live.jsonl"
+    text = f"source: {{type: jsonl, path: {stream}}}\n" + CONFIG.format(
+        dead=tmp_path / "dead.jsonl", alerts=live, loaded=LOADED, allocation=ALLOCATION
+    )
+    config = write_config(tmp_path, text)
+    worker = subprocess.run(
+        [sys.executable, "-m", "spendwatch.cli", "run", "--config", str(config),
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True,
+        timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr.decode()[-2000:]
+    replay = tmp_path / "replay.jsonl"
+    args = ["backtest", "--config", str(config), "--input", str(stream)]
+    assert main([*args, "--alerts-out", str(replay)]) == 0
+    summary = capsys.readouterr().err
+    assert (
+        "allocated in loaded: $24.00 shared, $24.00 by the window's usage, "
+        "$0.00 by the last known shares, $0.00 unallocated"
+    ) in summary
+    assert comparable(read_alerts(live)) == comparable(read_alerts(replay))
+    assert any(a["rule"] == "loaded" for a in read_alerts(replay))
+    two = tmp_path / "two.jsonl"
+    backtest(load_config(config), str(stream), str(two), workers=2)
+    assert comparable(read_alerts(two)) == comparable(read_alerts(replay))
