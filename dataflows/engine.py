@@ -179,8 +179,8 @@ class ShardEngine:
         self.detector_progress: dict[str, dict[tuple[str, ...], tuple[int, int]]] = {}
         self.budget_states: dict[str, dict[tuple[str, ...], BudgetState]] = {}
         # budget name -> group (scope without the allocated dimension) -> (window, usage
-        # by value): the last known shares of budgets with include_allocated
-        self.allocation_shares: dict[str, dict[tuple[str, ...], tuple[int, dict[str, int]]]] = {}
+        # metric, usage by value): the last known shares of budgets with include_allocated
+        self.allocation_shares: dict[str, dict[tuple[str, ...], tuple[int, str, dict]]] = {}
         # rule name -> scope -> breakdown mix (drivers)
         self.driver_states: dict[str, dict[tuple[str, ...], driver_mix.MixState]] = {}
         # aggregation -> scope -> flat int64 array of (start, *Totals) per step, oldest first
@@ -348,24 +348,31 @@ class ShardEngine:
         adds: dict[tuple[str, ...], list[tuple[int, int, int]]] = {}
         for group in sorted(groups):
             for window_start, values in sorted(groups[group].items()):
-                last = memory.get(group)
                 split, remember = allocator.split(
                     {value: totals.spend_nanos for value, totals in values.items()},
                     {value: allocator.usage(totals) for value, totals in values.items()},
-                    last[1] if last is not None else None,
+                    self._last_shares(rule, group),
                     tally,
                 )
                 if remember is not None:
-                    memory[group] = (window_start, remember)
+                    memory[group] = (window_start, allocator.config.by, remember)
                 for value in sorted(split.spend):
                     adds.setdefault((*group, value), []).append(
                         (window_start, split.spend[value], split.allocated.get(value, 0))
                     )
         alerts = self._add_budget_parts(rule, states, adds)
         oldest = bound - self.plan.scope_idle_ttl  # shares of long-quiet groups go
-        for group in [g for g, (start, _) in memory.items() if start < oldest]:
+        for group in [g for g, (start, *_) in memory.items() if start < oldest]:
             del memory[group]
         return alerts
+
+    def _last_shares(self, rule: BudgetRule, group: tuple[str, ...]) -> dict[str, int] | None:
+        """The usage of the group's latest window that had any, if measured by the rule's
+        current metric (a reload may have changed ``by``: other usage is no share)."""
+        found = self.allocation_shares.get(rule.name, {}).get(group)
+        if found is None or rule.allocation is None or found[1] != rule.allocation.config.by:
+            return None
+        return found[2]
 
     def _add_budget_parts(
         self,
@@ -400,9 +407,8 @@ class ShardEngine:
             parts = {scope: [(window_start, totals.spend_nanos, 0)]}
             return self._add_budget_parts(rule, states, parts)
         tally = self.counters.allocation.setdefault(rule.name, AllocationTally())
-        last = self.allocation_shares.get(rule.name, {}).get(group)
         split, _ = allocator.split(
-            {value: totals.spend_nanos}, {}, last[1] if last is not None else None, tally
+            {value: totals.spend_nanos}, {}, self._last_shares(rule, group), tally
         )
         adds = {
             (*group, v): [(window_start, split.spend[v], split.allocated.get(v, 0))]

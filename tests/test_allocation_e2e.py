@@ -560,3 +560,21 @@ def test_untagged_focus_lines_are_spread_by_the_tagged_spend_of_their_hour(tmp_p
     assert moved["unallocated_nanos"] == 0 and "unattributed" not in resolved
     parts = [e["allocated_nanos"] for a, e in resolved.items() if a != "unattributed"]
     assert any(p > 0 for p in parts) and any(p < 0 for p in parts)
+
+
+def test_shares_learned_by_another_metric_are_not_used_after_a_reload():
+    requests, tokens = _plan(1000, "requests"), _plan(1000, "tokens")
+    first = [_event(0, 0, "acme", 1.0), *(_event(i, 7200 + i, "acme", 0.0) for i in (1, 2, 3))]
+    engines = _engines(requests)
+    _feed(requests, engines, [first])  # window 0 closed: acme's requests are the shares
+    quiet = [_event(9, 9000, "shared", 5.0)]  # nobody's usage in its window
+    for plan, by_last in ((requests, 5 * 10**9), (tokens, 0)):
+        resumed = {key: ShardEngine(plan, engine.snapshot()) for key, engine in engines.items()}
+        _feed(plan, resumed, [quiet])
+        for engine in resumed.values():
+            engine.flush()
+        [tally] = [
+            e.counters.allocation["loaded"] for e in resumed.values() if e.counters.allocation
+        ]
+        assert tally.by_last_shares == by_last
+        assert tally.unallocated == 5 * 10**9 - by_last
