@@ -16,9 +16,10 @@ expects of a shared platform's cost: it belongs to whoever has been using the pl
 now, rather than waiting (carrying it forward would delay budget crossings by an unknown
 time and hold money in no one's total) or staying on the shared value (which would make
 every tenant's fully loaded cost depend on the hour the bill was stamped). Only when no
-window of the group ever had usage does the spend stay on the shared value, counted as
-unallocated in the run summary. The shares are state of the engine, snapshotted with it
-and updated in window order, so a replay after a crash splits every window the same way.
+window of the group had usage (within ``engine.scope_idle_ttl``, by the current ``by``
+metric) does the spend stay on the shared value, counted as unallocated in the run
+summary. The shares are state of the engine, snapshotted with it and updated in window
+order, so a replay after a crash splits every window the same way.
 """
 
 from __future__ import annotations
