@@ -13,7 +13,7 @@ import shutil
 import sys
 from collections import defaultdict
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import orjson
@@ -68,6 +68,20 @@ def test_every_row_loads_and_the_column_total_matches_the_file(column: str) -> N
     expected_nanos = column_sum(rows, column) * NANOS
     # each row is rounded to a nano-dollar once: the total is exact to well below a cent
     assert abs(int(batch.spend_nanos.sum()) - expected_nanos) <= len(rows)
+
+
+@pytest.mark.parametrize("column", ["BilledCost", "EffectiveCost", "ListCost"])
+def test_each_line_is_its_decimal_cost_rounded_once_to_the_nano_dollar(column: str) -> None:
+    """Exports carry sub-nano digits; each line becomes the nano-dollar nearest its own
+    decimal text (half to even), never the other side of a half through a float."""
+    rows = sample_rows()
+    batch, _ = parse_sample(cost_column=column)
+    expected = sorted(
+        int((Decimal(r[column]) * NANOS).to_integral_value(rounding=ROUND_HALF_EVEN))
+        for r in rows
+    )
+    assert sorted(batch.spend_nanos.tolist()) == expected
+    assert int(batch.spend_nanos.sum()) == sum(expected)
 
 
 def test_null_costs_dead_letter_with_the_reason_and_the_rest_still_add_up() -> None:

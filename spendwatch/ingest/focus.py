@@ -39,7 +39,7 @@ import io
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Literal
 
 import orjson
@@ -195,7 +195,7 @@ class FocusMapper:
         cost = self._cell(row, cost_column)
         if cost is None:
             raise FocusRowError(f"{cost_column} is missing")
-        cost_usd = _number(cost, cost_column) * self._rate(row)
+        cost_usd = _money(cost, cost_column, self._rate(row))
         category = str(self._cell(row, CATEGORY_COLUMN) or "usage").lower()
         charge_class = str(self._cell(row, CLASS_COLUMN) or "").lower()
         refund = cost_usd < 0 and category not in NON_ANOMALY_CATEGORIES
@@ -326,6 +326,23 @@ class FocusMapper:
 
 def _tag_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode("utf-8")
+
+
+NANO = Decimal("1e-9")
+
+
+def _money(value: Any, column: str, rate: float) -> float:
+    """A cost cell in USD, rounded to the nano-dollar from its decimal text.
+
+    Billing exports carry more digits than a nano-dollar (``15.95809931449999``); through a
+    float they would round to the other side of a half nano-dollar, one nano-dollar away
+    from the export's own total. The USD amount is rounded once, half to even, in decimal,
+    and handed on as the float nearest to that whole number of nano-dollars, which the
+    decoder's ``round(cost × 1e9)`` turns back into exactly that integer."""
+    _number(value, column)  # the same errors as any number
+    text = str(value).strip() if not isinstance(value, float) else repr(value)
+    amount = Decimal(text) * Decimal(repr(rate))
+    return float(amount.quantize(NANO, rounding=ROUND_HALF_EVEN))
 
 
 def _number(value: Any, column: str) -> float:
