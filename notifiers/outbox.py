@@ -55,9 +55,9 @@ PENDING = Gauge(
     "spendwatch_deliveries_pending", "Deliveries not yet sent", ["receiver"], registry=None
 )
 ERROR_LIMIT = 1000
+"""Characters of a receiver's error kept in ``deliveries.error`` and in the log line."""
 PRUNE_EVERY = 3600.0
 """Seconds of wall time between deletions of alerts past ``delivery.retention``."""
-"""Characters of a receiver's error kept in ``deliveries.error`` and in the log line."""
 
 
 class DeliveryConfig(StrictModel):
