@@ -266,6 +266,17 @@ def _delays(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _within_five_requests(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The issue's delay target on thin scopes: found within the time the scope takes to
+    make five requests at its onset rate (the requests an incident can show itself in)."""
+    met = [
+        i
+        for i in items
+        if i["detected"] and i["delay_minutes"] <= 5 * 60 / max(i["onset_rate"], 1e-9)
+    ]
+    return {"n": len(items), "detected": sum(i["detected"] for i in items), "met": len(met)}
+
+
 def _grouped(items, key) -> dict[str, list]:
     out: dict[str, list] = defaultdict(list)
     for item in items:
@@ -354,6 +365,12 @@ def summarise(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             for g, items in sorted(_grouped(incidents, lambda i: i["background"]).items())
         },
         "delay_minutes": {t: _delays(by_type.get(t, [])) for t in INCIDENT_TYPES},
+        "delay_target_busy": _delays(
+            [i for i in incidents if i["effect"] >= 3 and i["scope_rate"] >= 20]
+        ),
+        "thin_within_five_requests": _within_five_requests(
+            [i for i in incidents if i["effect"] >= 3 and 1 <= i["scope_rate"] < 20]
+        ),
         "delay_minutes_by_type_rate_band": {
             t: {
                 b: _delays([i for i in by_type.get(t, []) if i["rate_band"] == b])

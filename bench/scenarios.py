@@ -242,6 +242,12 @@ def print_tables(summary: dict[str, Any], baseline: dict[str, Any], out: Any = N
             *(_delay(summary["delay_minutes_by_type_rate_band"][kind][b]) for b in rates),
         ]
         line(f"| {kind} | " + " | ".join(cells) + " |")
+    busy, thin = summary["delay_target_busy"], summary["thin_within_five_requests"]
+    line(
+        f"×3+ on scopes of ≥ 20 requests/h: {_delay(busy)} min (median / p95, "
+        f"{busy['n']} found); ×3+ on 1–20/h: {thin['met']} of {thin['n']} found within "
+        f"the time the scope takes to make five requests ({thin['detected']} found at all)"
+    )
     line()
     line("False alerts after the warm-up (anomaly alerts matching no incident)")
     line("| detector | false | per scope-day | per day | recall | by chance | above chance |")
@@ -331,6 +337,8 @@ def figures(summary: dict[str, Any], baseline: dict[str, Any], seconds: float) -
         "recall_by_type_effect_band",
         "recall_by_background",
         "delay_minutes",
+        "delay_target_busy",
+        "thin_within_five_requests",
         "delay_minutes_by_type_rate_band",
         "caught_first_by_rule",
         "false_alerts",
