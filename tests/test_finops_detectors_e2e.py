@@ -1,6 +1,7 @@
 """End to end: the FinOps anti-pattern rules (an untagged-spend report, a model new to a
-feature, a session fanning out past its design estimate) raise their alerts in a backtest
-and reach Jira and Slack through the real clients against the test kit's servers."""
+feature, a session fanning out past its design estimate) and a budget counting allocated
+shared spend raise their alerts in a backtest and reach Jira and Slack through the real
+clients against the test kit's servers."""
 
 from __future__ import annotations
 
@@ -131,3 +132,73 @@ def test_unattributed_reports_each_period_over_the_share_and_resolves_after():
     assert fired == [("firing", weeks[0]), ("resolved", weeks[0]), ("firing", weeks[1]),
                      ("resolved", weeks[1])]  # fmt: skip
     assert period_start(T0 + 3 * DAY, "week") == T0
+
+
+ALLOCATION_CONFIG = """
+source: {{type: jsonl, path: {events}}}
+detectors: []
+budgets:
+  - {{name: loaded, scope_by: [tenant], amount_usd: 10, period: day, window: 1h,
+     include_allocated: true}}
+  - {{name: direct, scope_by: [tenant], amount_usd: 10, period: day}}
+allocation:
+  - {{name: platform, dimension: tenant, shared: [shared], by: requests}}
+receivers:
+  - type: slack
+    token: ${{FINOPS_SLACK_TOKEN}}
+    channel: C0ALERTS
+    base_url: {slack}
+  - type: jira
+    url: {jira}
+    token: ${{FINOPS_JIRA_TOKEN}}
+    project: PLAT
+routes:
+  - match: {{rule: loaded}}
+    receivers: [jira, slack]
+  - receivers: [slack]
+delivery: {{backoff_initial: 0.05, backoff_max: 0.5, flush_timeout: 60}}
+"""
+
+
+def test_allocated_spend_crosses_a_budget_and_reaches_jira_and_slack(tmp_path, monkeypatch):
+    """acme spends $0.12 an hour itself and makes 3 of every 4 requests; the shared
+    platform spends $0.40 an hour. With its share ($0.30 an hour) acme's day passes 70 %
+    of $10 in hour 17, 85 % in hour 21 and 100 % in hour 24; on direct spend alone
+    ($2.88) it never does. The crossings carry the split and go out through the real
+    clients."""
+    monkeypatch.setenv("FINOPS_SLACK_TOKEN", SLACK_TOKEN)
+    monkeypatch.setenv("FINOPS_JIRA_TOKEN", JIRA_TOKEN)
+    events = tmp_path / "events.jsonl"
+    rows = []
+    for hour in range(24):
+        ts = T0 + hour * 3600
+        rows += [{"ts": ts + 60 * k, "tenant": "acme", "cost_usd": 0.04} for k in range(3)]
+        rows.append({"ts": ts + 240, "tenant": "globex", "cost_usd": 0.1})
+        rows.append({"ts": ts + 300, "tenant": "shared", "cost_usd": 0.4})
+    with open(events, "w") as out:
+        for i, row in enumerate(rows):
+            out.write(json.dumps({**row, "event_id": f"a{i}", "ts": _iso(row["ts"])}) + "\n")
+    with FakeSlack(token=SLACK_TOKEN) as slack, FakeJira(token=JIRA_TOKEN, project="PLAT") as jira:
+        text = ALLOCATION_CONFIG.format(events=events, slack=slack.api_url, jira=jira.url)
+        config = load_config(write_config(tmp_path, text))
+        out = tmp_path / "alerts.jsonl"
+        summary = backtest(config, str(events), str(out), deliver=True)
+        alerts = read_alerts(out)
+        assert summary["undelivered"] == 0
+        acme = [a for a in alerts if a["rule"] == "loaded" and a["scope"] == {"tenant": "acme"}]
+        assert [a["threshold"] for a in acme] == [70, 85, 100]
+        crossing = acme[0]
+        assert crossing["window_start"] == _iso(T0 + 16 * 3600)  # $7.14 after 17 hours
+        assert crossing["explain"]["allocation"] == "platform"
+        direct, allocated = (
+            crossing["explain"]["direct_nanos"],
+            crossing["explain"]["allocated_nanos"],
+        )
+        assert 4 * allocated == 10 * direct, (direct, allocated)  # $0.30 to every $0.12
+        assert direct + allocated == round(crossing["observed"] * 1e9)
+        assert not [a for a in alerts if a["rule"] == "direct" and a["scope"]["tenant"] == "acme"]
+        posted = {
+            m["metadata"]["event_payload"]["alert_id"] for m in slack.messages() if "metadata" in m
+        }
+        assert crossing["alert_id"] in posted
+        assert any("acme" in str(issue["fields"]["summary"]) for issue in jira.issues.values())
