@@ -308,6 +308,8 @@ class RobustSeasonal(DetectorBase):
             "threshold": self._threshold(state),
             "once_in_days": state.calibration.once_in_days(evidence, self.config.window),
             "warm": float(state.history.seen >= self.warmup_windows),
+            "weekly": self._weekly(state, window_start),  # in expected: this hour of the week
+            "growth": self._trend(state),  # in expected: growth the medians lag
         }
 
     def _decisive_value(self, state: RobustState, band: tuple[float, float]) -> float:

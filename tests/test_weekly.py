@@ -103,6 +103,19 @@ def _spend_stream(weekly: bool, rng, days: int, spike: tuple[int, int] | None) -
     return fired
 
 
+def _explained_weekly(until: int) -> float:
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    state = detector.new_state()
+    rng = np.random.default_rng(5)
+    for i in range(until):
+        start = T0 + i * WINDOW
+        n = int(rng.poisson(400 * (0.35 if _weekend(start) else 1.0)))
+        detector.observe(state, {"tenant": "t"}, start, _usd(0.002 * n, n))
+    explained = detector.explain(state, T0 + until * WINDOW, _usd(0.0, 0))
+    assert explained is not None and explained["growth"] >= 1.0
+    return explained["weekly"]
+
+
 def test_robust_seasonal_finds_a_weekend_spike_a_weekday_band_hides():
     """A steady tenant at 35 % on weekends: a ×2.2 hour on its third Sunday is a weekday
     level, inside the weekday band the seasonal median gives; with the two weeks' factor
@@ -115,5 +128,6 @@ def test_robust_seasonal_finds_a_weekend_spike_a_weekday_band_hides():
     with_weekly = _spend_stream(True, np.random.default_rng(5), 22, spike)
     without = _spend_stream(False, np.random.default_rng(5), 22, spike)
     assert [i for i in with_weekly if i < onset] == [], with_weekly
+    assert _explained_weekly(onset) < 0.5, "explain shows the factor in the expectation"
     assert any(onset <= i < onset + 4 for i in with_weekly), with_weekly
     assert not any(onset <= i < onset + 4 for i in without), without
