@@ -140,7 +140,10 @@ class RobustState:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple) -> None:
-        # An older snapshot has other fields: the engine drops it (settings changed).
+        # A snapshot from before the weekly factors (the last slot) keeps what it learned
+        # and starts its weeks empty; one with other fields is dropped by the engine.
+        if len(state) == len(self.__slots__) - 1 and self.__slots__[-1] == "weekly":
+            state = (*state, WeeklyFactor())
         if len(state) != len(self.__slots__):
             state = (None,) * len(self.__slots__)
         for name, value in zip(self.__slots__, state, strict=True):

@@ -131,3 +131,20 @@ def test_robust_seasonal_finds_a_weekend_spike_a_weekday_band_hides():
     assert _explained_weekly(onset) < 0.5, "explain shows the factor in the expectation"
     assert any(onset <= i < onset + 4 for i in with_weekly), with_weekly
     assert not any(onset <= i < onset + 4 for i in without), without
+
+
+def test_a_state_from_before_the_weekly_factors_keeps_what_it_learned():
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    state = detector.new_state()
+    for i in range(3 * 96):
+        detector.observe(state, {"tenant": "t"}, T0 + i * WINDOW, _usd(0.2, 100))
+    older = state.__getstate__()[:-1]  # the layout without the last slot, `weekly`
+    restored = detector.new_state()
+    restored.__setstate__(older)
+    start = T0 + 3 * 96 * WINDOW
+    assert restored.history.seen == state.history.seen
+    assert detector.band(restored, start) == detector.band(state, start)
+    assert restored.weekly.factor(start) == 1.0
+    dropped = detector.new_state()
+    dropped.__setstate__(older[:-1])  # any other layout: dropped, the engine relearns
+    assert dropped.history is None
