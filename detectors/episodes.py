@@ -15,15 +15,38 @@ from typing import Literal
 Transition = Literal["firing", "resolved"] | None
 
 
-@dataclass
+_FIELDS = ("start", "pending", "pending_start", "firing_windows", "normal_streak")
+
+
+@dataclass(slots=True)
 class Episode:
-    """Where a scope is: normal, pending confirmation, or firing since ``start``."""
+    """Where a scope is: normal, pending confirmation, or firing since ``start``.
+
+    Slotted (one per rule and scope: 72 bytes instead of ~190 with a ``__dict__``) and
+    pickled as the tuple of its fields; a snapshot from before, a dict, still loads.
+    """
 
     start: int | None = None
     pending: int = 0
     pending_start: int | None = None
     firing_windows: int = 0
     normal_streak: int = 0
+
+    def __getstate__(self) -> tuple:
+        return (
+            self.start,
+            self.pending,
+            self.pending_start,
+            self.firing_windows,
+            self.normal_streak,
+        )
+
+    def __setstate__(self, state: tuple | dict) -> None:
+        if isinstance(state, dict):  # the layout before slots: the instance's __dict__
+            state = tuple(state.get(name, getattr(Episode(), name)) for name in _FIELDS)
+        (self.start, self.pending, self.pending_start, self.firing_windows, self.normal_streak) = (
+            state
+        )
 
     @property
     def active(self) -> bool:

@@ -14,29 +14,88 @@ from __future__ import annotations
 
 import math
 from array import array
+from typing import Any
 
-from spendwatch.detectors.base import SlotsState
-from spendwatch.detectors.robust import MAD_TO_STD, SortedWindow
+from spendwatch.detectors.robust import MAD_TO_STD
 
 _DAY = 86400
+_LAYOUT = "slot-ring-1"
+"""Tag of the snapshot layout below (a tuple that starts with it)."""
 
 
-class SlotHistory(SlotsState):
-    """Recent values per time-of-day slot (or one slot), and pooled relative residuals."""
+def _fill_code(limit: int) -> str:
+    """The narrowest unsigned array type holding a slot's fill state (< 2 · limit)."""
+    for code in ("B", "H", "I", "L", "Q"):
+        if 2 * limit - 1 < 1 << (8 * array(code).itemsize):
+            return code
+    raise ValueError(f"{limit} values per slot is too many")
 
-    __slots__ = ("days", "residuals", "seen", "slots", "window")
+
+def _zeros(code: str, length: int) -> array:
+    """An array of ``length`` zeros, allocated to size (``frombytes`` over-allocates)."""
+    return array(code, [0]) * length
+
+
+def _array(code: str, data: bytes) -> array:
+    """The array of type ``code`` whose machine bytes are ``data``, allocated to size."""
+    found = _zeros(code, len(data) // array(code).itemsize)
+    memoryview(found).cast("B")[:] = data
+    return found
+
+
+class SlotHistory:
+    """Recent values per time-of-day slot (or one slot), and pooled relative residuals.
+
+    Layout: one flat array of ``slots × cap`` values (row ``slot`` holds that slot's last
+    values as a ring) and one small integer per slot saying how full its ring is and where
+    the next value goes: one ring costs 8 bytes a value plus a byte, where a dict of one
+    array per slot cost ~190 bytes per slot before its values. ``cap`` grows to ``limit``
+    (the values a slot keeps) as the days of history accumulate, so a young scope holds
+    only the days it has. Values are float64; while every value a scope has stored is
+    exactly a float32 (counts of requests or tokens, zero), the ring is float32, which
+    reads back the very same floats at half the memory, and it widens to float64 on the
+    first value that is not.
+    """
+
+    __slots__ = (
+        "cap", "days", "fill", "residual_memory", "residuals", "seen", "values", "window",
+    )  # fmt: skip
 
     def __init__(self, window: int, days: int, residual_memory: int, seasonal: bool) -> None:
         self.window = window if seasonal else 0
         self.days = days
-        # A compact array per slot: a deque costs ~600 bytes however short it is, and a
-        # day of 15-minute slots is 96 of them per scope.
-        self.slots: dict[int, array[float]] = {}
-        self.residuals = SortedWindow(residual_memory)
+        self.residual_memory = residual_memory
+        # arrival order of the last ``residual_memory`` relative residuals (None: none yet;
+        # rules that never pass an expected value keep none)
+        self.residuals: array[float] | None = None
         self.seen = 0
+        self.cap = 0
+        self.values: array[float] = array("f")
+        # per slot: s < limit: s values, the next goes to s; s ≥ limit: full, the next
+        # (which replaces the oldest) goes to s - limit
+        self.fill = _zeros(_fill_code(self.limit), self.per_day)
+
+    @property
+    def per_day(self) -> int:
+        """Slots of the ring: windows in a day, or 1 without seasonality."""
+        return _DAY // self.window if self.window else 1
+
+    @property
+    def limit(self) -> int:
+        """Values a slot keeps: ``days`` per time-of-day slot, ``days`` × 24 for the one slot."""
+        return self.days if self.window else self.days * 24
 
     def slot(self, window_start: int) -> int:
         return (window_start % _DAY) // self.window if self.window else 0
+
+    def count(self, slot: int) -> int:
+        """How many values ``slot`` holds."""
+        return min(self.fill[slot], self.limit)
+
+    def slot_values(self, slot: int) -> list[float]:
+        """The values ``slot`` holds, in ring order (not arrival order)."""
+        base = slot * self.cap
+        return self.values[base : base + self.count(slot)].tolist()
 
     def expected(self, window_start: int, neighbours: int) -> tuple[float, int] | None:
         """Median of the slot's and its neighbours' recent values, and how many there were."""
@@ -49,34 +108,114 @@ class SlotHistory(SlotsState):
 
     def pooled(self, window_start: int, neighbours: int) -> list[float]:
         """The slot's and its neighbours' recent values, sorted."""
+        ring, fill, cap = self.values, self.fill, self.cap
+        limit = self.days if self.window else self.days * 24
+        values: list[float] = []
         if not self.window:
-            values = list(self.slots.get(0, ()))
+            values.extend(ring[: min(fill[0], limit)])
         else:
             per_day = _DAY // self.window
             here = self.slot(window_start)
-            values = []
             for offset in range(-neighbours, neighbours + 1):
-                values.extend(self.slots.get((here + offset) % per_day, ()))
+                slot = (here + offset) % per_day
+                base = slot * cap
+                values.extend(ring[base : base + min(fill[slot], limit)])
         values.sort()
         return values
 
     def relative_std(self) -> float:
         """Robust relative noise of the scope (0 until residuals exist)."""
-        if not len(self.residuals):
+        if not self.residuals:
             return 0.0
-        return MAD_TO_STD * self.residuals.median()
+        ordered = sorted(self.residuals)
+        n = len(ordered)
+        mid = n // 2
+        median = ordered[mid] if n % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+        return MAD_TO_STD * median
 
     def learn(self, window_start: int, value: float, expected: float | None) -> None:
-        slot = self.slot(window_start)
-        values = self.slots.get(slot)
-        if values is None:
-            values = self.slots[slot] = array("d")
-        values.append(value)
-        if len(values) > (self.days if self.window else self.days * 24):
-            del values[0]
+        """Keep ``value`` in its slot (dropping the slot's oldest beyond ``limit``) and, given
+        an expected value, its relative residual."""
+        self._keep(self.slot(window_start), value)
         if expected is not None and expected > 0:
-            self.residuals.push(abs(value - expected) / expected)
+            residuals = self.residuals
+            if residuals is None:
+                residuals = self.residuals = array("d")
+            residuals.append(abs(value - expected) / expected)
+            if len(residuals) > self.residual_memory:
+                del residuals[0]
         self.seen += 1
+
+    def _keep(self, slot: int, value: float) -> None:
+        limit = self.days if self.window else self.days * 24
+        state = self.fill[slot]
+        position = state if state < limit else state - limit
+        self.fill[slot] = state + 1 if state + 1 < 2 * limit else limit
+        if position >= self.cap:
+            self._grow()
+        index = slot * self.cap + position
+        ring = self.values
+        ring[index] = value
+        if ring.typecode == "f" and (ring[index] != value or value != value):
+            self._widen()  # not exactly a float32 (or NaN)
+            self.values[index] = value
+
+    def _widen(self) -> None:
+        """The ring as float64 from now on (allocated to size, element by element)."""
+        wide = _zeros("d", len(self.values))
+        for index, value in enumerate(self.values):
+            wide[index] = value
+        self.values = wide
+
+    def _grow(self) -> None:
+        """One more value per slot (a day more of history), up to ``limit``."""
+        old, cap = self.values, self.cap
+        new_cap = min(self.limit, cap + 1 + cap // 4)
+        grown = _zeros(old.typecode, self.per_day * new_cap)
+        for slot in range(self.per_day):
+            grown[slot * new_cap : slot * new_cap + cap] = old[slot * cap : (slot + 1) * cap]
+        self.values, self.cap = grown, new_cap
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def __getstate__(self) -> tuple:
+        residuals = None if self.residuals is None else self.residuals.tobytes()
+        return (
+            _LAYOUT, self.window, self.days, self.seen, self.residual_memory, residuals,
+            self.cap, self.values.typecode, self.values.tobytes(), self.fill.tobytes(),
+        )  # fmt: skip
+
+    def __setstate__(self, state: tuple) -> None:
+        if state and state[0] == _LAYOUT:
+            (_, window, days, seen, memory, residuals, cap, code, values, fill) = state
+            self.window, self.days, self.seen, self.residual_memory = window, days, seen, memory
+            self.residuals = None if residuals is None else _array("d", residuals)
+            self.cap = cap
+            self.values = _array(code, values)
+            self.fill = _array(_fill_code(self.limit), fill)
+            return
+        if len(state) == 5 and isinstance(state[3], dict):
+            self._load_dict_layout(*state)
+            return
+        raise ValueError(
+            f"unknown SlotHistory snapshot layout ({type(state).__name__} of {len(state)}): "
+            "written by another spendwatch version; start this rule afresh (remove the "
+            "state directory, or rename the rule so its state is dropped)"
+        )
+
+    def _load_dict_layout(
+        self, days: int, residuals: Any, seen: int, slots: dict, window: int
+    ) -> None:
+        """A snapshot of the layout before rings: a dict of one array (or deque) per slot
+        and a ``SortedWindow`` of residuals. Values go into the rings oldest first."""
+        size = getattr(residuals, "size", 8)
+        SlotHistory.__init__(self, window, days, size, seasonal=window != 0)
+        for slot in sorted(slots):
+            for value in list(slots[slot])[-self.limit :]:
+                self._keep(slot, float(value))
+        arrivals = list(getattr(residuals, "arrivals", ()))
+        self.residuals = array("d", arrivals[-size:]) if arrivals else None
+        self.seen = seen
 
 
 def count_noise_std(expected: float, per_request: float, overdispersion: float) -> float:

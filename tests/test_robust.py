@@ -97,20 +97,27 @@ def test_a_seasonal_scope_stays_small_and_old_deque_state_still_learns() -> None
     import tracemalloc
     from collections import deque
 
+    from spendwatch.detectors.robust import SortedWindow
     from spendwatch.detectors.slots import SlotHistory
 
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    history = SlotHistory(900, 7, 288, seasonal=True)
+    history = SlotHistory(900, 7, 8, seasonal=True)  # 8 residuals, as every rule keeps
     for window in range(7 * 96):  # a week of 15-minute windows, every slot full
-        history.learn(window * 900, 100.0 + window % 7, 100.0)
+        history.learn(window * 900, 100.0 + window % 7 + 0.1, 100.0)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert held < 40_000, f"{held} bytes for one scope's week of 15-minute slots"
-    assert all(len(values) == 7 for values in history.slots.values())
-    old = pickle.loads(pickle.dumps(history))
-    old.slots = {slot: deque(values, maxlen=7) for slot, values in old.slots.items()}
-    old.learn(0, 500.0, 100.0)  # a snapshot written before slots were arrays
-    assert len(old.slots[0]) == 7 and old.slots[0][-1] == 500.0
+    # 96 slots x 7 float64 values = 5,376 bytes of values; the rest is the ring's bookkeeping
+    assert held < 7_000, f"{held} bytes for one scope's week of 15-minute slots"
+    assert all(history.count(slot) == 7 for slot in range(96))
+    # a snapshot written before slots were rings: a dict of one deque per slot
+    residuals = SortedWindow(288)
+    residuals.push(0.5)
+    old = SlotHistory.__new__(SlotHistory)
+    slots = {slot: deque(history.slot_values(slot), maxlen=7) for slot in range(96)}
+    old.__setstate__((7, residuals, history.seen, slots, 900))
+    old = pickle.loads(pickle.dumps(old))
+    old.learn(0, 500.0, 100.0)
+    assert old.count(0) == 7 and 500.0 in old.slot_values(0)
     assert old.expected(0, 0)[1] == 7
