@@ -145,6 +145,10 @@ class EnginePlan:
         return window * max(1, -(-self.series_resolution // window))
 
 
+class SnapshotError(ValueError):
+    """A recovery snapshot this version cannot restore (the message says what to do)."""
+
+
 @dataclass
 class EngineCounters:
     """What a shard saw, for metrics and the backtest summary."""
@@ -805,7 +809,15 @@ class ShardEngine:
         )
 
     def _restore(self, snapshot: bytes) -> None:
-        state = pickle.loads(snapshot)
+        try:
+            state = pickle.loads(snapshot)
+        except Exception as error:  # any layout this version cannot read: say what to do
+            raise SnapshotError(
+                f"cannot restore a shard's state snapshot ({type(error).__name__}: {error}); "
+                "it was written by an incompatible spendwatch version: run the version that "
+                "wrote it, or start from an empty state directory (--state-dir) to relearn "
+                "baselines from the input"
+            ) from error
         self.max_ts = state["max_ts"]
         self.partition_max = state.get("partition_max", {})
         self.open = state["open"]
