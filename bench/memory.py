@@ -5,9 +5,12 @@ three days of 15-minute windows for N scopes; what it then holds is measured twi
 Python heap it grew (tracemalloc) and its recovery snapshot (bytes written per epoch).
 Baseline, in the same run: a plain dict giving each scope one day of 15-minute floats,
 the least a seasonal baseline can remember. Prints a table; the last line is one JSON
-object with bytes per scope and the ratio to the baseline.
+object with bytes per scope and the ratio to the baseline. ``--breakdown`` also prints,
+for one scope of each detector rule, the bytes of each field of its state (objects
+reached from it, counted once; small ints and interned strings are shared, so this
+slightly overstates), which is where to look when the heap figure grows.
 
-    .venv/bin/python bench/memory.py [--scopes 2000] [--days 3]
+    .venv/bin/python bench/memory.py [--scopes 2000] [--days 3] [--rules a,b] [--breakdown]
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import json
 import random
 import sys
 import tracemalloc
+from array import array
+from collections import deque
 
 from spendwatch.config import SpendwatchConfig
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
@@ -67,8 +72,39 @@ RULES = {
 }
 
 
-def measure(rule: dict, scopes: int, days: int) -> tuple[float, float]:
-    """Heap bytes and snapshot bytes per scope after ``days`` of windows for ``scopes``."""
+def deep_size(obj: object, seen: set[int]) -> int:
+    """Bytes of ``obj`` and of everything it references not in ``seen`` (marked as it goes)."""
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        return size + sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    if isinstance(obj, (list, tuple, set, frozenset, deque)):
+        return size + sum(deep_size(v, seen) for v in obj)
+    if isinstance(obj, (str, bytes, int, float, array)):
+        return size
+    names = [n for cls in type(obj).__mro__ for n in getattr(cls, "__slots__", ())]
+    fields = [getattr(obj, n) for n in names if hasattr(obj, n)]
+    if hasattr(obj, "__dict__"):
+        fields.append(obj.__dict__)
+    return size + sum(deep_size(v, seen) for v in fields)
+
+
+def breakdown(state: object) -> dict[str, int]:
+    """Bytes per field of one scope's state (the object itself under ``(object)``)."""
+    seen: set[int] = {id(state)}
+    found = {"(object)": sys.getsizeof(state)}
+    names = [n for cls in type(state).__mro__ for n in getattr(cls, "__slots__", ())]
+    for name in names or list(vars(state)):
+        if hasattr(state, name):
+            found[name] = deep_size(getattr(state, name), seen)
+    return found
+
+
+def measure(rule: dict, scopes: int, days: int, fields: dict | None = None) -> tuple[float, float]:
+    """Heap bytes and snapshot bytes per scope after ``days`` of windows for ``scopes``
+    (and, given ``fields``, the per-field breakdown of one scope's state put in it)."""
     config = SpendwatchConfig.model_validate({**rule, "engine": {"allowed_lateness": 0}})
     rng = random.Random(1)
     names = [(f"tenant-{i}",) for i in range(scopes)]
@@ -89,6 +125,10 @@ def measure(rule: dict, scopes: int, days: int) -> tuple[float, float]:
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
+    if fields is not None:
+        for states in engine.detector_states.values():
+            if states:
+                fields.update(breakdown(states[names[0]]))
     return held / scopes, len(engine.snapshot()) / scopes
 
 
@@ -107,13 +147,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scopes", type=int, default=2000)
     parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rules")
+    parser.add_argument("--breakdown", action="store_true", help="bytes per state field")
     args = parser.parse_args()
     floor = baseline(args.scopes)
     print(f"baseline (96 floats per scope in a dict): {floor:,.0f} bytes/scope", file=sys.stderr)
     figures = {}
-    for name, rule in RULES.items():
-        heap, snapshot = measure(rule, args.scopes, args.days)
+    for name in args.rules.split(","):
+        fields: dict[str, int] | None = {} if args.breakdown else None
+        heap, snapshot = measure(RULES[name], args.scopes, args.days, fields)
         figures[name] = {"heap_bytes": round(heap), "snapshot_bytes": round(snapshot)}
+        if fields:
+            figures[name]["state_fields"] = fields
+            print(f"{name} state of one scope, bytes per field: {fields}", file=sys.stderr)
         print(
             f"{name:18s} heap {heap:8,.0f} B/scope  snapshot {snapshot:8,.0f} B/scope  "
             f"({heap / floor:.2f}x baseline)",
