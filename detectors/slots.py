@@ -31,6 +31,23 @@ def _fill_code(limit: int) -> str:
     raise ValueError(f"{limit} values per slot is too many")
 
 
+_NANOS = "i"
+"""Type of a ring of int32 billionths (C int: 4 bytes on the platforms we run on)."""
+_PER_UNIT = 1_000_000_000
+"""Billionths per unit: a spend in USD is its integer nano-dollars over this, exactly."""
+_NANOS_MAX = 2**31
+
+
+def _nanos(value: float) -> int | None:
+    """The int32 ``k`` with ``k / 10⁹ == value`` to the bit, if there is one."""
+    if not -2.2 < value < 2.2:  # out of int32 billionths (and NaN, ±inf)
+        return None
+    cell = round(value * _PER_UNIT)
+    exact = -_NANOS_MAX <= cell < _NANOS_MAX and cell / _PER_UNIT == value
+    # -0.0 would come back as 0.0
+    return cell if exact and (value or math.copysign(1.0, value) > 0) else None
+
+
 def _zeros(code: str, length: int) -> array:
     """An array of ``length`` zeros, allocated to size (``frombytes`` over-allocates)."""
     return array(code, [0]) * length
@@ -51,10 +68,13 @@ class SlotHistory:
     the next value goes: one ring costs 8 bytes a value plus a byte, where a dict of one
     array per slot cost ~190 bytes per slot before its values. ``cap`` grows to ``limit``
     (the values a slot keeps) as the days of history accumulate, so a young scope holds
-    only the days it has. Values are float64; while every value a scope has stored is
-    exactly a float32 (counts of requests or tokens, zero), the ring is float32, which
-    reads back the very same floats at half the memory, and it widens to float64 on the
-    first value that is not.
+    only the days it has. The values are floats, stored in the narrowest form that gives
+    every one of them back to the bit (checked value by value, as it is stored): float32
+    while each is exactly one (counts of requests or tokens, zero); else int32 billionths
+    while each is exactly ``k / 10⁹`` (a spend in USD is its integer nano-dollars over 10⁹,
+    so a scope spending under $2.14 a window); else float64. A ring narrows never, widens
+    on the first value the narrower form cannot hold, and costs 4 bytes a value (8 once
+    float64) plus a byte per slot.
     """
 
     __slots__ = (
@@ -95,7 +115,10 @@ class SlotHistory:
     def slot_values(self, slot: int) -> list[float]:
         """The values ``slot`` holds, in ring order (not arrival order)."""
         base = slot * self.cap
-        return self.values[base : base + self.count(slot)].tolist()
+        cells = self.values[base : base + self.count(slot)]
+        if cells.typecode == _NANOS:
+            return [cell / _PER_UNIT for cell in cells]
+        return cells.tolist()
 
     def expected(self, window_start: int, neighbours: int) -> tuple[float, int] | None:
         """Median of the slot's and its neighbours' recent values, and how many there were."""
@@ -120,6 +143,8 @@ class SlotHistory:
                 slot = (here + offset) % per_day
                 base = slot * cap
                 values.extend(ring[base : base + min(fill[slot], limit)])
+        if ring.typecode == _NANOS:
+            values = [cell / _PER_UNIT for cell in values]
         values.sort()
         return values
 
@@ -155,16 +180,48 @@ class SlotHistory:
             self._grow()
         index = slot * self.cap + position
         ring = self.values
-        ring[index] = value
-        if ring.typecode == "f" and (ring[index] != value or value != value):
-            self._widen()  # not exactly a float32 (or NaN)
+        code = ring.typecode
+        if code == "d":
+            ring[index] = value
+            return
+        if code == "f":
+            ring[index] = value
+            if ring[index] == value:  # exactly a float32 (NaN never is)
+                return
+            ring[index] = 0.0  # the other cells decide whether billionths hold them all
+            if not self._to_nanos():
+                self._widen()
+                self.values[index] = value
+                return
+            ring = self.values
+        nanos = _nanos(value)
+        if nanos is None:
+            self._widen()
             self.values[index] = value
+        else:
+            ring[index] = nanos
+
+    def _to_nanos(self) -> bool:
+        """Store the ring as int32 billionths if every value held is one exactly."""
+        cells = _zeros(_NANOS, len(self.values))
+        for index, value in enumerate(self.values):
+            cell = _nanos(value)
+            if cell is None:
+                return False
+            cells[index] = cell
+        self.values = cells
+        return True
 
     def _widen(self) -> None:
         """The ring as float64 from now on (allocated to size, element by element)."""
-        wide = _zeros("d", len(self.values))
-        for index, value in enumerate(self.values):
-            wide[index] = value
+        ring = self.values
+        wide = _zeros("d", len(ring))
+        if ring.typecode == _NANOS:
+            for index, cell in enumerate(ring):
+                wide[index] = cell / _PER_UNIT
+        else:
+            for index, value in enumerate(ring):
+                wide[index] = value
         self.values = wide
 
     def _grow(self) -> None:

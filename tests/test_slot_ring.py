@@ -62,8 +62,9 @@ class ListHistory:
 
 values = st.one_of(
     st.integers(0, 2**30).map(float),  # counts: the ring stays float32
-    st.floats(0, 1e6, allow_nan=False),  # spend: widens to float64
-    st.sampled_from([0.0, 1e300, 2.0**24 + 1, 1e-45, math.inf]),
+    st.integers(-(2**31), 2**32).map(lambda k: k / 1_000_000_000),  # spend: int32 billionths
+    st.floats(0, 1e6, allow_nan=False),  # anything else: widens to float64
+    st.sampled_from([0.0, -0.0, 1e300, 2.0**24 + 1, 1e-45, 2.0**-30, math.inf]),
 )
 pushes = st.lists(
     st.tuples(st.integers(0, 3 * 96), values, st.one_of(st.none(), st.floats(0.01, 1e4))),
@@ -109,15 +110,20 @@ def test_ring_pools_the_same_values_as_lists(pushes, window, days, neighbours, s
     _same(ring, reference, window, neighbours)
 
 
-def test_counts_stay_float32_and_spend_widens_to_float64() -> None:
+def test_counts_stay_float32_thin_spend_int32_billionths_anything_else_float64() -> None:
     ring = SlotHistory(900, 5, 8, seasonal=True)
     for window in range(5 * 96):
-        ring.learn(window * 900, float(window % 40), None)
+        ring.learn(window * 900, float(window % 4) / 2, None)
     assert ring.values.typecode == "f" and len(ring.values) == 96 * 5
-    ring.learn(0, 0.1, None)  # not a float32: every value is float64 from now on
+    ring.learn(0, 1_234_567_891 / 1_000_000_000, None)  # $1.234567891: nano-dollars
+    assert ring.values.typecode == "i" and ring.values.itemsize == 4
+    # slot 0 held windows 0, 96, 192, 288, 384 (values 0, 0, 0, 0, 0); the first was replaced
+    assert ring.pooled(0, 0) == [0.0, 0.0, 0.0, 0.0, 1.234567891]
+    ring.learn(900, 3.0, None)  # above $2.14: every value is float64 from now on
     assert ring.values.typecode == "d"
-    # slot 0 held windows 0, 96, 192, 288, 384 (values 0, 16, 32, 8, 24); 0.1 replaced the 0
-    assert ring.pooled(0, 0) == [0.1, 8.0, 16.0, 24.0, 32.0]
+    # slot 0 and its neighbours: slot 95 (windows 95, 191, ...: 1.5 each) and slot 1
+    # (0.5 each, its oldest replaced by the 3.0)
+    assert ring.pooled(0, 1) == sorted([0.0] * 4 + [1.234567891] + [1.5] * 5 + [0.5] * 4 + [3.0])
 
 
 @settings(max_examples=60, deadline=None)
