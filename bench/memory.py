@@ -129,6 +129,8 @@ def measure(rule: dict, scopes: int, days: int, fields: dict | None = None) -> t
         for states in engine.detector_states.values():
             if states:
                 fields.update(breakdown(states[names[0]]))
+        # the /costs series: at most series_max_scopes per shard, a fixed cost, not per scope
+        fields["(series, per scope)"] = round(deep_size(engine.series, set()) / scopes)
     return held / scopes, len(engine.snapshot()) / scopes
 
 
