@@ -11,13 +11,16 @@ events/s (whole pipeline: parse, aggregate, engine; also per CPU second, which a
 neighbour on a shared machine does not inflate), engine seconds, data scope-windows
 per second (the (rule, scope, window) cells that have events: what the events make),
 bytes per (rule, scope) held at the end (pickled detector state and its share of the
-RSS growth), and peak RSS. The last line is one JSON object with every figure and
+RSS growth, and the bytes of the objects each rule's scopes hold, measured object by
+object), and peak RSS. The last line is one JSON object with every figure and
 `ratio_sparse_to_dense`: events/s of the sparsest over the densest size of this run.
+`--million` adds the 1,000,000-scope size (opt-in: its zero-filled windows take tens of
+CPU minutes, see the README's *Scope scaling*).
 Last, for each rule alone, the CPU time of one window close of a shard holding
 `--close-scopes` scopes (default 100 k), 1 % of them with data in that window.
 
-    .venv/bin/python bench/scopes.py [--events 300000] [--scopes 100,10000,100000[,1000000]]
-                                     [--close-scopes 100000]
+    .venv/bin/python bench/scopes.py [--events 300000] [--scopes 100,10000,100000]
+                                     [--million] [--close-scopes 100000]
 """
 
 from __future__ import annotations
@@ -127,13 +130,22 @@ def run_one(config_path: str) -> dict:
     seconds = clock() - started
     cpu_seconds = time.process_time() - cpu_started
     rss_after = rss_bytes()
+    from memory import deep_size  # bench/memory.py, next to this file
+
     held = {rule.name: 0 for rule in plan.detectors}
     pickled = {rule.name: 0 for rule in plan.detectors}
+    objects = {rule.name: 0 for rule in plan.detectors}
     for engine in engines.values():
         for name in held:
             states = engine.detector_states.get(name, {})
             held[name] += len(states)
             pickled[name] += len(pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL))
+            # the state objects and the engine's own entry per scope (its progress), without
+            # the scope tuples the rules share
+            seen = {id(scope) for scope in states} | {id(s) for scope in states for s in scope}
+            objects[name] += deep_size(states, seen) + deep_size(
+                engine.detector_progress.get(name, {}), seen
+            )
     rule_scopes = sum(held.values())
     windows = sum(e.counters.windows_closed for e in engines.values())
     return {
@@ -151,6 +163,9 @@ def run_one(config_path: str) -> dict:
         "evicted_scopes": sum(e.counters.evicted_scopes for e in engines.values()),
         "pickled_bytes_per_rule_scope": {
             name: round(pickled[name] / held[name]) if held[name] else None for name in held
+        },
+        "state_bytes_per_rule_scope": {
+            name: round(objects[name] / held[name]) if held[name] else None for name in held
         },
         "rss_bytes_per_rule_scope": (
             round((rss_after - rss_before) / rule_scopes) if rule_scopes else None
@@ -198,6 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--scopes", default="100,10000,100000")
+    parser.add_argument("--million", action="store_true", help="add the 1,000,000-scope size")
     parser.add_argument(
         "--close-scopes", type=int, default=100_000, help="scopes of the window-close timing"
     )
@@ -211,7 +227,7 @@ def main() -> None:
         kind, scopes = args.close_one.split(":")
         print(json.dumps(close_cpu_seconds(kind, int(scopes))))
         return
-    sizes = [int(s) for s in args.scopes.split(",")]
+    sizes = [int(s) for s in args.scopes.split(",")] + ([1_000_000] if args.million else [])
     results = {}
     with tempfile.TemporaryDirectory(prefix="spendwatch-scopes-") as tmp:
         for scopes in sizes:
@@ -230,7 +246,8 @@ def main() -> None:
                 f"({figures['seconds']:.1f} s, engine {figures['engine_seconds']:.1f} s, "
                 f"CPU {figures['cpu_seconds']:.1f} s)  "
                 f"{figures['scope_windows_per_s']:>9,} scope-windows/s  "
-                f"state/rule-scope: pickled {pickled}, RSS "
+                f"state/rule-scope: objects {figures['state_bytes_per_rule_scope']}, "
+                f"pickled {pickled}, RSS "
                 f"{figures['rss_bytes_per_rule_scope']} B  held {figures['scopes_held']}  "
                 f"peak RSS {figures['peak_rss_mb']} MB  {figures['alerts']} alerts",
                 file=sys.stderr,
