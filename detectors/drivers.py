@@ -67,13 +67,17 @@ def learn(state: MixState, breakdown: Breakdown, metric: str, alpha: float) -> N
         means = state.means.setdefault(dimension, {})
         fresh = not means
         current = {value: numerator(metric, totals) for value, totals in values.items()}
-        for value in set(means) | set(current):
+        # Known values in the order they came, new ones by name: the order of the mix (and
+        # so the order its total is summed in, and which of equal values is dropped) must
+        # not depend on the string hash of the process or on how the input was batched.
+        for value in [*means, *sorted(v for v in current if v not in means)]:
             x = current.get(value, 0.0)
             means[value] = (
                 x if fresh else means.get(value, 0.0) + alpha * (x - means.get(value, 0.0))
             )
         if len(means) > MAX_VALUES:
-            for value in sorted(means, key=means.__getitem__)[: len(means) - MAX_VALUES]:
+            smallest = sorted(means, key=lambda v: (means[v], v))[: len(means) - MAX_VALUES]
+            for value in smallest:
                 del means[value]
 
 

@@ -123,3 +123,37 @@ def test_backtest_alerts_name_their_drivers(planted, planted_file, tmp_path: Pat
     spike_alert = next(a for a in firing if a["scope"] == spike.scope)
     shares = {d["value"]: d["share"] for d in spike_alert["drivers"] if d["dimension"] == "feature"}
     assert sum(shares.values()) >= drivers.COVERAGE - 1e-9
+
+
+_MIX_OF_TIES = """
+from spendwatch.detectors import drivers
+from spendwatch.detectors.base import Totals
+mix = drivers.MixState()
+one = Totals(spend_nanos=10**9, requests=1)
+drivers.learn(mix, {"user": {"u0": one}}, "spend_usd", 0.1)
+drivers.learn(mix, {"user": {f"u{i}": one for i in range(69, 0, -1)}}, "spend_usd", 0.1)
+print(list(mix.means["user"]), repr(sum(mix.means["user"].values())))
+"""
+
+
+def test_the_mix_does_not_depend_on_the_string_hash_of_the_process():
+    """70 values with equal means, 64 kept: which are forgotten, and the order the mix is
+    summed in, must be the same in every process (a replay, a restarted worker)."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    found = {
+        subprocess.run(
+            [sys.executable, "-c", _MIX_OF_TIES],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(found) == 1, found
+    kept = ast.literal_eval(next(iter(found)).rsplit(" ", 1)[0])  # the printed kept values
+    assert len(kept) == drivers.MAX_VALUES and kept[0] == "u0"
