@@ -35,17 +35,19 @@ _NANOS = "i"
 """Type of a ring of int32 billionths (C int: 4 bytes on the platforms we run on)."""
 _PER_UNIT = 1_000_000_000
 """Billionths per unit: a spend in USD is its integer nano-dollars over this, exactly."""
+_decode = float(_PER_UNIT).__rtruediv__
+"""``cell -> cell / 10⁹``: what a cell of billionths stands for (the check below uses it)."""
 _NANOS_MAX = 2**31
 
 
 def _nanos(value: float) -> int | None:
     """The int32 ``k`` with ``k / 10⁹ == value`` to the bit, if there is one."""
+    if not value:  # the zero-filled windows of a quiet scope; -0.0 would come back as 0.0
+        return 0 if math.copysign(1.0, value) > 0 else None
     if not -2.2 < value < 2.2:  # out of int32 billionths (and NaN, ±inf)
         return None
     cell = round(value * _PER_UNIT)
-    exact = -_NANOS_MAX <= cell < _NANOS_MAX and cell / _PER_UNIT == value
-    # -0.0 would come back as 0.0
-    return cell if exact and (value or math.copysign(1.0, value) > 0) else None
+    return cell if -_NANOS_MAX <= cell < _NANOS_MAX and _decode(cell) == value else None
 
 
 def _zeros(code: str, length: int) -> array:
@@ -78,7 +80,8 @@ class SlotHistory:
     """
 
     __slots__ = (
-        "cap", "days", "fill", "residual_memory", "residuals", "seen", "values", "window",
+        "cap", "days", "fill", "residual_memory", "residuals", "seen", "short", "values",
+        "window",
     )  # fmt: skip
 
     def __init__(self, window: int, days: int, residual_memory: int, seasonal: bool) -> None:
@@ -94,6 +97,7 @@ class SlotHistory:
         # per slot: s < limit: s values, the next goes to s; s ≥ limit: full, the next
         # (which replaces the oldest) goes to s - limit
         self.fill = _zeros(_fill_code(self.limit), self.per_day)
+        self.short = 0  # rows holding fewer than ``cap`` values (not kept in snapshots)
 
     @property
     def per_day(self) -> int:
@@ -117,7 +121,7 @@ class SlotHistory:
         base = slot * self.cap
         cells = self.values[base : base + self.count(slot)]
         if cells.typecode == _NANOS:
-            return [cell / _PER_UNIT for cell in cells]
+            return list(map(_decode, cells))
         return cells.tolist()
 
     def expected(self, window_start: int, neighbours: int) -> tuple[float, int] | None:
@@ -133,20 +137,25 @@ class SlotHistory:
         """The slot's and its neighbours' recent values, sorted."""
         ring, fill, cap = self.values, self.fill, self.cap
         limit = self.days if self.window else self.days * 24
-        values: list[float] = []
         if not self.window:
-            values.extend(ring[: min(fill[0], limit)])
+            cells = ring[: min(fill[0], limit)]
         else:
             per_day = _DAY // self.window
-            here = self.slot(window_start)
-            for offset in range(-neighbours, neighbours + 1):
-                slot = (here + offset) % per_day
-                base = slot * cap
-                values.extend(ring[base : base + min(fill[slot], limit)])
+            here = (window_start % _DAY) // self.window
+            first, last = here - neighbours, here + neighbours
+            if not self.short and first >= 0 and last < per_day:
+                # every row full (the usual case once a scope has ``days`` of history):
+                # the slots are adjacent rows, one slice
+                cells = ring[first * cap : (last + 1) * cap]
+            else:
+                cells = []
+                for offset in range(-neighbours, neighbours + 1):
+                    slot = (here + offset) % per_day
+                    base = slot * cap
+                    cells.extend(ring[base : base + min(fill[slot], limit)])
         if ring.typecode == _NANOS:
-            values = [cell / _PER_UNIT for cell in values]
-        values.sort()
-        return values
+            return sorted(map(_decode, cells))
+        return sorted(cells)
 
     def relative_std(self) -> float:
         """Robust relative noise of the scope (0 until residuals exist)."""
@@ -178,6 +187,8 @@ class SlotHistory:
         self.fill[slot] = state + 1 if state + 1 < 2 * limit else limit
         if position >= self.cap:
             self._grow()
+        if state < limit and state + 1 == self.cap:
+            self.short -= 1  # this row has just reached ``cap`` values
         index = slot * self.cap + position
         ring = self.values
         code = ring.typecode
@@ -218,7 +229,7 @@ class SlotHistory:
         wide = _zeros("d", len(ring))
         if ring.typecode == _NANOS:
             for index, cell in enumerate(ring):
-                wide[index] = cell / _PER_UNIT
+                wide[index] = _decode(cell)
         else:
             for index, value in enumerate(ring):
                 wide[index] = value
@@ -232,6 +243,7 @@ class SlotHistory:
         for slot in range(self.per_day):
             grown[slot * new_cap : slot * new_cap + cap] = old[slot * cap : (slot + 1) * cap]
         self.values, self.cap = grown, new_cap
+        self.short = self.per_day  # no row holds more than the old cap
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -250,6 +262,8 @@ class SlotHistory:
             self.cap = cap
             self.values = _array(code, values)
             self.fill = _array(_fill_code(self.limit), fill)
+            limit = self.limit
+            self.short = sum(1 for count in self.fill if min(count, limit) < cap)
             return
         if len(state) == 5 and isinstance(state[3], dict):
             self._load_dict_layout(*state)
