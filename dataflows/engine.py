@@ -11,6 +11,7 @@ count toward budgets; detectors count them as late. The wall clock is never read
 
 from __future__ import annotations
 
+import ast
 import heapq
 import math
 import pickle
@@ -38,6 +39,26 @@ from spendwatch.detectors.budget import BudgetRule, BudgetState
 Tracer = Callable[[Detector, Mapping[str, str], int, Totals, "dict[str, float] | None"], None]
 """Called with a detector's explanation of a window just before it judges it (``explain``
 and reports record with it)."""
+
+
+UNLEARNED = frozenset({"severity", "max_scopes"})
+"""Detector settings a learned state does not depend on: changing them keeps baselines
+(``max_scopes`` only bounds how many scopes are kept; the longest-quiet go first)."""
+
+
+def _learned(signature: Any) -> Any:
+    """A rule signature without the settings in ``UNLEARNED``, as one saved by any version
+    compares (older snapshots recorded ``max_scopes`` among the settings)."""
+    if not (isinstance(signature, (tuple, list)) and len(signature) == 3):
+        return signature
+    if signature[0] != "detector":
+        return signature
+    try:
+        settings = ast.literal_eval(signature[2])
+    except (ValueError, SyntaxError):
+        return tuple(signature)
+    kept = [item for item in settings if item[0] not in UNLEARNED]
+    return (signature[0], signature[1], repr(kept))
 
 
 @dataclass
@@ -107,7 +128,7 @@ class EnginePlan:
         signatures: dict[str, tuple] = {}
         for detector in self.detectors:
             config = getattr(detector, "config", None)
-            settings = config.model_dump(exclude={"severity"}) if config is not None else {}
+            settings = config.model_dump(exclude=UNLEARNED) if config is not None else {}
             signatures[detector.name] = (
                 "detector",
                 detector.aggregation,
@@ -852,7 +873,9 @@ class ShardEngine:
             self.counters.allocation,
         ):
             for name in list(states):
-                if name not in current or (saved is not None and saved.get(name) != current[name]):
+                if name not in current or (
+                    saved is not None and _learned(saved.get(name)) != _learned(current[name])
+                ):
                     del states[name]
         for aggregation in [a for a in self.open if a not in self.plan.aggregations]:
             del self.open[aggregation]

@@ -229,10 +229,11 @@ class RuleConfig(StrictModel):
     resolve_after: int = Field(default=2, ge=1, description="normal windows that end an episode")
     severity: Severity = Field(default="warning", description="severity of its alerts")
     max_scopes: int = Field(
-        default=10_000,
+        default=25_000,
         ge=1,
         description="per shard: beyond this many scopes the longest-quiet ones are forgotten "
-        "(bounded memory when a scope dimension explodes, e.g. one scope per user)",
+        "(bounded memory when a scope dimension explodes, e.g. one scope per user; a seasonal "
+        "scope holds 3-6 KB, so 25,000 is about 0.1 GB per rule and shard)",
     )
 
     @model_validator(mode="after")

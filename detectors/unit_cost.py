@@ -69,7 +69,6 @@ from spendwatch.detectors.base import (
     register_detector,
 )
 from spendwatch.detectors.episodes import Episode
-from spendwatch.detectors.slots import SlotHistory
 
 LOG_WINSOR = 25.0
 """A window's per-request log variance sample is winsorised at this × the learned one."""
@@ -107,7 +106,7 @@ class UnitCostConfig(ExplainedRuleConfig):
     )
     max_volume_ratio: float = Field(default=1.5, ge=1.0, description="unused; kept for old configs")
     history: int = Field(default=48, ge=4, description="memory of the unit baseline, in windows")
-    days: int = Field(default=5, ge=1, description="days of request history per slot")
+    days: int = Field(default=5, ge=1, description="unused; kept for old configs")
     prior_cv: float = Field(
         default=1.0, gt=0, description="per-request coefficient of variation a new scope assumes"
     )
@@ -154,8 +153,8 @@ class UnitCostState:
     _V3 = (*_V2, "calibration")
     _FIELDS = (*_V3, "kurtosis")
 
-    def __init__(self, volume: SlotHistory, grid_size: int) -> None:
-        self.volume = volume
+    def __init__(self, grid_size: int) -> None:
+        self.volume = None  # the seasonal request count once gated evidence; kept in the layout
         self.episode = Episode()
         self.num = 0.0  # EW sum of the numerator (spend or output tokens)
         self.requests = 0.0  # EW sum of requests
@@ -194,6 +193,7 @@ class UnitCostState:
             state = (None,) * len(self._FIELDS)
         for name, value in zip(self._FIELDS, state, strict=True):
             setattr(self, name, value)
+        self.volume = None  # an older snapshot's request history: nothing reads it now
 
 
 @register_detector("unit_cost", UnitCostConfig)
@@ -209,8 +209,7 @@ class UnitCost(DetectorBase):
         )
 
     def new_state(self) -> UnitCostState:
-        c = self.config
-        return UnitCostState(SlotHistory(c.window, c.days, 8, seasonal=True), len(sequential.GRID))
+        return UnitCostState(len(sequential.GRID))
 
     def learning(self, state: UnitCostState) -> bool:
         return not state.episode.active and max(state.cusum) < self._threshold(state) / 2
@@ -346,7 +345,6 @@ class UnitCost(DetectorBase):
         upper = max(
             mean * (1 + self.config.min_increase), mean * math.exp(needed_z * math.sqrt(v) - v / 2)
         )
-        volume = state.volume.expected(window_start, 1)
         return {
             "value": value,
             "expected": mean,
@@ -357,7 +355,6 @@ class UnitCost(DetectorBase):
             "threshold": threshold,
             "once_in_days": state.calibration.once_in_days(evidence, self.config.window),
             "requests": float(totals.requests),
-            "expected_requests": volume[0] if volume else math.nan,
             "warm": float(self._warm(state)),
         }
 
@@ -369,7 +366,6 @@ class UnitCost(DetectorBase):
         if value is None or totals.requests < c.min_requests:
             return []
         n = totals.requests
-        volume = state.volume.expected(window_start, 1)
         null = self._null(state, n)
         anomalous = False
         expected, z, evidence = value, 0.0, 0.0
@@ -421,7 +417,6 @@ class UnitCost(DetectorBase):
                 state.kurtosis.push(n * (raw**4 - 3.0), self.alpha / 4)
             if log_sums is not None:
                 self._learn_log(state, log_sums[0], n)
-        state.volume.learn(window_start, float(n), volume[0] if volume else None)
         return alerts
 
     def _learn(self, state: UnitCostState, value: float, requests: int) -> None:

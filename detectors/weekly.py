@@ -31,75 +31,87 @@ from array import array
 WEEK = 7 * 86400
 BLOCK = 2 * 3600
 CELLS = WEEK // BLOCK
-ROWS = 3
-"""The week being filled and the two complete weeks before it."""
+MISSING = float("nan")
 
 
 class WeeklyFactor:
-    """Per-(week, cell) sums of learned values and expectations; see the module docstring."""
+    """The week being filled (sums per cell) and the two complete weeks before it (one
+    ratio per cell, NaN where a cell had nothing); see the module docstring. 1.3 KB."""
 
-    __slots__ = ("noise", "spread", "sums", "weeks")
+    __slots__ = ("current", "noise", "ratios", "spread", "week")
 
     def __init__(self) -> None:
-        self.sums = array("f", bytes(4 * ROWS * CELLS * 2))  # [row, cell, (value, expected)]
-        self.spread = array("f", bytes(4 * ROWS))  # τ² learned when the row's week ended
-        self.noise = array("f", bytes(4 * ROWS))  # s², likewise
-        self.weeks = array("q", [-1] * ROWS)
+        self.week = -1  # the week ``current`` sums
+        self.current = array("f", bytes(4 * CELLS * 2))  # [cell, (value, expected)]
+        self.ratios = array("f", [MISSING] * (2 * CELLS))  # [week - 1, week - 2][cell]
+        self.spread = 0.0  # τ², learned from the two complete weeks
+        self.noise = 0.0  # s², likewise
 
     def __getstate__(self) -> tuple:
-        return tuple(getattr(self, name).tobytes() for name in self.__slots__)
+        return (self.week, self.current.tobytes(), self.ratios.tobytes(), self.spread, self.noise)
 
     def __setstate__(self, state: tuple) -> None:
-        for name, raw in zip(self.__slots__, state, strict=True):
-            values = array("q" if name == "weeks" else "f")
-            values.frombytes(raw)
-            setattr(self, name, values)
+        if len(state) != 5:  # an earlier layout of the cells: the weeks start afresh
+            self.__init__()
+            return
+        self.week, current, ratios, self.spread, self.noise = state
+        self.current, self.ratios = array("f"), array("f")
+        self.current.frombytes(current)
+        self.ratios.frombytes(ratios)
 
     def push(self, window_start: int, value: float, expected: float) -> None:
         """Learn one normal window: its value against its expectation without the factor."""
-        week = window_start // WEEK
-        row = week % ROWS
-        if self.weeks[row] != week:
-            self._learn_spread(int(week) - 1)
-            base = row * CELLS * 2
-            for i in range(base, base + CELLS * 2):
-                self.sums[i] = 0.0
-            self.weeks[row] = week
-            self.spread[row] = self.noise[row] = 0.0
-        i = (row * CELLS + (window_start % WEEK) // BLOCK) * 2
-        self.sums[i] += value
-        self.sums[i + 1] += expected
+        week = int(window_start // WEEK)
+        if week != self.week:
+            self._roll(week)
+        i = ((window_start % WEEK) // BLOCK) * 2
+        self.current[i] += value
+        self.current[i + 1] += expected
 
-    def _ratio(self, week: int, cell: int) -> float | None:
-        row = week % ROWS
-        i = (row * CELLS + cell) * 2
-        if self.weeks[row] != week or self.sums[i + 1] <= 0:
-            return None
-        return self.sums[i] / self.sums[i + 1]
+    def _roll(self, week: int) -> None:
+        """A new week: the one just filled becomes the latest complete week (if it is the
+        week before), and τ² and s² are learned from it against the week before it."""
+        latest = [MISSING] * CELLS
+        if week == self.week + 1:
+            for cell in range(CELLS):
+                value, expected = self.current[2 * cell], self.current[2 * cell + 1]
+                if expected > 0:
+                    latest[cell] = value / expected
+            older = list(self.ratios[:CELLS])
+        elif week == self.week + 2:
+            older = [MISSING] * CELLS
+            for cell in range(CELLS):
+                value, expected = self.current[2 * cell], self.current[2 * cell + 1]
+                if expected > 0:
+                    older[cell] = value / expected
+        else:
+            older = [MISSING] * CELLS
+        self.ratios = array("f", latest + older)
+        self.current = array("f", bytes(4 * CELLS * 2))
+        self.week = week
+        self._learn_spread()
 
-    def _learn_spread(self, week: int) -> None:
-        """A week is over: τ² and s² from its cells against the week before's."""
-        pairs = []
-        for cell in range(CELLS):
-            one, two = self._ratio(week, cell), self._ratio(week - 1, cell)
-            if one is not None and two is not None:
-                pairs.append((one, two))
+    def _learn_spread(self) -> None:
+        """τ² and s² from the two complete weeks, cell against cell."""
+        self.spread = self.noise = 0.0
+        pairs = [
+            (one, two)
+            for one, two in zip(self.ratios[:CELLS], self.ratios[CELLS:], strict=True)
+            if one == one and two == two  # both weeks saw the cell (NaN is not itself)
+        ]
         if len(pairs) < CELLS // 2:
             return
         differences = sorted((one - two) ** 2 / 2 for one, two in pairs)
-        noise = differences[len(differences) // 2] / 0.455  # median of χ²₁ is 0.455
+        self.noise = differences[len(differences) // 2] / 0.455  # median of χ²₁ is 0.455
         level = sum(((one + two) / 2 - 1.0) ** 2 for one, two in pairs) / len(pairs)
-        row = week % ROWS
-        self.noise[row] = noise
-        self.spread[row] = max(level - noise / 2, 0.0)
+        self.spread = max(level - self.noise / 2, 0.0)
 
     def factor(self, window_start: int) -> float:
         """The expectation's multiplier for this window: the larger of two weeks' (≥ 0)."""
-        week = window_start // WEEK
+        if int(window_start // WEEK) != self.week or self.spread <= 0:
+            return 1.0  # the first window of a week, before it is rolled: no factor
         cell = (window_start % WEEK) // BLOCK
-        row = (week - 1) % ROWS
-        tau2, noise = self.spread[row], self.noise[row]
-        one, two = self._ratio(week - 1, cell), self._ratio(week - 2, cell)
-        if self.weeks[row] != week - 1 or tau2 <= 0 or one is None or two is None:
+        one, two = self.ratios[cell], self.ratios[CELLS + cell]
+        if one != one or two != two:
             return 1.0
-        return 1.0 + (max(one, two) - 1.0) * tau2 / (tau2 + noise)
+        return 1.0 + (max(one, two) - 1.0) * self.spread / (self.spread + self.noise)
