@@ -9,7 +9,9 @@ Step ids are stable: they name the recovery state.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -149,7 +151,9 @@ def _outbox_for(config: Any, receivers: Callable[[], list[Notifier]] | None) -> 
     """The configured outbox, or a throwaway one delivering to ``receivers`` (tests)."""
     if receivers is None:
         return build_outbox(config).start()
-    path = os.path.join(tempfile.mkdtemp(prefix="spendwatch-outbox-"), "outbox.sqlite")
+    directory = tempfile.mkdtemp(prefix="spendwatch-outbox-")
+    atexit.register(shutil.rmtree, directory, True)  # throwaway: gone when the process is
+    path = os.path.join(directory, "outbox.sqlite")
     return build_outbox(config, path=path, extra=receivers(), audit="all", deliver=False).start()
 
 
