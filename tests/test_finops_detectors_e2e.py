@@ -24,7 +24,21 @@ DAY = 86400
 SLACK_TOKEN = "xoxb-finops-token-123456"
 JIRA_TOKEN = "jira-finops-token-123456"
 
-CONFIG = """
+RECEIVERS = """
+receivers:
+  - type: slack
+    token: ${{FINOPS_SLACK_TOKEN}}
+    channel: C0ALERTS
+    base_url: {slack}
+  - type: jira
+    url: {jira}
+    token: ${{FINOPS_JIRA_TOKEN}}
+    project: PLAT
+"""
+"""The test kit's Slack and Jira, through the real clients (both configs below)."""
+
+CONFIG = (
+    """
 source: {{type: jsonl, path: {events}}}
 pricing:
   models:
@@ -36,21 +50,15 @@ detectors:
   - {{name: new-model, type: new_value, scope: [tenant, feature], dimension: model}}
   - {{name: fan-out, type: fan_out, scope: [session], peers: [tenant, feature],
      expected: {{support: 6}}}}
-receivers:
-  - type: slack
-    token: ${{FINOPS_SLACK_TOKEN}}
-    channel: C0ALERTS
-    base_url: {slack}
-  - type: jira
-    url: {jira}
-    token: ${{FINOPS_JIRA_TOKEN}}
-    project: PLAT
-routes:
+"""
+    + RECEIVERS
+    + """routes:
   - match: {{rule: untagged}}
     receivers: [jira]
   - receivers: [slack]
 delivery: {{backoff_initial: 0.05, backoff_max: 0.5, flush_timeout: 60}}
 """
+)
 
 
 def _iso(ts: float) -> str:
@@ -134,7 +142,8 @@ def test_unattributed_reports_each_period_over_the_share_and_resolves_after():
     assert period_start(T0 + 3 * DAY, "week") == T0
 
 
-ALLOCATION_CONFIG = """
+ALLOCATION_CONFIG = (
+    """
 source: {{type: jsonl, path: {events}}}
 detectors: []
 budgets:
@@ -143,21 +152,15 @@ budgets:
   - {{name: direct, scope_by: [tenant], amount_usd: 10, period: day}}
 allocation:
   - {{name: platform, dimension: tenant, shared: [shared], by: requests}}
-receivers:
-  - type: slack
-    token: ${{FINOPS_SLACK_TOKEN}}
-    channel: C0ALERTS
-    base_url: {slack}
-  - type: jira
-    url: {jira}
-    token: ${{FINOPS_JIRA_TOKEN}}
-    project: PLAT
-routes:
+"""
+    + RECEIVERS
+    + """routes:
   - match: {{rule: loaded}}
     receivers: [jira, slack]
   - receivers: [slack]
 delivery: {{backoff_initial: 0.05, backoff_max: 0.5, flush_timeout: 60}}
 """
+)
 
 
 def test_allocated_spend_crosses_a_budget_and_reaches_jira_and_slack(tmp_path, monkeypatch):
