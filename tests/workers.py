@@ -122,6 +122,11 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: 
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
+MAX_STARTS = 300
+"""Starts of the worker a kill loop may take: a loop that cannot land its kills fails
+instead of spinning until the CI's time limit."""
+
+
 def kill_loop(
     command: list[str],
     seed: int,
@@ -143,15 +148,22 @@ def kill_loop(
     rng = random.Random(seed)
     done = 0
     finished_after_last_kill = False
-    while done < kills or not finished_after_last_kill:
+    last_run: float | None = None  # seconds the last worker took to finish on its own
+    for _ in range(MAX_STARTS):
+        if done >= kills and finished_after_last_kill:
+            return done
         before = progress() if progress is not None else 0
+        started = time.monotonic()
         worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if progress is not None and done < kills + 2:
             deadline = time.monotonic() + progress_wait
             while worker.poll() is None and progress() == before and time.monotonic() < deadline:
                 time.sleep(0.05)
         if done < kills + 2:
-            time.sleep(rng.uniform(*pause))
+            wait = rng.uniform(*pause)
+            if last_run is not None:  # a worker that finishes quicker than the pauses
+                wait = min(wait, rng.uniform(0.1, 0.9) * last_run)  # is still hit mid-run
+            time.sleep(wait)
         if done < kills + 2 and worker.poll() is None:
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=30)
@@ -161,8 +173,9 @@ def kill_loop(
             continue
         _, stderr = worker.communicate(timeout=120)
         assert worker.returncode == 0, stderr.decode()[-3000:]
+        last_run = time.monotonic() - started
         finished_after_last_kill = True
-    return done
+    raise AssertionError(f"{MAX_STARTS} starts and only {done} kills landed")
 
 
 def assert_exactly_once(
