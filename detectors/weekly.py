@@ -71,21 +71,18 @@ class WeeklyFactor:
     def _roll(self, week: int) -> None:
         """A new week: the one just filled becomes the latest complete week (if it is the
         week before), and τ² and s² are learned from it against the week before it."""
-        latest = [MISSING] * CELLS
+        finished = [MISSING] * CELLS
+        if week in (self.week + 1, self.week + 2):  # the filled week is one of the two
+            for cell in range(CELLS):
+                value, expected = self.current[2 * cell], self.current[2 * cell + 1]
+                if expected > 0:
+                    finished[cell] = value / expected
         if week == self.week + 1:
-            for cell in range(CELLS):
-                value, expected = self.current[2 * cell], self.current[2 * cell + 1]
-                if expected > 0:
-                    latest[cell] = value / expected
-            older = list(self.ratios[:CELLS])
+            latest, older = finished, list(self.ratios[:CELLS])
         elif week == self.week + 2:
-            older = [MISSING] * CELLS
-            for cell in range(CELLS):
-                value, expected = self.current[2 * cell], self.current[2 * cell + 1]
-                if expected > 0:
-                    older[cell] = value / expected
+            latest, older = [MISSING] * CELLS, finished
         else:
-            older = [MISSING] * CELLS
+            latest, older = [MISSING] * CELLS, [MISSING] * CELLS
         self.ratios = array("f", latest + older)
         self.current = array("f", bytes(4 * CELLS * 2))
         self.week = week
