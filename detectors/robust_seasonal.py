@@ -30,9 +30,10 @@ episode outlasts ``relearn_after`` windows: then the new level is accepted.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from spendwatch.core.alerts import Alert
@@ -47,6 +48,7 @@ from spendwatch.detectors.base import (
     register_detector,
 )
 from spendwatch.detectors.episodes import Episode
+from spendwatch.detectors.robust_columns import COLD_FIELDS, QUIET_WINDOWS, QuietRows, step
 from spendwatch.detectors.slots import SlotHistory
 from spendwatch.detectors.weekly import BLOCK, WeeklyFactor
 
@@ -106,21 +108,30 @@ class RobustSeasonalConfig(ExplainedRuleConfig):
     residual_memory: int = Field(default=8, ge=8, description="unused; kept for old configs")
 
 
+_FIELDS = (
+    "calibration",
+    "corr",
+    "cusum",
+    "episode",
+    "fit",
+    "history",
+    "last_z",
+    "level",
+    "per_request",
+    "trend_expected",
+    "trend_value",
+    "weekly",
+)
+"""The state's fields, in snapshot order."""
+
+
 class RobustState:
-    __slots__ = (
-        "calibration",
-        "corr",
-        "cusum",
-        "episode",
-        "fit",
-        "history",
-        "last_z",
-        "level",
-        "per_request",
-        "trend_expected",
-        "trend_value",
-        "weekly",
-    )
+    """One scope's state: objects while the scope is busy (hot), a row of arrays while it is
+    quiet (cold, ``detectors/robust_columns.py``). A cold state's fields come back on first
+    use (``__getattr__`` finds them missing and thaws the row), so code reading a state
+    needs no care; a snapshot or a baseline of a cold state reads the row in place."""
+
+    __slots__ = (*_FIELDS, "_cold")
 
     def __init__(self, history: SlotHistory, grid_size: int) -> None:
         self.history = history
@@ -135,18 +146,47 @@ class RobustState:
         self.trend_value = 0.0  # EW sums of learned values and of their seasonal medians:
         self.trend_expected = 0.0  # their ratio (≥ 1) is the scope's recent growth
         self.weekly = WeeklyFactor()  # the last two weeks' level at this hour of the week
+        self._cold: tuple[QuietRows, int] | None = None
+
+    def __getattr__(self, name: str) -> object:
+        """A field of a cold state: thaw the row (only called for fields not set)."""
+        if name == "_cold":
+            return None
+        cold = self._cold
+        if cold is None or name not in COLD_FIELDS:
+            raise AttributeError(name)
+        cold[0].thaw(self)
+        return object.__getattribute__(self, name)
+
+    def __del__(self) -> None:
+        cold = self._cold
+        if cold is not None:
+            cold[0].release(cold[1])
+
+    def hot_copy(self) -> RobustState:
+        """This state as objects, without thawing it (for reading a cold state in place)."""
+        if self._cold is None:
+            return self
+        copy = RobustState.__new__(RobustState)
+        copy.__setstate__(self.__getstate__())
+        return copy
 
     def __getstate__(self) -> tuple:
-        return tuple(getattr(self, name) for name in self.__slots__)
+        cold = self._cold
+        if cold is None:
+            return tuple(getattr(self, name) for name in _FIELDS)
+        fields = cold[0].fields(cold[1])
+        return tuple(self.episode if name == "episode" else fields[name] for name in _FIELDS)
 
     def __setstate__(self, state: tuple) -> None:
         # A snapshot from before the weekly factors (the last slot) keeps what it learned
         # and starts its weeks empty; one with other fields is dropped by the engine.
-        if len(state) == len(self.__slots__) - 1 and self.__slots__[-1] == "weekly":
+        self._cold = None
+        if len(state) == len(_FIELDS) - 1 and _FIELDS[-1] == "weekly":
             state = (*state, WeeklyFactor())
-        if len(state) != len(self.__slots__):
-            state = (None,) * len(self.__slots__)
-        for name, value in zip(self.__slots__, state, strict=True):
+        if len(state) != len(_FIELDS):
+            state = (None,) * len(_FIELDS)
+        for name, value in zip(_FIELDS, state, strict=True):
             setattr(self, name, value)
 
 
@@ -230,7 +270,7 @@ class RobustSeasonal(DetectorBase):
         return min(max(ratio, 1.0), TREND_MAX)
 
     def baseline(self, state: RobustState, window_start: int) -> Baseline | None:
-        band = self.band(state, window_start)
+        band = self.band(state.hot_copy(), window_start)  # a cold scope stays cold
         return None if band is None else Baseline(band[0], math.sqrt(max(band[1], 0.0)))
 
     def windows_seen(self, state: RobustState) -> int:
@@ -328,6 +368,43 @@ class RobustSeasonal(DetectorBase):
         root = (1.0 - cc) + needed * math.sqrt(cc)
         return expected * max(root, 0.0) ** 3
 
+    def quiet_rows(self) -> QuietRows | None:
+        """A store for this rule's quiet scopes as rows (``detectors/robust_columns.py``),
+        or ``None`` where their windows are judged scope by scope (no time-of-day slots)."""
+        if self.config.seasonality != "time_of_day" or 86400 % self.config.window:
+            return None
+        return QuietRows(self)
+
+    quiet_windows = QUIET_WINDOWS
+
+    def observe_quiet(
+        self, store: QuietRows, states: Sequence[RobustState], window_start: int
+    ) -> list[int]:
+        """Judge the empty window ``window_start`` of scopes quiet for ``quiet_windows`` or
+        more, as rows; return the positions in ``states`` the caller must judge scope by
+        scope (an episode, a week to roll, nothing to expect from: exactly what
+        ``observe`` with zero totals would do, which cannot fire)."""
+        rows = np.empty(len(states), dtype=np.int64)
+        back: list[int] = []
+        freezable = store.freezable
+        for position, state in enumerate(states):
+            cold = state._cold
+            if cold is not None:
+                rows[position] = cold[1]
+            elif freezable(state):
+                rows[position] = store.freeze(state)
+            else:
+                rows[position] = -1
+                back.append(position)
+        judged = np.flatnonzero(rows >= 0)
+        if not judged.size:
+            return back
+        failed = step(self, store, rows[judged], window_start)
+        for position in judged[failed].tolist():
+            store.thaw(states[position])
+            back.append(position)
+        return back
+
     def observe(
         self, state: RobustState, scope: Mapping[str, str], window_start: int, totals: Totals
     ) -> list[Alert]:
@@ -387,7 +464,8 @@ class RobustSeasonal(DetectorBase):
             expected, variance = band
             u = max(state.per_request, 0.0) * c.overdispersion * expected
             # a window far out (yet not anomalous) must not blow the band up at once
-            e2 = min((value - expected) ** 2, 25.0 * variance)
+            error = value - expected
+            e2 = min(error * error, 25.0 * variance)
             state.fit.push(u, expected * expected, e2, alpha)
         if z is not None:
             state.corr.push(max(min(z * state.last_z, 4.0), -4.0) / 1.0, alpha)

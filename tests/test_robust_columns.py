@@ -1,0 +1,252 @@
+"""Quiet ``robust_seasonal`` scopes judged as rows of arrays equal the per-scope code, bit for bit.
+
+``detectors/robust_columns.py`` judges the empty windows of scopes that have been quiet
+for a while across all of them at once. It must leave exactly the state, and raise
+exactly the alerts, that ``observe`` with zero totals would: these tests run both on the
+same scopes (busy, thin, bursty, young, in an episode, across a week's end, every storage
+form of the slot ring) and compare every alert and every field of every state, as
+pickled bytes; and the whole engine on a sparse multi-day stream with and without rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import random
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spendwatch.config import SpendwatchConfig
+from spendwatch.dataflows.engine import EnginePlan, ShardEngine
+from spendwatch.detectors.base import ZERO, Totals
+from spendwatch.detectors.robust_columns import QuietRows
+from spendwatch.detectors.robust_seasonal import RobustSeasonal, RobustSeasonalConfig, RobustState
+
+WINDOW = 900
+T0 = 1_795_000_000 - 1_795_000_000 % (7 * 86400)  # a week's start (UTC Thursday)
+SCOPE = {"prompt_id": "p"}
+
+
+def _detector(**settings: object) -> RobustSeasonal:
+    config = {"name": "spend", "scope": ["prompt_id"], "warmup": "1d", **settings}
+    return RobustSeasonal(RobustSeasonalConfig.model_validate(config))
+
+
+def _window(rng: random.Random, rate: float, cents: bool) -> Totals:
+    """One window of ``rate`` requests on average, priced in whole nano-dollars or not."""
+    requests = sum(1 for _ in range(int(rate * 3)) if rng.random() < 1 / 3)
+    if not requests:
+        return ZERO
+    per = rng.lognormvariate(math.log(0.002), 0.8)
+    spend = requests * per
+    nanos = round(spend * 1e9) if cents else round(spend * 1e9) * 1000 + 1
+    return Totals(spend_nanos=nanos, requests=requests, output_tokens=200 * requests)
+
+
+def _grown(detector: RobustSeasonal, seed: int, windows: int) -> tuple[RobustState, int]:
+    """A state that lived ``windows`` windows of a random scope (some of them spikes)."""
+    rng = random.Random(seed)
+    rate = rng.choice([0.3, 1.0, 4.0, 40.0])
+    cents = rng.random() < 0.7  # else spends that need float64 rings
+    state = detector.new_state()
+    for w in range(windows):
+        t = T0 + w * WINDOW
+        totals = _window(rng, rate * (8 if rng.random() < 0.01 else 1), cents)
+        detector.observe(state, SCOPE, t, totals)
+    return state, T0 + windows * WINDOW
+
+
+def _bytes(state: object) -> bytes:
+    return pickle.dumps(state.__getstate__())
+
+
+def _compare(detector: RobustSeasonal, states: list, start: int, empties: int) -> int:
+    """Judge ``empties`` empty windows both ways; assert the same alerts and states; return
+    how many windows the rows judged."""
+    reference = copy.deepcopy(states)
+    store = QuietRows(detector)
+    expected_alerts = []
+    for state in reference:
+        for k in range(empties):
+            expected_alerts.extend(detector.observe(state, SCOPE, start + k * WINDOW, ZERO))
+    found_alerts = []
+    for k in range(empties):
+        for position in detector.observe_quiet(store, states, start + k * WINDOW):
+            found_alerts.extend(
+                detector.observe_empty(states[position], SCOPE, (start + k * WINDOW,))
+            )
+    key = lambda a: (a.window_start, a.status, a.observed)  # noqa: E731
+    assert sorted(found_alerts, key=key) == sorted(expected_alerts, key=key)
+    for mine, theirs in zip(states, reference, strict=True):
+        assert _bytes(mine) == _bytes(theirs)
+    return store.judged
+
+
+def test_rows_equal_the_per_scope_code_across_a_week_end_and_every_ring_form():
+    detector = _detector()
+    days = 6  # the sixth day's last hours and the next week's first: a week rolls
+    grown = [_grown(detector, seed, days * 96 + 60) for seed in range(24)]
+    states = [state for state, _ in grown]
+    start = grown[0][1]
+    codes = {state.history.values.typecode for state in states}
+    assert {"f", "i", "d"} & codes >= {"i", "d"}, codes
+    judged = _compare(detector, states, start, 96 * 2)
+    assert judged > 24 * 96, "most empty windows must be judged as rows"
+
+
+def test_rows_hand_back_what_they_cannot_judge_and_take_it_again():
+    """A scope in an episode stays per scope until it resolves; a young one in warm-up
+    is judged as a row without moving its evidence."""
+    detector = _detector(resolve_after=3)
+    rng = random.Random(5)
+    spiking = detector.new_state()
+    young = detector.new_state()
+    for w in range(3 * 96):
+        t = T0 + w * WINDOW
+        totals = _window(rng, 4.0, True)
+        if w >= 3 * 96 - 2:
+            totals = Totals(spend_nanos=totals.spend_nanos * 30 + 10**8, requests=60)
+        detector.observe(spiking, SCOPE, t, totals)
+        if w > 3 * 96 - 30:
+            detector.observe(young, SCOPE, t, _window(rng, 4.0, True))
+    assert spiking.episode.active
+    judged = _compare(detector, [spiking, young], T0 + 3 * 96 * WINDOW, 40)
+    assert judged > 40, judged
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    lived=st.integers(1, 7 * 96),
+    empties=st.integers(1, 30),
+    metric=st.sampled_from(["spend_usd", "requests", "output_tokens"]),
+    neighbours=st.integers(0, 2),
+    days=st.integers(1, 6),
+)
+def test_any_scope_any_stretch(seed, lived, empties, metric, neighbours, days):
+    detector = _detector(metric=metric, neighbours=neighbours, days=days, warmup="6h")
+    grown = [_grown(detector, seed * 7 + k, lived) for k in range(3)]
+    _compare(detector, [state for state, _ in grown], grown[0][1], empties)
+
+
+def test_a_cold_state_reads_and_pickles_in_place_and_thaws_on_use():
+    detector = _detector()
+    state, start = _grown(detector, 3, 3 * 96)
+    twin = copy.deepcopy(state)
+    store = QuietRows(detector)
+    assert detector.observe_quiet(store, [state], start) == []
+    detector.observe(twin, SCOPE, start, ZERO)
+    assert state._cold is not None and len(store) == 1
+    assert _bytes(state) == _bytes(twin), "a snapshot of a cold state is its objects"
+    t = start + WINDOW
+    assert detector.baseline(state, t) == detector.baseline(twin, t)
+    assert state._cold is not None, "a baseline leaves the scope cold"
+    restored = pickle.loads(pickle.dumps(state))
+    assert restored._cold is None and _bytes(restored) == _bytes(twin)
+    busy = Totals(spend_nanos=5_000_000, requests=3)
+    assert detector.observe(state, SCOPE, t, busy) == detector.observe(twin, SCOPE, t, busy)
+    assert state._cold is None and len(store) == 0, "data thaws the row and frees it"
+    assert _bytes(state) == _bytes(twin)
+    detector.observe_quiet(store, [state], t + WINDOW)
+    del state
+    assert len(store) == 0, "a forgotten cold scope gives its row back"
+
+
+# -- the whole engine --------------------------------------------------------------------------
+
+CONFIG = {
+    "engine": {"allowed_lateness": "2m", "scope_idle_ttl": "2d", "shards": 2},
+    "detectors": [
+        {
+            "name": "prompt-spend",
+            "type": "robust_seasonal",
+            "scope": ["prompt_id"],
+            "warmup": "1d",
+            "drivers": ["model"],
+        },
+        {
+            "name": "tenant-requests",
+            "type": "robust_seasonal",
+            "metric": "requests",
+            "scope": ["tenant"],
+            "warmup": "1d",
+        },
+    ],
+}
+
+
+def _rows(seed: int, days: int) -> list[tuple[float, int, tuple]]:
+    """Partial rows of a sparse stream: 300 prompts at 0.02-2 requests a window, some
+    going quiet for a day, a few spiking ×20 for an hour, over ``days`` days."""
+    rng = np.random.default_rng(seed)
+    prompts = 300
+    rates = np.exp(rng.uniform(math.log(0.02), math.log(2.0), prompts))
+    out = []
+    for w in range(days * 96):
+        t = T0 + w * WINDOW
+        day = (t % 86400) / 86400
+        cycle = 0.6 + 0.4 * math.sin(2 * math.pi * (day - 0.3))
+        counts = rng.poisson(rates * cycle)
+        quiet = (np.arange(prompts) % 7 == (w // 96) % 7) & (w // 48 % 3 == 1)
+        counts[quiet] = 0
+        if w % 97 == 50:
+            counts[rng.integers(prompts)] += 40
+        for prompt in np.flatnonzero(counts).tolist():
+            requests = int(counts[prompt])
+            nanos = int(requests * rng.integers(100_000, 3_000_000))
+            model = "small" if rng.random() < 0.7 else "large"
+            out.append((t, prompt, model, requests, nanos))
+    return out
+
+
+def _run(rows: list, quiet_rows: bool, restore_every: int) -> tuple[list, dict]:
+    config = SpendwatchConfig.model_validate(CONFIG)
+    plan = EnginePlan.from_config(config)
+    engine = ShardEngine(plan, quiet_rows=quiet_rows)
+    index = {a: i for i, a in enumerate(plan.aggregations)}
+    alerts = []
+    judged = 0
+    by_window: dict[float, list] = {}
+    for row in rows:
+        by_window.setdefault(row[0], []).append(row)
+    for batch, (t, window_rows) in enumerate(sorted(by_window.items())):
+        partial = []
+        for _, prompt, model, requests, nanos in window_rows:
+            values = Totals(spend_nanos=nanos, requests=requests, events=1)
+            dims = {"prompt_id": f"p{prompt}", "tenant": f"t{prompt % 5}", "model": model}
+            for aggregation, i in index.items():
+                scope = tuple(dims[d] for d in aggregation.dims)
+                start = int(t // aggregation.window * aggregation.window)
+                partial.append((i, scope, start, *values))
+        alerts.extend(engine.on_message(t + WINDOW, partial))
+        if restore_every and batch % restore_every == restore_every - 1:
+            judged += _judged(engine)
+            engine = ShardEngine(plan, engine.snapshot(), quiet_rows=quiet_rows)
+    alerts.extend(engine.flush())
+    states = {
+        (name, scope): _bytes(state)
+        for name, per_scope in engine.detector_states.items()
+        for scope, state in per_scope.items()
+    }
+    return alerts, {"states": states, "judged": judged + _judged(engine)}
+
+
+def _judged(engine: ShardEngine) -> int:
+    """Empty windows an engine judged as rows."""
+    return sum(store.judged for store in (engine.quiet_stores or {}).values() if store)
+
+
+@pytest.mark.parametrize("restore_every", [0, 37])
+def test_the_engine_raises_the_same_alerts_with_rows(restore_every):
+    rows = _rows(14, 9)
+    reference, before = _run(rows, quiet_rows=False, restore_every=restore_every)
+    found, after = _run(rows, quiet_rows=True, restore_every=restore_every)
+    key = lambda a: (a.rule, a.fingerprint, a.window_start, a.status)  # noqa: E731
+    assert sorted(found, key=key) == sorted(reference, key=key)
+    assert any(a.status == "resolved" for a in reference), "the stream must resolve episodes"
+    assert after["states"] == before["states"]
+    assert before["judged"] == 0 and after["judged"] > 50_000, after["judged"]
