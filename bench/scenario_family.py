@@ -51,6 +51,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from spendwatch.detectors import sequential
+from spendwatch.detectors.robust_seasonal import RobustSeasonalConfig
+
 DAY = 86400
 HOUR = 3600
 REPO = Path(__file__).resolve().parents[1]
@@ -742,6 +745,20 @@ ORACLE_BANDS = ((0.0, 12.0, "<12"), (12.0, 36.0, "12-36"), (36.0, math.inf, ">=3
 """Oracle evidence bands in nats. About 12 nats is what any test needs at the default
 budget (ln of 0.03 false alarms per scope-month of 15-minute windows ≈ 11.5); an incident
 under it is within its scope's own noise for every detector, an oracle included."""
+ORACLE_NEEDED = math.log(
+    sequential.MONTH
+    / RobustSeasonalConfig.model_fields["window"].default
+    / RobustSeasonalConfig.model_fields["false_alarms_per_scope_per_month"].default
+)
+"""Nats the oracle must gather before it may alarm (≈ 11.47): at the detectors' default
+budget a scope may raise 0.03 false alarms per month of 15-minute windows, one per ARL =
+2,880 / 0.03 = 96,000 windows, and a sequential test whose false alarms are that rare
+needs a log-likelihood ratio of about ln ARL (Wald's bound: the null reaches e^a with
+probability at most e^−a per start). Read from the defaults of ``robust_seasonal`` (window
+and budget) and ``sequential.MONTH``, so the figure follows them."""
+ORACLE_STEP = 15 * 60
+"""Seconds per step of the oracle's cumulative evidence (``oracle_delay``): one detector
+window. Within a step the evidence is taken to grow linearly."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -791,7 +808,60 @@ def oracle_evidence(spec: Spec, item: Item) -> float:
     false alarms at that budget; recall by evidence band says how far a detector is from
     the limit, which recall by effect size alone cannot.
     """
+    return float(sum(nats for _, _, nats in oracle_steps(spec, item)))
+
+
+def oracle_delay(spec: Spec, item: Item, needed: float = ORACLE_NEEDED) -> float | None:
+    """Minutes from onset until the oracle's cumulative expected evidence (the one
+    ``oracle_evidence`` sums, step by step) first reaches ``needed`` nats, interpolated
+    linearly within its step; None when it stays below within the incident's first
+    ``HORIZON`` (then ``oracle_evidence`` < ``needed``).
+
+    The physical limit of detection delay: a test at the default budget needs that much
+    evidence, and this is when the oracle's expected evidence has it. A detector's delay is
+    longer on average twice over: it must also learn what the oracle knows, and it reads
+    its evidence only when a window closes (every 15 minutes), so it alarms at a window's
+    end after the crossing at best (a favourable draw of the noise may alarm earlier).
+    The hour's nats accrue evenly; read as "the hour so far" under the hour's shared gamma
+    multiplier, count evidence would come in sooner within an hour, but on the held-out
+    seeds' ×3+ incidents of ≥ 20 requests/h that moves the median and p95 by a minute or two.
+    """
+    if needed <= 0:
+        return 0.0
+    gathered = 0.0
+    for t0, t1, nats in oracle_steps(spec, item):
+        if nats > 0 and gathered + nats >= needed:
+            return float((t0 + (needed - gathered) / nats * (t1 - t0) - item.start) / 60)
+        gathered += nats
+    return None
+
+
+def oracle_steps(
+    spec: Spec, item: Item, step: float = ORACLE_STEP
+) -> list[tuple[float, float, float]]:
+    """The oracle's evidence over an incident's first ``HORIZON`` as ``(start, end, nats)``
+    steps of at most ``step`` seconds from the onset.
+
+    The evidence is read hour by hour from the onset (``_hour_evidence``: the noise it knows
+    is hourly, a gamma multiplier per hour and bucketed hourly means); an hour's nats accrue
+    evenly over it, each step taking its share by length (a last, partial hour its part).
+    """
     end = min(item.end, item.start + HORIZON)
+    shifts = _oracle_shifts(item)
+    steps = []
+    for h0 in np.arange(item.start, end, HOUR):
+        h0 = float(h0)
+        per_hour = _hour_evidence(spec, item, h0, *shifts)
+        h1 = min(end, h0 + HOUR)
+        for t0 in np.arange(h0, h1, step):
+            t0 = float(t0)
+            t1 = min(h1, t0 + step)
+            steps.append((t0, t1, per_hour * (t1 - t0) / HOUR))
+    return steps
+
+
+def _oracle_shifts(item: Item) -> tuple[float, float, str]:
+    """(ln² of the request count's factor, ln² of the request size's, the size's unit)."""
     detail = item.detail
     if item.type == "token_regression":
         count_x, size_x, unit = 1.0, detail["output_tokens_x"], "tokens"
@@ -799,37 +869,40 @@ def oracle_evidence(spec: Spec, item: Item) -> float:
         count_x, size_x, unit = 1.0, item.effect, "spend"
     else:  # a loop: more requests; a spike: more requests and longer ones
         count_x, size_x, unit = detail.get("requests_x", 1.0), detail.get("tokens_x", 1.0), "spend"
-    count_shift, size_shift = math.log(count_x) ** 2, math.log(size_x) ** 2
+    return math.log(count_x) ** 2, math.log(size_x) ** 2, unit
+
+
+def _hour_evidence(
+    spec: Spec, item: Item, h0: float, count_shift: float, size_shift: float, unit: str
+) -> float:
+    """Nats of one full hour of the incident from ``h0``, its rates read at the hour's
+    middle (the reading ``oracle_evidence`` describes)."""
     total = 0.0
-    for h0 in np.arange(item.start, end, HOUR):
-        frac = min(1.0, (end - h0) / HOUR)
-        at = np.array([h0 + HOUR / 2])
-        by_feature: dict[tuple[str, str], float] = {}
-        for i in item.leaves:
-            leaf = spec.leaves[i]
-            rate = leaf.rate * load_profile(spec.shapes[leaf.tenant], at, spec.start)[0]
-            for change in spec.changes:
-                if i in change.leaves:
-                    rate *= float(change_factor(change, at)[0])
-            key = (leaf.tenant, leaf.feature)
-            by_feature[key] = by_feature.get(key, 0.0) + rate
-            if not size_shift or rate <= 0:
-                continue
-            spread = _request_spread(spec.prompts[leaf.prompt_id], leaf.model, spec.background)
-            if leaf.rate * spec.bucket < HOUR:  # its requests are events: each is evidence
-                total += frac * rate * size_shift / (2 * spread[f"log_sd_{unit}"] ** 2)
-            else:  # bucketed sums: only the mean of the hour's requests is seen
-                total += frac * size_shift / (2 * math.log1p(spread[f"cv2_{unit}"] / rate))
-        requests = sum(by_feature.values())
-        if count_shift and requests > 0:
-            var = requests + sum(
-                r * r / spec.dispersion[key]
-                for key, r in by_feature.items()
-                if spec.dispersion[key]
-            )
-            if spec.background == "azure":  # four windows' independent arrival noise
-                var += requests**2 * _arrival_cv2() / 4
-            total += frac * count_shift / (2 * math.log1p(var / requests**2))
+    at = np.array([h0 + HOUR / 2])
+    by_feature: dict[tuple[str, str], float] = {}
+    for i in item.leaves:
+        leaf = spec.leaves[i]
+        rate = leaf.rate * load_profile(spec.shapes[leaf.tenant], at, spec.start)[0]
+        for change in spec.changes:
+            if i in change.leaves:
+                rate *= float(change_factor(change, at)[0])
+        key = (leaf.tenant, leaf.feature)
+        by_feature[key] = by_feature.get(key, 0.0) + rate
+        if not size_shift or rate <= 0:
+            continue
+        spread = _request_spread(spec.prompts[leaf.prompt_id], leaf.model, spec.background)
+        if leaf.rate * spec.bucket < HOUR:  # its requests are events: each is evidence
+            total += rate * size_shift / (2 * spread[f"log_sd_{unit}"] ** 2)
+        else:  # bucketed sums: only the mean of the hour's requests is seen
+            total += size_shift / (2 * math.log1p(spread[f"cv2_{unit}"] / rate))
+    requests = sum(by_feature.values())
+    if count_shift and requests > 0:
+        var = requests + sum(
+            r * r / spec.dispersion[key] for key, r in by_feature.items() if spec.dispersion[key]
+        )
+        if spec.background == "azure":  # four windows' independent arrival noise
+            var += requests**2 * _arrival_cv2() / 4
+        total += count_shift / (2 * math.log1p(var / requests**2))
     return float(total)
 
 
@@ -863,6 +936,8 @@ def item_label(spec: Spec, item: Item) -> dict[str, Any]:
         label["effect_band"] = effect_band(item.effect)
         label["oracle_nats"] = round(oracle_evidence(spec, item), 2)
         label["oracle_band"] = oracle_band(label["oracle_nats"])
+        delay = oracle_delay(spec, item)
+        label["oracle_delay_minutes"] = None if delay is None else round(delay, 2)
     return label
 
 
