@@ -1,4 +1,5 @@
-"""The physical limit of detection delay (bench/scenario_family.oracle_delay)."""
+"""The physical limit of detection delay (bench/scenario_family.oracle_delay) and the
+summary's delays against it (bench/scenario_scoring.against_oracle)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from bench import scenario_family as family
+from bench import scenario_scoring as scoring
 
 
 @pytest.fixture()
@@ -100,3 +102,86 @@ def test_a_bigger_effect_on_the_same_scope_is_reachable_sooner(busy):
         reached = [d for d in delays if d is not None]
         assert delays[-1] is not None and reached == delays[len(delays) - len(reached) :], kind
         assert all(a > b for a, b in itertools.pairwise(reached)), (kind, delays)
+
+
+def _scored(delay, oracle, *, kind="request_loop", effect=4.0, rate=50.0):
+    return {
+        "type": kind,
+        "effect": effect,
+        "scope_rate": rate,
+        "detected": delay is not None,
+        "delay_minutes": delay,
+        "oracle_delay_minutes": oracle,
+    }
+
+
+def test_delays_against_the_oracle_are_per_incident_excesses():
+    items = [
+        _scored(20.0, 10.0),
+        _scored(40.0, 35.0),
+        _scored(100.0, 30.0),
+        _scored(15.0, None),  # found with less than the needed evidence
+        _scored(None, 12.0),  # missed
+    ]
+    out = scoring.against_oracle(items)
+    assert out["detected"] == 4 and out["beyond_oracle"] == 1
+    assert out["excess"]["n"] == 3 and out["excess"]["median"] == 10.0
+    assert out["excess"]["p95"] == pytest.approx(np.percentile([10.0, 5.0, 70.0], 95), abs=0.05)
+    assert out["delay"]["median"] == 40.0 and out["oracle"]["median"] == 30.0
+    assert out["within_oracle_plus_15"] == {"n": 3, "met": 2, "share": round(2 / 3, 4)}
+    assert out["within_oracle_plus_60"]["met"] == 2
+    assert scoring.oracle_delays(items) == {
+        "n": 4,
+        "median": round(float(np.median([10.0, 35.0, 30.0, 12.0])), 1),
+        "p95": round(float(np.percentile([10.0, 35.0, 30.0, 12.0], 95)), 1),
+        "unreached": 1,
+    }
+    assert scoring.against_oracle([])["excess"] == {"n": 0, "median": None, "p95": None}
+
+
+def test_the_score_carries_each_incident_s_oracle_delay():
+    onset = 1_800_000_000.0
+    leaf = {"tenant": "acme", "feature": "chat", "model": "gpt-4o", "prompt_id": "chat@v1"}
+    incident = {
+        "id": "s0-i0",
+        "type": "request_loop",
+        "scope": {"tenant": "acme", "feature": "chat"},
+        "leaves": [leaf],
+        "onset": onset,
+        "label_end": onset + 8 * 3600,
+        "effect": 4.0,
+        "scope_rate": 100.0,
+        "onset_rate": 90.0,
+        "rate_band": "20-200/h",
+        "effect_band": ">=3",
+        "oracle_nats": 80.0,
+        "oracle_band": ">=36",
+        "oracle_delay_minutes": 4.5,
+    }
+    labels = {
+        "seed": 0,
+        "background": "family",
+        "start": onset - 15 * 86400,
+        "warmup_end": onset - 86400,
+        "end": onset + 2 * 86400,
+        "warmup_days": 14,
+        "events": 1,
+        "requests": 1,
+        "series": [leaf],
+        "series_rates": [100.0],
+        "incidents": [incident],
+        "normal_changes": [],
+    }
+    alert = {
+        "kind": "anomaly",
+        "status": "firing",
+        "rule": "feature-spend",
+        "scope": {"tenant": "acme", "feature": "chat"},
+        "window_start": scoring._iso(onset + 900),
+        "window_end": scoring._iso(onset + 1800),
+    }
+    rules = {"feature-spend": ["tenant", "feature"]}
+    (scored,) = scoring.score([alert], labels, rules)["incidents"]
+    assert scored["oracle_delay_minutes"] == 4.5 and scored["delay_minutes"] == 30.0
+    busy = scoring.against_oracle([scored])
+    assert busy["excess"]["median"] == 25.5 and busy["within_oracle_plus_60"]["met"] == 1
