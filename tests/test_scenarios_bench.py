@@ -28,6 +28,7 @@ KEYS = {
     "delay_minutes_by_type_rate_band", "false_alerts", "false_per_scope_day", "false_per_day",
     "false_on_normal_changes", "budget_alerts", "worst_seed_false", "worst_seed_recall",
     "baseline", "ratio_false_per_scope_day_vs_baseline", "ratio_recall_vs_baseline",
+    "delay_against_oracle", "oracle_delay_target_busy", "oracle_needed_nats",
 }  # fmt: skip
 
 
@@ -56,6 +57,13 @@ def test_the_last_line_is_json_with_the_figures_and_the_baseline(quick):
     assert set(figures["recall_by_type"]) == set(family.INCIDENT_TYPES)
     assert set(figures["recall_by_rate_band"]) == {"<5/h", "5-20/h", "20-200/h", ">200/h"}
     assert any(line.startswith("| request_loop |") for line in lines), "the readable table"
+    assert any(line.startswith("| ×3+ on ≥ 20/h |") for line in lines), "delay vs the oracle"
+    against = figures["delay_against_oracle"]
+    assert set(against["by_type"]) == set(family.INCIDENT_TYPES)
+    for entry in (against["all"]["excess"], against["target_busy"]["oracle"]):
+        assert set(entry) >= {"n", "median", "p95"}
+    found = sum(entry["detected"] for entry in figures["recall_by_type"].values())
+    assert against["all"]["excess"]["n"] + against["all"]["beyond_oracle"] == found
 
 
 def test_incidents_and_normal_changes_are_labelled_and_inside_the_stream(quick):
@@ -76,6 +84,11 @@ def test_incidents_and_normal_changes_are_labelled_and_inside_the_stream(quick):
             assert 1.5 <= incident["effect"] <= 10.0 + 1e-9
             assert incident["scope"] and incident["scope_rate"] > 0
             assert incident["rate_band"] and incident["effect_band"]
+            reached = incident["oracle_delay_minutes"] is not None
+            assert reached == (incident["oracle_nats"] >= family.ORACLE_NEEDED - 0.01)
+            if reached:
+                span = min(incident["end"], incident["onset"] + family.HORIZON)
+                assert 0 <= incident["oracle_delay_minutes"] <= (span - incident["onset"]) / 60
             assert all(leaf in labels["series"] for leaf in incident["leaves"])
             inside = [
                 e
