@@ -342,8 +342,19 @@ class ShardEngine:
         self._record_series(aggregation, by_scope, bound)
         breakdowns = self._close_breakdowns(aggregation, bound)
         alerts: list[Alert] = []
+        windows: list[tuple[int, dict]] | None = None
         for detector in self.plan.detectors_by_aggregation[aggregation]:
-            alerts.extend(self._judge(detector, by_scope, bound, breakdowns))
+            if self._quiet_store(detector) is None:
+                alerts.extend(self._judge(detector, by_scope, bound, breakdowns))
+                continue
+            # Window by window, so the quiet scopes of every window in a close of many
+            # (a backtest's large batches) are judged as rows; each scope still sees its
+            # windows in order, and scopes are forgotten only at the end, as in one step.
+            windows = (
+                windows if windows is not None else _by_window(by_scope, bound, aggregation.window)
+            )
+            for end, part in windows:
+                alerts.extend(self._judge(detector, part, end, breakdowns, evict=end == bound))
         for rule in self.plan.budgets_by_aggregation[aggregation]:
             states = self.budget_states.setdefault(rule.name, {})
             if rule.allocation is not None:
@@ -514,9 +525,11 @@ class ShardEngine:
         by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]],
         bound: int,
         breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]],
+        evict: bool = True,
     ) -> list[Alert]:
         """Judge a rule's windows before ``bound``: the scopes with data window by window,
-        the quiet ones (zero-filled rules only) a run of empty windows at a time.
+        the quiet ones (zero-filled rules only) a run of empty windows at a time; then,
+        with ``evict``, keep the rule within ``max_scopes``.
 
         Scopes are independent of each other: the order they are judged in changes
         nothing but the order of the alerts of one close.
@@ -543,7 +556,7 @@ class ShardEngine:
         else:  # a quiet scope has nothing to judge: only the idle ones need finding
             self._expire_idle(detector.name, states, progress, by_scope, bound)
         cap = getattr(getattr(detector, "config", None), "max_scopes", None)
-        if cap is not None and len(states) > cap:
+        if evict and cap is not None and len(states) > cap:
             self._forget_quietest(detector.name, cap)
         return alerts
 
@@ -972,6 +985,21 @@ class ShardEngine:
 
 
 SERIES_FIELDS = 1 + SUM_FIELDS  # the window start and the integer sums
+
+
+def _by_window(
+    by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]], bound: int, window: int
+) -> list[tuple[int, dict[tuple[str, ...], list[tuple[int, Totals]]]]]:
+    """A close's windows with data as (end, scope -> [(start, totals)]) in window order, and
+    the close's own bound last (with nothing, if no window ends there)."""
+    starts: dict[int, dict[tuple[str, ...], list[tuple[int, Totals]]]] = {}
+    for scope, windows in by_scope.items():
+        for start, totals in windows:
+            starts.setdefault(start, {})[scope] = [(start, totals)]
+    out = [(start + window, starts[start]) for start in sorted(starts)]
+    if not out or out[-1][0] < bound:
+        out.append((bound, {}))
+    return out
 
 
 def _append_point(points: Any, start: int, totals: Totals) -> None:

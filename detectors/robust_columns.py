@@ -20,10 +20,12 @@ zero, an episode) goes back to the per-scope code: the scope is thawed and judge
 before. ``tests/test_robust_columns.py`` runs both on the same streams and compares every
 alert and every bit of the final states.
 
-Layout per row: the scalars of the state (21 float64), the seen count, the slot ring
-(``[slots of the day, days]`` int32: float32 bits or int32 billionths, the two forms of
-:class:`~spendwatch.detectors.slots.SlotHistory` that keep 4 bytes a value; a scope held
-as float64 stays hot), its fill counts, and the weekly sums and ratios (float32): about
+Layout: per row the scalars of the state (21 float64, read as one ``[field, row]`` block
+by a step), the seen count, the week, the ring's capacity and form; the slot rings
+slot-major (``[slot of the day, row, days]`` int32: float32 bits or int32 billionths, the
+two forms of :class:`~spendwatch.detectors.slots.SlotHistory` that keep 4 bytes a value;
+a scope held as float64 stays hot), so a close reads its pooled slots of every row as
+adjacent memory; the fill counts likewise; the weekly sums and ratios (float32). About
 3.5 KB a scope for 15-minute windows and 5 days.
 """
 
@@ -71,7 +73,7 @@ _Z_EMPTY_THIN = sequential.normal_upper_z(1.0)
 class QuietRows:
     """One rule's cold scopes in one shard: rows of arrays, a free list, grown by doubling."""
 
-    def __init__(self, detector: RobustSeasonal, capacity: int = 256) -> None:
+    def __init__(self, detector: RobustSeasonal, capacity: int = 64) -> None:
         history = detector.new_state().history
         self.days, self.residual_memory = history.days, history.residual_memory
         self.per_day = history.per_day
@@ -89,13 +91,14 @@ class QuietRows:
         old = self.size
         scalars = np.zeros((capacity, SCALARS))
         ints = np.zeros((capacity, 4), dtype=np.int64)
-        ring = np.zeros((capacity, self.per_day, self.limit), dtype=np.int32)
-        fill = np.zeros((capacity, self.per_day), dtype=self.fill_dtype)
+        # slot-major: one slot's rings of every row are adjacent, as a close reads them
+        ring = np.zeros((self.per_day, capacity, self.limit), dtype=np.int32)
+        fill = np.zeros((self.per_day, capacity), dtype=self.fill_dtype)
         current = np.zeros((capacity, CELLS, 2), dtype=np.float32)
         ratios = np.zeros((capacity, 2 * CELLS), dtype=np.float32)
         if old:
-            scalars[:old], ints[:old], ring[:old] = self.scalars, self.ints, self.ring
-            fill[:old], current[:old], ratios[:old] = self.fill, self.current, self.ratios
+            scalars[:old], ints[:old], ring[:, :old] = self.scalars, self.ints, self.ring
+            fill[:, :old], current[:old], ratios[:old] = self.fill, self.current, self.ratios
         self.scalars, self.ints, self.ring, self.fill = scalars, ints, ring, fill
         self.current, self.ratios = current, ratios
         self.free.extend(range(capacity - 1, old - 1, -1))
@@ -133,7 +136,7 @@ class QuietRows:
     def freeze(self, state: RobustState) -> int:
         """Move a hot scope's state into a row (the object keeps its episode only)."""
         if not self.free:
-            self._allocate(2 * self.size)
+            self._allocate(self.size + max(self.size // 2, 64))
         row = self.free.pop()
         s = self.scalars[row]
         fit, corr, cal, weekly = state.fit, state.corr, state.calibration, state.weekly
@@ -147,11 +150,11 @@ class QuietRows:
         history = state.history
         cap = history.cap
         self.ints[row] = (history.seen, weekly.week, cap, CODES.index(history.values.typecode))
-        ring = self.ring[row]
+        ring = self.ring[:, row]
         ring[:, cap:] = 0
         if cap:
             ring[:, :cap] = np.frombuffer(history.values, dtype=np.int32).reshape(-1, cap)
-        self.fill[row] = np.frombuffer(history.fill, dtype=self.fill_dtype)
+        self.fill[:, row] = np.frombuffer(history.fill, dtype=self.fill_dtype)
         self.current[row] = np.frombuffer(weekly.current, dtype=np.float32).reshape(CELLS, 2)
         self.ratios[row] = np.frombuffer(weekly.ratios, dtype=np.float32)
         for name in COLD_FIELDS:
@@ -177,9 +180,10 @@ class QuietRows:
         history.window, history.days = self.window, self.days
         history.residual_memory, history.residuals = self.residual_memory, None
         history.seen, history.cap = seen, cap
-        history.values = array(CODES[code], self.ring[row, :, :cap].tobytes())
-        history.fill = array(self.fill_code, self.fill[row].tobytes())
-        history.short = int((np.minimum(self.fill[row], self.limit) < cap).sum())
+        history.values = array(CODES[code], self.ring[:, row, :cap].tobytes())
+        fill = self.fill[:, row]
+        history.fill = array(self.fill_code, fill.tobytes())
+        history.short = int((np.minimum(fill, self.limit) < cap).sum())
         return {
             "calibration": calibration, "corr": corr, "cusum": s[CUSUM:], "fit": fit,
             "history": history, "last_z": s[LAST_Z], "level": s[LEVEL],
@@ -213,7 +217,9 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     """Judge the empty window ``start`` of cold ``rows``; return the rows it could not judge
     exactly (left untouched: the caller thaws them and judges them scope by scope)."""
     c = detector.config
-    s = store.scalars[rows]
+    order = np.argsort(rows, kind="stable")  # rows in memory order: faster gathers
+    rows = rows[order]
+    s = store.scalars[rows].T.copy()  # [field, row]: each field contiguous
     ints = store.ints[rows]
     seen = ints[:, SEEN]
     per_day, limit = store.per_day, store.limit
@@ -221,9 +227,9 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     slots = [(here + offset) % per_day for offset in range(-c.neighbours, c.neighbours + 1)]
 
     # -- band (RobustSeasonal.band) -----------------------------------------------------------
-    pick = np.ix_(rows, slots)
-    cells = store.ring[pick]  # [r, pooled slots, limit]
-    counts = np.minimum(store.fill[pick].astype(np.int64), limit)
+    pick = np.ix_(slots, rows)
+    cells = store.ring[pick].transpose(1, 0, 2)  # [r, pooled slots, limit]
+    counts = np.minimum(store.fill[pick].T.astype(np.int64), limit)
     floats = np.where(
         (ints[:, CODE] == 0)[:, None, None],
         cells.view(np.float32).astype(np.float64),
@@ -241,24 +247,25 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     lower = values[take, np.maximum(mid - 1, 0)]
     median = np.where(n % 2 == 1, upper, 0.5 * (lower + upper))
     kept = np.maximum(n - np.maximum(n // 8, 1), 1)
-    mean = np.cumsum(values, axis=1)[take, kept - 1] / kept  # prefix sums: sequential, as sum()
+    # prefix sums down the pooled values, all rows at once: sequential per row, as sum()
+    mean = np.cumsum(values.T, axis=0)[kept - 1, take] / kept
     center = np.where(mean > median, mean, median)
     with np.errstate(invalid="ignore"):  # an empty pool (inf · 0) is handed back below
-        expected = (center * count + s[:, LEVEL]) / (count + 1)
-    floor = 0.5 * s[:, PR] / (count + 1)
+        expected = (center * count + s[LEVEL]) / (count + 1)
+    floor = 0.5 * s[PR] / (count + 1)
     expected = np.where(floor > expected, floor, expected)
     expected = expected * _trend(s)
     week = start // WEEK
     if detector.weekly_enabled:
         ok &= ints[:, WEEK_OF] == week  # a week to roll: the per-scope code rolls it
-        factor = _weekly_factor(store, rows, s, start)
+        factor = _weekly_factor(store, rows, ints, s, start)
         expected = expected * factor
     else:
         factor = np.ones(len(rows))
     ok &= expected > 0
 
     # -- variance (RobustSeasonal._variance, VarianceFit.coefficients) -----------------------
-    per_request = np.maximum(s[:, PR], 0.0)
+    per_request = np.maximum(s[PR], 0.0)
     u = per_request * c.overdispersion * np.maximum(expected, 0.0)
     w = expected * expected
     prior = c.prior_weight * store.prior_exp(seen, detector.alpha)
@@ -268,9 +275,9 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     variance = np.maximum(coef_a, 0.3) * u + np.maximum(coef_b, floor_b) * w
     ok &= variance > 0
     if not ok.all():
-        rows, s, ints, seen = rows[ok], s[ok], ints[ok], seen[ok]
+        rows, s, ints, seen = rows[ok], s[:, ok], ints[ok], seen[ok]
         expected, variance, u, w, factor = expected[ok], variance[ok], u[ok], w[ok], factor[ok]
-    failed = np.flatnonzero(~ok)
+    failed = order[~ok]
 
     # -- surprise and evidence (gamma_z of 0, sequential.update, settle_window) -------------
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -281,16 +288,16 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     evidence = np.zeros(len(rows))
     zc = np.minimum(np.minimum(z, 0.0), sequential.Z_CAP)
     for i, d in enumerate(sequential.GRID):
-        column = s[:, CUSUM + i]
+        column = s[CUSUM + i]
         moved = column + d * zc - 0.5 * d * d
         moved = np.where(moved > 0.0, moved, 0.0)
-        s[:, CUSUM + i] = np.where(judged, moved, column)
+        s[CUSUM + i] = np.where(judged, moved, column)
         evidence = np.where(moved > evidence, moved, evidence)
     keep = 1.0 - c.window / (sequential.CALIBRATION_DAYS * 86400.0)
-    windows = s[:, CAL_W] * keep + 1.0
-    over = s[:, CAL_O] * keep
-    excess = s[:, CAL_E] * keep
-    peak = s[:, CAL_P]
+    windows = s[CAL_W] * keep + 1.0
+    over = s[CAL_O] * keep
+    excess = s[CAL_E] * keep
+    peak = s[CAL_P]
     rising = evidence > 0.0
     peak_up = np.where(evidence > peak, evidence, peak)
     closing = ~rising & (peak >= sequential.CALIBRATION_LEVEL)
@@ -300,47 +307,47 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
         excess + np.minimum(peak - sequential.CALIBRATION_LEVEL, sequential.CALIBRATION_EXCESS_CAP),
         excess,
     )
-    s[:, CAL_W] = np.where(judged, windows, s[:, CAL_W])
-    s[:, CAL_O] = np.where(judged, over, s[:, CAL_O])
-    s[:, CAL_E] = np.where(judged, excess, s[:, CAL_E])
-    s[:, CAL_P] = np.where(judged, np.where(rising, peak_up, 0.0), peak)
+    s[CAL_W] = np.where(judged, windows, s[CAL_W])
+    s[CAL_O] = np.where(judged, over, s[CAL_O])
+    s[CAL_E] = np.where(judged, excess, s[CAL_E])
+    s[CAL_P] = np.where(judged, np.where(rising, peak_up, 0.0), peak)
 
     # -- learning (RobustSeasonal._learn with value 0) ----------------------------------------
     alpha = detector.alpha
     keep = 1.0 - alpha
     error = 0.0 - expected
     e2 = np.minimum(error * error, 25.0 * variance)
-    s[:, SUU] = s[:, SUU] * keep + u * u
-    s[:, SUW] = s[:, SUW] * keep + u * w
-    s[:, SWW] = s[:, SWW] * keep + w * w
-    s[:, SUE] = s[:, SUE] * keep + u * e2
-    s[:, SWE] = s[:, SWE] * keep + w * e2
-    product = np.maximum(np.minimum(z * s[:, LAST_Z], 4.0), -4.0) / 1.0
-    s[:, CT] = np.where(judged, s[:, CT] * keep + product, s[:, CT])
-    s[:, CW] = np.where(judged, s[:, CW] * keep + 1.0, s[:, CW])
-    s[:, LAST_Z] = np.where(judged, np.maximum(np.minimum(z, 4.0), -4.0), s[:, LAST_Z])
+    s[SUU] = s[SUU] * keep + u * u
+    s[SUW] = s[SUW] * keep + u * w
+    s[SWW] = s[SWW] * keep + w * w
+    s[SUE] = s[SUE] * keep + u * e2
+    s[SWE] = s[SWE] * keep + w * e2
+    product = np.maximum(np.minimum(z * s[LAST_Z], 4.0), -4.0) / 1.0
+    s[CT] = np.where(judged, s[CT] * keep + product, s[CT])
+    s[CW] = np.where(judged, s[CW] * keep + 1.0, s[CW])
+    s[LAST_Z] = np.where(judged, np.maximum(np.minimum(z, 4.0), -4.0), s[LAST_Z])
     trend_keep = 1.0 - 1.0 / 32.0
-    s[:, TV] = s[:, TV] * trend_keep + 0.0
-    s[:, TE] = s[:, TE] * trend_keep + expected / _trend(s)
+    s[TV] = s[TV] * trend_keep + 0.0
+    s[TE] = s[TE] * trend_keep + expected / _trend(s)
     if detector.weekly_enabled:
         cell = (start % WEEK) // BLOCK
         sums = store.current[rows, cell, 1].astype(np.float64) + expected / factor
         store.current[rows, cell, 1] = sums.astype(np.float32)
     # the slot ring (SlotHistory._keep of a 0.0) and the seen count
     slot = here
-    fill = store.fill[rows, slot].astype(np.int64)
+    fill = store.fill[slot, rows].astype(np.int64)
     position = np.where(fill < limit, fill, fill - limit)
-    store.fill[rows, slot] = np.where(fill + 1 < 2 * limit, fill + 1, limit)
+    store.fill[slot, rows] = np.where(fill + 1 < 2 * limit, fill + 1, limit)
     cap = ints[:, CAP]
     grown = position >= cap
     ints[:, CAP] = np.where(grown, np.minimum(limit, cap + 1 + cap // 4), cap)
-    store.ring[rows, slot, position] = 0
+    store.ring[slot, rows, position] = 0
     seen = seen + 1
     ints[:, SEEN] = seen
-    s[:, LEVEL] = np.where(seen - 1 == 0, 0.0, s[:, LEVEL] + 0.02 * (0.0 - s[:, LEVEL]))
+    s[LEVEL] = np.where(seen - 1 == 0, 0.0, s[LEVEL] + 0.02 * (0.0 - s[LEVEL]))
     if c.metric == "requests":  # an empty window's requests per request is still 1
-        s[:, PR] = np.where(s[:, PR] == 0, 1.0, s[:, PR] + 0.05 * (1.0 - s[:, PR]))
-    store.scalars[rows] = s
+        s[PR] = np.where(s[PR] == 0, 1.0, s[PR] + 0.05 * (1.0 - s[PR]))
+    store.scalars[rows] = s.T
     store.ints[rows] = ints
     store.judged += len(rows)
     return failed
@@ -350,22 +357,24 @@ def _trend(s: np.ndarray) -> np.ndarray:
     """RobustSeasonal._trend per row."""
     from spendwatch.detectors.robust_seasonal import TREND_MAX, TREND_PRIOR_REQUESTS
 
-    prior = TREND_PRIOR_REQUESTS * np.maximum(s[:, PR], 0.0)
+    prior = TREND_PRIOR_REQUESTS * np.maximum(s[PR], 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = (s[:, TV] + prior) / (s[:, TE] + prior)
+        ratio = (s[TV] + prior) / (s[TE] + prior)
     ratio = np.minimum(np.maximum(ratio, 1.0), TREND_MAX)
-    return np.where(s[:, TE] + prior <= 0, 1.0, ratio)
+    return np.where(s[TE] + prior <= 0, 1.0, ratio)
 
 
-def _weekly_factor(store: QuietRows, rows: np.ndarray, s: np.ndarray, start: int) -> np.ndarray:
+def _weekly_factor(
+    store: QuietRows, rows: np.ndarray, ints: np.ndarray, s: np.ndarray, start: int
+) -> np.ndarray:
     """WeeklyFactor.factor per row (rows of another week get 1, as there)."""
     cell = (start % WEEK) // BLOCK
     one = store.ratios[rows, cell].astype(np.float64)
     two = store.ratios[rows, CELLS + cell].astype(np.float64)
-    spread, noise = s[:, W_SPREAD], s[:, W_NOISE]
+    spread, noise = s[W_SPREAD], s[W_NOISE]
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = 1.0 + (np.where(two > one, two, one) - 1.0) * spread / (spread + noise)
-    this_week = store.ints[rows, WEEK_OF] == start // WEEK
+    this_week = ints[:, WEEK_OF] == start // WEEK
     usable = this_week & (spread > 0) & ~np.isnan(one) & ~np.isnan(two)
     return np.where(usable, factor, 1.0)
 
@@ -375,8 +384,8 @@ def _coefficients(
 ) -> tuple[np.ndarray, np.ndarray]:
     """VarianceFit.coefficients per row, branch by branch."""
     pu, pw = prior_weight * u * u, prior_weight * w * w
-    a11, a12, a22 = s[:, SUU] + pu, s[:, SUW], s[:, SWW] + pw
-    b1, b2 = s[:, SUE] + pu * 1.0, s[:, SWE] + pw * prior_b
+    a11, a12, a22 = s[SUU] + pu, s[SUW], s[SWW] + pw
+    b1, b2 = s[SUE] + pu * 1.0, s[SWE] + pw * prior_b
     det = a11 * a22 - a12 * a12
     with np.errstate(divide="ignore", invalid="ignore"):
         coef_a = (b1 * a22 - b2 * a12) / det
