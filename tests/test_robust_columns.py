@@ -203,7 +203,7 @@ def _rows(seed: int, days: int) -> list[tuple[float, int, tuple]]:
     return out
 
 
-def _run(rows: list, quiet_rows: bool, restore_every: int) -> tuple[list, dict]:
+def _run(rows: list, quiet_rows: bool, restore_every: int, per_batch: int = 1) -> tuple[list, dict]:
     config = SpendwatchConfig.model_validate(CONFIG)
     plan = EnginePlan.from_config(config)
     engine = ShardEngine(plan, quiet_rows=quiet_rows)
@@ -213,14 +213,17 @@ def _run(rows: list, quiet_rows: bool, restore_every: int) -> tuple[list, dict]:
     by_window: dict[float, list] = {}
     for row in rows:
         by_window.setdefault(row[0], []).append(row)
-    for batch, (t, window_rows) in enumerate(sorted(by_window.items())):
+    ordered = sorted(by_window.items())
+    batches = [ordered[i : i + per_batch] for i in range(0, len(ordered), per_batch)]
+    for batch, windows in enumerate(batches):
+        t = windows[-1][0]
         partial = []
-        for _, prompt, model, requests, nanos in window_rows:
+        for at, prompt, model, requests, nanos in [r for _, rs in windows for r in rs]:
             values = Totals(spend_nanos=nanos, requests=requests, events=1)
             dims = {"prompt_id": f"p{prompt}", "tenant": f"t{prompt % 5}", "model": model}
             for aggregation, i in index.items():
                 scope = tuple(dims[d] for d in aggregation.dims)
-                start = int(t // aggregation.window * aggregation.window)
+                start = int(at // aggregation.window * aggregation.window)
                 partial.append((i, scope, start, *values))
         alerts.extend(engine.on_message(t + WINDOW, partial))
         if restore_every and batch % restore_every == restore_every - 1:
@@ -240,11 +243,13 @@ def _judged(engine: ShardEngine) -> int:
     return sum(store.judged for store in (engine.quiet_stores or {}).values() if store)
 
 
-@pytest.mark.parametrize("restore_every", [0, 37])
-def test_the_engine_raises_the_same_alerts_with_rows(restore_every):
+@pytest.mark.parametrize(("restore_every", "per_batch"), [(0, 1), (37, 1), (5, 9)])
+def test_the_engine_raises_the_same_alerts_with_rows(restore_every, per_batch):
+    """Window by window, restored from snapshots, and in batches of many windows each (a
+    close of many windows is judged window by window when a rule has rows)."""
     rows = _rows(14, 9)
-    reference, before = _run(rows, quiet_rows=False, restore_every=restore_every)
-    found, after = _run(rows, quiet_rows=True, restore_every=restore_every)
+    reference, before = _run(rows, False, restore_every)
+    found, after = _run(rows, True, restore_every, per_batch)
     key = lambda a: (a.rule, a.fingerprint, a.window_start, a.status)  # noqa: E731
     assert sorted(found, key=key) == sorted(reference, key=key)
     assert any(a.status == "resolved" for a in reference), "the stream must resolve episodes"
