@@ -51,7 +51,7 @@ _DAY = 86400
  W_SPREAD, W_NOISE, CUSUM) = range(19)  # fmt: skip
 SCALARS = CUSUM + len(sequential.GRID)
 # columns of the int64s
-SEEN, WEEK_OF, CAP, CODE = range(4)
+SEEN, WEEK_OF, CAP, CODE, SHORT = range(5)
 CODES = ("f", _NANOS)
 """Ring typecodes a row can hold: float32 bits or int32 billionths (float64 stays hot)."""
 
@@ -90,24 +90,24 @@ class QuietRows:
     def _allocate(self, capacity: int) -> None:
         old = self.size
         scalars = np.zeros((capacity, SCALARS))
-        ints = np.zeros((capacity, 4), dtype=np.int64)
+        ints = np.zeros((capacity, SHORT + 1), dtype=np.int64)
         # slot-major: one slot's rings of every row are adjacent, as a close reads them
         ring = np.zeros((self.per_day, capacity, self.limit), dtype=np.int32)
         fill = np.zeros((self.per_day, capacity), dtype=self.fill_dtype)
-        current = np.zeros((capacity, CELLS, 2), dtype=np.float32)
-        ratios = np.zeros((capacity, 2 * CELLS), dtype=np.float32)
+        # per row: the week's sums ([cell, (value, expected)]), then two weeks' ratios
+        weekly = np.zeros((capacity, 4 * CELLS), dtype=np.float32)
         if old:
             scalars[:old], ints[:old], ring[:, :old] = self.scalars, self.ints, self.ring
-            fill[:, :old], current[:old], ratios[:old] = self.fill, self.current, self.ratios
+            fill[:, :old], weekly[:old] = self.fill, self.weekly
         self.scalars, self.ints, self.ring, self.fill = scalars, ints, ring, fill
-        self.current, self.ratios = current, ratios
+        self.weekly = weekly
         self.free.extend(range(capacity - 1, old - 1, -1))
         self.size = capacity
 
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays (the capacity, used rows or not)."""
-        arrays = (self.scalars, self.ints, self.ring, self.fill, self.current, self.ratios)
+        arrays = (self.scalars, self.ints, self.ring, self.fill, self.weekly)
         return sum(a.nbytes for a in arrays)
 
     def __len__(self) -> int:
@@ -138,25 +138,31 @@ class QuietRows:
         if not self.free:
             self._allocate(self.size + max(self.size // 2, 64))
         row = self.free.pop()
-        s = self.scalars[row]
         fit, corr, cal, weekly = state.fit, state.corr, state.calibration, state.weekly
-        s[:CUSUM] = (
+        self.scalars[row] = (
             state.per_request, state.level, state.last_z, state.trend_value,
             state.trend_expected, fit.suu, fit.suw, fit.sww, fit.sue, fit.swe, corr.total,
             corr.weight, cal.windows, cal.over, cal.excess, cal.peak, weekly.spread,
-            weekly.noise,
+            weekly.noise, *state.cusum,
         )  # fmt: skip
-        s[CUSUM:] = state.cusum
         history = state.history
-        cap = history.cap
-        self.ints[row] = (history.seen, weekly.week, cap, CODES.index(history.values.typecode))
-        ring = self.ring[:, row]
-        ring[:, cap:] = 0
-        if cap:
-            ring[:, :cap] = np.frombuffer(history.values, dtype=np.int32).reshape(-1, cap)
+        cap, values = history.cap, history.values
+        self.ints[row] = (
+            history.seen,
+            weekly.week,
+            cap,
+            CODES.index(values.typecode),
+            history.short,
+        )
+        cells = np.frombuffer(values, dtype=np.int32).reshape(-1, cap) if cap else 0
+        if cap == self.limit:
+            self.ring[:, row] = cells
+        else:
+            ring = self.ring[:, row]
+            ring[:, cap:] = 0
+            ring[:, :cap] = cells
         self.fill[:, row] = np.frombuffer(history.fill, dtype=self.fill_dtype)
-        self.current[row] = np.frombuffer(weekly.current, dtype=np.float32).reshape(CELLS, 2)
-        self.ratios[row] = np.frombuffer(weekly.ratios, dtype=np.float32)
+        self.weekly[row] = np.frombuffer(weekly.current + weekly.ratios, dtype=np.float32)
         for name in COLD_FIELDS:
             delattr(state, name)
         state._cold = (self, row)
@@ -165,25 +171,26 @@ class QuietRows:
     def fields(self, row: int) -> dict[str, Any]:
         """The state fields a row stands for, as the objects the per-scope code keeps."""
         s = self.scalars[row].tolist()
-        seen, week, cap, code = self.ints[row].tolist()
-        fit = sequential.VarianceFit()
-        fit.__setstate__(tuple(s[SUU : SWE + 1]))
-        corr = sequential.Shrunk()
-        corr.__setstate__((s[CT], s[CW]))
-        calibration = sequential.TailCalibration()
-        calibration.__setstate__(tuple(s[CAL_W : CAL_P + 1]))
-        weekly = WeeklyFactor.__new__(WeeklyFactor)
+        seen, week, cap, code, short = self.ints[row].tolist()
+        fit = _new(sequential.VarianceFit)
+        fit.suu, fit.suw, fit.sww, fit.sue, fit.swe = s[SUU : SWE + 1]
+        corr = _new(sequential.Shrunk)
+        corr.total, corr.weight = s[CT], s[CW]
+        calibration = _new(sequential.TailCalibration)
+        calibration.windows, calibration.over, calibration.excess, calibration.peak = s[
+            CAL_W : CAL_P + 1
+        ]
+        weekly = _new(WeeklyFactor)
         weekly.week, weekly.spread, weekly.noise = week, s[W_SPREAD], s[W_NOISE]
-        weekly.current = array("f", self.current[row].tobytes())
-        weekly.ratios = array("f", self.ratios[row].tobytes())
-        history = SlotHistory.__new__(SlotHistory)
+        sums = self.weekly[row].tobytes()
+        weekly.current, weekly.ratios = array("f", sums[: 8 * CELLS]), array("f", sums[8 * CELLS :])
+        history = _new(SlotHistory)
         history.window, history.days = self.window, self.days
         history.residual_memory, history.residuals = self.residual_memory, None
-        history.seen, history.cap = seen, cap
-        history.values = array(CODES[code], self.ring[:, row, :cap].tobytes())
-        fill = self.fill[:, row]
-        history.fill = array(self.fill_code, fill.tobytes())
-        history.short = int((np.minimum(fill, self.limit) < cap).sum())
+        history.seen, history.cap, history.short = seen, cap, short
+        ring = self.ring[:, row] if cap == self.limit else self.ring[:, row, :cap]
+        history.values = array(CODES[code], ring.tobytes())
+        history.fill = array(self.fill_code, self.fill[:, row].tobytes())
         return {
             "calibration": calibration, "corr": corr, "cusum": s[CUSUM:], "fit": fit,
             "history": history, "last_z": s[LAST_Z], "level": s[LEVEL],
@@ -331,8 +338,8 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     s[TE] = s[TE] * trend_keep + expected / _trend(s)
     if detector.weekly_enabled:
         cell = (start % WEEK) // BLOCK
-        sums = store.current[rows, cell, 1].astype(np.float64) + expected / factor
-        store.current[rows, cell, 1] = sums.astype(np.float32)
+        sums = store.weekly[rows, 2 * cell + 1].astype(np.float64) + expected / factor
+        store.weekly[rows, 2 * cell + 1] = sums.astype(np.float32)
     # the slot ring (SlotHistory._keep of a 0.0) and the seen count
     slot = here
     fill = store.fill[slot, rows].astype(np.int64)
@@ -340,7 +347,10 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     store.fill[slot, rows] = np.where(fill + 1 < 2 * limit, fill + 1, limit)
     cap = ints[:, CAP]
     grown = position >= cap
-    ints[:, CAP] = np.where(grown, np.minimum(limit, cap + 1 + cap // 4), cap)
+    cap = np.where(grown, np.minimum(limit, cap + 1 + cap // 4), cap)
+    ints[:, CAP] = cap
+    short = np.where(grown, per_day, ints[:, SHORT])  # a grown ring: every row is short
+    ints[:, SHORT] = short - ((fill < limit) & (fill + 1 == cap))  # this row just filled
     store.ring[slot, rows, position] = 0
     seen = seen + 1
     ints[:, SEEN] = seen
@@ -351,6 +361,11 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     store.ints[rows] = ints
     store.judged += len(rows)
     return failed
+
+
+def _new(kind: type) -> Any:
+    """An instance without running ``__init__`` (its fields are set from a row)."""
+    return kind.__new__(kind)
 
 
 def _trend(s: np.ndarray) -> np.ndarray:
@@ -369,8 +384,8 @@ def _weekly_factor(
 ) -> np.ndarray:
     """WeeklyFactor.factor per row (rows of another week get 1, as there)."""
     cell = (start % WEEK) // BLOCK
-    one = store.ratios[rows, cell].astype(np.float64)
-    two = store.ratios[rows, CELLS + cell].astype(np.float64)
+    one = store.weekly[rows, 2 * CELLS + cell].astype(np.float64)
+    two = store.weekly[rows, 3 * CELLS + cell].astype(np.float64)
     spread, noise = s[W_SPREAD], s[W_NOISE]
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = 1.0 + (np.where(two > one, two, one) - 1.0) * spread / (spread + noise)
