@@ -104,6 +104,26 @@ class QuietRows:
         self.free.extend(range(capacity - 1, old - 1, -1))
         self.size = capacity
 
+    # -- snapshots: the arrays once per shard, a cold scope as its row -------------------
+
+    _PARTS = (
+        "per_day", "limit", "window", "days", "residual_memory", "fill_code", "size", "free",
+        "scalars", "ints", "ring", "fill", "weekly",
+    )  # fmt: skip
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its arrays: a shard's snapshot holds them once, each cold scope's
+        state only its row (``RobustState.__reduce_ex__``), not 3.5 KB of objects."""
+        used = np.ones(self.size, dtype=bool)
+        used[self.free] = False
+        top = int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0  # trailing free rows: cut
+        parts = {name: getattr(self, name) for name in self._PARTS}
+        parts["size"], parts["free"] = top, [row for row in self.free if row < top]
+        for name in ("scalars", "ints", "weekly"):
+            parts[name] = parts[name][:top]
+        parts["ring"], parts["fill"] = self.ring[:, :top], self.fill[:, :top]
+        return (_rows_from_parts, (tuple(parts[name] for name in self._PARTS),))
+
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays (the capacity, used rows or not)."""
@@ -361,6 +381,16 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     store.ints[rows] = ints
     store.judged += len(rows)
     return failed
+
+
+def _rows_from_parts(parts: tuple) -> QuietRows:
+    rows = _new(QuietRows)
+    for name, value in zip(QuietRows._PARTS, parts, strict=True):
+        setattr(rows, name, np.ascontiguousarray(value) if isinstance(value, np.ndarray) else value)
+    rows.fill_dtype = np.dtype(rows.fill_code)
+    rows.judged = 0
+    rows._prior_table = []
+    return rows
 
 
 def _new(kind: type) -> Any:

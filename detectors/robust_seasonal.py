@@ -163,6 +163,14 @@ class RobustState:
         if cold is not None:
             cold[0].release(cold[1])
 
+    def __reduce_ex__(self, protocol: object) -> tuple:
+        """A cold state pickles as its store (once per snapshot: pickle keeps one copy of
+        an object many refer to) and its row; a hot one as its fields."""
+        cold = self._cold
+        if cold is None:
+            return super().__reduce_ex__(protocol)  # type: ignore[arg-type]
+        return (_cold_state, (cold[0], cold[1], self.episode))
+
     def hot_copy(self) -> RobustState:
         """This state as objects, without thawing it (for reading a cold state in place)."""
         if self._cold is None:
@@ -188,6 +196,14 @@ class RobustState:
             state = (None,) * len(_FIELDS)
         for name, value in zip(_FIELDS, state, strict=True):
             setattr(self, name, value)
+
+
+def _cold_state(store: QuietRows, row: int, episode: Episode) -> RobustState:
+    """A cold state from a snapshot: its episode, and its row in the restored store."""
+    state = RobustState.__new__(RobustState)
+    state.episode = episode
+    state._cold = (store, row)
+    return state
 
 
 def per_request_value(metric: str, totals: Totals, value: float) -> float | None:
@@ -389,6 +405,9 @@ class RobustSeasonal(DetectorBase):
         freezable = store.freezable
         for position, state in enumerate(states):
             cold = state._cold
+            if cold is not None and cold[0] is not store:  # restored: into this store
+                cold[0].thaw(state)
+                cold = None
             if cold is not None:
                 rows[position] = cold[1]
             elif freezable(state):

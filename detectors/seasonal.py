@@ -50,8 +50,7 @@ class SeasonalZScoreConfig(ExplainedRuleConfig):
     min_value: float = Field(default=0.0, ge=0, description="ignore windows below this value")
     warmup: Duration | None = Field(
         default=None,
-        description="event time learned before alerting (default: two days, at least 12 "
-        "windows)",
+        description="event time learned before alerting (default: two days, at least 12 windows)",
     )
     history: int = Field(
         default=8, ge=2, description="effective memory, in samples, of each slot's baseline"

@@ -133,6 +133,24 @@ def test_any_scope_any_stretch(seed, lived, empties, metric, neighbours, days):
     _compare(detector, [state for state, _ in grown], grown[0][1], empties)
 
 
+def test_a_snapshot_holds_the_rows_once():
+    """Many cold scopes pickle as one copy of their store's arrays and a row each."""
+    detector = _detector()
+    grown = [_grown(detector, seed, 3 * 96)[0] for seed in range(40)]
+    states = [state for state in grown if state.history.values.typecode != "d"]  # stay hot
+    assert len(states) > 20
+    hot = pickle.dumps(states)
+    store = QuietRows(detector)
+    start = T0 + 3 * 96 * WINDOW
+    assert detector.observe_quiet(store, states, start) == []
+    cold = pickle.dumps(states)
+    row_bytes = store.nbytes / store.size
+    assert len(cold) < len(states) * (row_bytes + 200), (len(cold), len(hot), row_bytes)
+    back = pickle.loads(cold)
+    assert len({id(state._cold[0]) for state in back}) == 1
+    assert [_bytes(a) for a in back] == [_bytes(b) for b in states]
+
+
 def test_a_cold_state_reads_and_pickles_in_place_and_thaws_on_use():
     detector = _detector()
     state, start = _grown(detector, 3, 3 * 96)
@@ -146,7 +164,13 @@ def test_a_cold_state_reads_and_pickles_in_place_and_thaws_on_use():
     assert detector.baseline(state, t) == detector.baseline(twin, t)
     assert state._cold is not None, "a baseline leaves the scope cold"
     restored = pickle.loads(pickle.dumps(state))
-    assert restored._cold is None and _bytes(restored) == _bytes(twin)
+    assert restored._cold is not None and restored._cold[0] is not store
+    assert _bytes(restored) == _bytes(twin), "a snapshot restores the row"
+    other = QuietRows(detector)
+    reference = copy.deepcopy(twin)
+    assert detector.observe_quiet(other, [restored], t) == []
+    detector.observe(reference, SCOPE, t, ZERO)
+    assert restored._cold[0] is other and _bytes(restored) == _bytes(reference)
     busy = Totals(spend_nanos=5_000_000, requests=3)
     assert detector.observe(state, SCOPE, t, busy) == detector.observe(twin, SCOPE, t, busy)
     assert state._cold is None and len(store) == 0, "data thaws the row and frees it"
