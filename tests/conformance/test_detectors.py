@@ -444,3 +444,31 @@ def test_a_run_of_empty_windows_at_once_equals_window_by_window(kind):
         single = [a for s in starts for a in detector.observe(one, scope_map, s, ZERO)]
         assert _key(detector.observe_empty(many, scope_map, starts)) == _key(single)
         assert pickle.dumps(many) == pickle.dumps(one)
+
+
+ROWS = sorted(
+    kind for kind in ZERO_FILLED if hasattr(_plan(HARNESSES[kind].rule).detectors[0], "quiet_rows")
+)
+"""The types that judge their quiet scopes as rows of arrays (``observe_quiet``)."""
+
+
+@pytest.mark.parametrize("kind", ROWS)
+@pytest.mark.parametrize("per", [1, 8])
+def test_quiet_scopes_as_rows_equal_scope_by_scope(kind, per):
+    """The engine judging quiet scopes as rows raises what it raises judging them scope
+    by scope, and ends with the same state of every scope, bit for bit."""
+    h = HARNESSES[kind]
+    plan = _plan(h.rule)
+    windows = [
+        w
+        for w in h.stream(np.random.default_rng(5))
+        if w[0] != ("acme",) or not (2 * DAY <= w[1] - T0 < 2 * DAY + 6 * 3600)
+    ]
+    rows, reference = ShardEngine(plan), ShardEngine(plan, quiet_rows=False)
+    assert _key(_run(plan, windows, per, rows)) == _key(_run(plan, windows, 1, reference))
+    assert sum(store.judged for store in rows.quiet_stores.values()) > 0
+    name = plan.detectors[0].name
+    mine, theirs = rows.detector_states[name], reference.detector_states[name]
+    assert mine.keys() == theirs.keys()
+    for scope, state in mine.items():
+        assert pickle.dumps(state.__getstate__()) == pickle.dumps(theirs[scope].__getstate__())
