@@ -72,6 +72,16 @@ RULES = {
 }
 
 
+def _slot(obj: object, name: str) -> list[object]:
+    """The value of a set slot (``[]`` if unset), read through its descriptor: a cold
+    ``robust_seasonal`` state's unset fields must not thaw it (``__getattr__``)."""
+    descriptor = getattr(type(obj), name, None)
+    try:
+        return [descriptor.__get__(obj, type(obj))] if descriptor is not None else []
+    except AttributeError:
+        return []
+
+
 def deep_size(obj: object, seen: set[int]) -> int:
     """Bytes of ``obj`` and of everything it references not in ``seen`` (marked as it goes)."""
     if id(obj) in seen:
@@ -85,7 +95,7 @@ def deep_size(obj: object, seen: set[int]) -> int:
     if isinstance(obj, (str, bytes, int, float, array)):
         return size
     names = [n for cls in type(obj).__mro__ for n in getattr(cls, "__slots__", ())]
-    fields = [getattr(obj, n) for n in names if hasattr(obj, n)]
+    fields = [value for n in names for value in _slot(obj, n)]
     if hasattr(obj, "__dict__"):
         fields.append(obj.__dict__)
     return size + sum(deep_size(v, seen) for v in fields)
