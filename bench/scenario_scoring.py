@@ -274,12 +274,23 @@ def _delays(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def _within_five_requests(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The issue's delay target on thin scopes: found within the time the scope takes to
     make five requests at its onset rate (the requests an incident can show itself in)."""
-    met = [
+    def five(i: Mapping[str, Any]) -> float:
+        return 5 * 60 / max(i["onset_rate"], 1e-9)
+
+    met = [i for i in items if i["detected"] and i["delay_minutes"] <= five(i)]
+    # the physical limit of the same target: the oracle's own delay within five requests
+    # (a model switch named by its new model can beat the oracle, which reads costs only)
+    oracle = [
         i
         for i in items
-        if i["detected"] and i["delay_minutes"] <= 5 * 60 / max(i["onset_rate"], 1e-9)
+        if i.get("oracle_delay_minutes") is not None and i["oracle_delay_minutes"] <= five(i)
     ]
-    return {"n": len(items), "detected": sum(i["detected"] for i in items), "met": len(met)}
+    return {
+        "n": len(items),
+        "detected": sum(i["detected"] for i in items),
+        "met": len(met),
+        "oracle_met": len(oracle),
+    }
 
 
 WITHIN_ORACLE_MINUTES = (15, 60)

@@ -246,7 +246,8 @@ def print_tables(summary: dict[str, Any], baseline: dict[str, Any], out: Any = N
     line(
         f"×3+ on scopes of ≥ 20 requests/h: {_delay(busy)} min (median / p95, "
         f"{busy['n']} found); ×3+ on 1–20/h: {thin['met']} of {thin['n']} found within "
-        f"the time the scope takes to make five requests ({thin['detected']} found at all)"
+        f"the time the scope takes to make five requests ({thin['detected']} found at all; "
+        f"the oracle's own evidence is decisive that soon for {thin['oracle_met']})"
     )
     line()
     print_oracle_delays(summary, line)

@@ -185,3 +185,16 @@ def test_the_score_carries_each_incident_s_oracle_delay():
     assert scored["oracle_delay_minutes"] == 4.5 and scored["delay_minutes"] == 30.0
     busy = scoring.against_oracle([scored])
     assert busy["excess"]["median"] == 25.5 and busy["within_oracle_plus_60"]["met"] == 1
+
+
+def test_the_thin_scope_target_is_read_against_the_oracle_too():
+    """Five requests at 6/h take 50 minutes: found (or decisive for the oracle) by then
+    counts, later does not; an incident the oracle never reaches is not its success."""
+    items = [
+        {**_scored(40.0, 45.0, rate=3.0), "onset_rate": 6.0},
+        {**_scored(55.0, 30.0, rate=3.0), "onset_rate": 6.0},
+        {**_scored(20.0, None, rate=3.0), "onset_rate": 6.0},
+        {**_scored(None, 60.0, rate=3.0), "onset_rate": 6.0},
+    ]
+    out = scoring._within_five_requests(items)
+    assert out == {"n": 4, "detected": 3, "met": 2, "oracle_met": 2}
