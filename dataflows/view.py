@@ -57,9 +57,10 @@ def describe(engine: ShardEngine) -> dict[str, Any]:
         rows = scopes.setdefault(detector.name, [])
         if isinstance(detector, GroupDetector):  # state per peer group, not per scope
             continue
+        known = _baselines(detector, states, progress)
         for scope, state in states.items():
             judged, last_data = progress.get(scope, (None, None))
-            rows.append(_baseline(detector, scope, state, judged, last_data))
+            rows.append(_baseline(detector, scope, state, judged, last_data, known.get(scope)))
     return {
         "max_event_time": max_ts,
         "watermark": None if reached == -math.inf else reached - plan.allowed_lateness,
@@ -105,8 +106,34 @@ def _amount_set(engine: ShardEngine, rule: Any, scope: dict[str, str]) -> dict[s
     return {} if setting is None else {"amount_set_at": rfc3339(setting[1])}
 
 
-def _baseline(detector: Any, scope: tuple[str, ...], state: Any, judged: Any, last: Any) -> dict:
-    """One scope's current baseline: what the next window will be judged against."""
+def _baselines(detector: Any, states: dict, progress: dict) -> dict[tuple[str, ...], Any]:
+    """Baselines of a rule's scopes at once, where the rule reads many in one pass
+    (``baselines``: ``robust_seasonal``'s quiet scopes, from their rows), per next window."""
+    many = getattr(detector, "baselines", None)
+    if many is None:
+        return {}
+    window = detector.aggregation.window
+    by_window: dict[int, list[tuple[str, ...]]] = {}
+    for scope in states:
+        judged = progress.get(scope, (None, None))[0]
+        if judged is not None:
+            by_window.setdefault(judged + window, []).append(scope)
+    found: dict[tuple[str, ...], Any] = {}
+    for start, scopes in by_window.items():
+        found.update(zip(scopes, many([states[s] for s in scopes], start), strict=True))
+    return found
+
+
+def _baseline(
+    detector: Any,
+    scope: tuple[str, ...],
+    state: Any,
+    judged: Any,
+    last: Any,
+    known: Any = None,
+) -> dict:
+    """One scope's current baseline: what the next window will be judged against
+    (``known``: already computed by ``_baselines``)."""
     window = detector.aggregation.window
     next_window = None if judged is None else judged + window
     row: dict[str, Any] = {
@@ -123,7 +150,7 @@ def _baseline(detector: Any, scope: tuple[str, ...], state: Any, judged: Any, la
         row["firing_since"] = rfc3339(episode)
     baseline_of = getattr(detector, "baseline", None)
     if baseline_of is not None and next_window is not None:
-        baseline = baseline_of(state, next_window)
+        baseline = known if known is not None else baseline_of(state, next_window)
         if baseline is not None:
             row["next_window"] = rfc3339(next_window)
             row["expected"] = baseline.expected

@@ -226,6 +226,9 @@ class QuietRows:
         state._cold = None
         self.release(row)
 
+    def windows_seen(self, row: int) -> int:
+        return int(self.ints[row, SEEN])
+
     def release(self, row: int) -> None:
         self.free.append(row)
 
@@ -249,58 +252,11 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     s = store.scalars[rows].T.copy()  # [field, row]: each field contiguous
     ints = store.ints[rows]
     seen = ints[:, SEEN]
-    per_day, limit = store.per_day, store.limit
     here = (start % _DAY) // store.window
-    slots = [(here + offset) % per_day for offset in range(-c.neighbours, c.neighbours + 1)]
-
-    # -- band (RobustSeasonal.band) -----------------------------------------------------------
-    pick = np.ix_(slots, rows)
-    cells = store.ring[pick].transpose(1, 0, 2)  # [r, pooled slots, limit]
-    counts = np.minimum(store.fill[pick].T.astype(np.int64), limit)
-    floats = np.where(
-        (ints[:, CODE] == 0)[:, None, None],
-        cells.view(np.float32).astype(np.float64),
-        cells.astype(np.float64) / 1e9,
-    )
-    valid = np.arange(limit)[None, None, :] < counts[:, :, None]
-    values = np.where(valid, floats, np.inf).reshape(len(rows), -1)
-    values.sort(axis=1)
-    count = counts.sum(axis=1)
-    ok = count > 0
-    n = np.maximum(count, 1)
-    mid = n // 2
-    take = np.arange(len(rows))
-    upper = values[take, mid]
-    lower = values[take, np.maximum(mid - 1, 0)]
-    median = np.where(n % 2 == 1, upper, 0.5 * (lower + upper))
-    kept = np.maximum(n - np.maximum(n // 8, 1), 1)
-    # prefix sums down the pooled values, all rows at once: sequential per row, as sum()
-    mean = np.cumsum(values.T, axis=0)[kept - 1, take] / kept
-    center = np.where(mean > median, mean, median)
-    with np.errstate(invalid="ignore"):  # an empty pool (inf · 0) is handed back below
-        expected = (center * count + s[LEVEL]) / (count + 1)
-    floor = 0.5 * s[PR] / (count + 1)
-    expected = np.where(floor > expected, floor, expected)
-    expected = expected * _trend(s)
-    week = start // WEEK
+    limit = store.limit
+    _, ok, expected, variance, u, w, factor = _band(detector, store, rows, s, ints, start)
     if detector.weekly_enabled:
-        ok &= ints[:, WEEK_OF] == week  # a week to roll: the per-scope code rolls it
-        factor = _weekly_factor(store, rows, ints, s, start)
-        expected = expected * factor
-    else:
-        factor = np.ones(len(rows))
-    ok &= expected > 0
-
-    # -- variance (RobustSeasonal._variance, VarianceFit.coefficients) -----------------------
-    per_request = np.maximum(s[PR], 0.0)
-    u = per_request * c.overdispersion * np.maximum(expected, 0.0)
-    w = expected * expected
-    prior = c.prior_weight * store.prior_exp(seen, detector.alpha)
-    prior_b = c.min_relative_std**2
-    coef_a, coef_b = _coefficients(s, prior_b, prior, u, w)
-    floor_b = (c.min_relative_std / 2) ** 2
-    variance = np.maximum(coef_a, 0.3) * u + np.maximum(coef_b, floor_b) * w
-    ok &= variance > 0
+        ok &= ints[:, WEEK_OF] == start // WEEK  # a week to roll: the per-scope code rolls it
     if not ok.all():
         rows, s, ints, seen = rows[ok], s[:, ok], ints[ok], seen[ok]
         expected, variance, u, w, factor = expected[ok], variance[ok], u[ok], w[ok], factor[ok]
@@ -369,7 +325,7 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     grown = position >= cap
     cap = np.where(grown, np.minimum(limit, cap + 1 + cap // 4), cap)
     ints[:, CAP] = cap
-    short = np.where(grown, per_day, ints[:, SHORT])  # a grown ring: every row is short
+    short = np.where(grown, store.per_day, ints[:, SHORT])  # a grown ring: every row is short
     ints[:, SHORT] = short - ((fill < limit) & (fill + 1 == cap))  # this row just filled
     store.ring[slot, rows, position] = 0
     seen = seen + 1
@@ -396,6 +352,87 @@ def _rows_from_parts(parts: tuple) -> QuietRows:
 def _new(kind: type) -> Any:
     """An instance without running ``__init__`` (its fields are set from a row)."""
     return kind.__new__(kind)
+
+
+def _band(
+    detector: RobustSeasonal,
+    store: QuietRows,
+    rows: np.ndarray,
+    s: np.ndarray,
+    ints: np.ndarray,
+    start: int,
+) -> tuple[np.ndarray, ...]:
+    """RobustSeasonal.band and ._variance per row: (values pooled, judgeable, expected,
+    variance, u, w, weekly factor); not judgeable as a row where the pooled slots hold
+    nothing, or the expectation or its variance is not positive."""
+    c = detector.config
+    seen = ints[:, SEEN]
+    per_day, limit = store.per_day, store.limit
+    here = (start % _DAY) // store.window
+    slots = [(here + offset) % per_day for offset in range(-c.neighbours, c.neighbours + 1)]
+
+    # -- band (RobustSeasonal.band) -----------------------------------------------------------
+    pick = np.ix_(slots, rows)
+    cells = store.ring[pick].transpose(1, 0, 2)  # [r, pooled slots, limit]
+    counts = np.minimum(store.fill[pick].T.astype(np.int64), limit)
+    floats = np.where(
+        (ints[:, CODE] == 0)[:, None, None],
+        cells.view(np.float32).astype(np.float64),
+        cells.astype(np.float64) / 1e9,
+    )
+    valid = np.arange(limit)[None, None, :] < counts[:, :, None]
+    values = np.where(valid, floats, np.inf).reshape(len(rows), -1)
+    values.sort(axis=1)
+    count = counts.sum(axis=1)
+    ok = count > 0
+    n = np.maximum(count, 1)
+    mid = n // 2
+    take = np.arange(len(rows))
+    upper = values[take, mid]
+    lower = values[take, np.maximum(mid - 1, 0)]
+    median = np.where(n % 2 == 1, upper, 0.5 * (lower + upper))
+    kept = np.maximum(n - np.maximum(n // 8, 1), 1)
+    # prefix sums down the pooled values, all rows at once: sequential per row, as sum()
+    mean = np.cumsum(values.T, axis=0)[kept - 1, take] / kept
+    center = np.where(mean > median, mean, median)
+    with np.errstate(invalid="ignore"):  # an empty pool (inf · 0) is handed back below
+        expected = (center * count + s[LEVEL]) / (count + 1)
+    floor = 0.5 * s[PR] / (count + 1)
+    expected = np.where(floor > expected, floor, expected)
+    expected = expected * _trend(s)
+    if detector.weekly_enabled:
+        factor = _weekly_factor(store, rows, ints, s, start)
+        expected = expected * factor
+    else:
+        factor = np.ones(len(rows))
+    ok &= expected > 0  # (a band of nothing to expect: handed back, as is variance 0)
+
+    # -- variance (RobustSeasonal._variance, VarianceFit.coefficients) -----------------------
+    per_request = np.maximum(s[PR], 0.0)
+    u = per_request * c.overdispersion * np.maximum(expected, 0.0)
+    w = expected * expected
+    prior = c.prior_weight * store.prior_exp(seen, detector.alpha)
+    prior_b = c.min_relative_std**2
+    coef_a, coef_b = _coefficients(s, prior_b, prior, u, w)
+    floor_b = (c.min_relative_std / 2) ** 2
+    variance = np.maximum(coef_a, 0.3) * u + np.maximum(coef_b, floor_b) * w
+    ok &= variance > 0
+    return count, ok, expected, variance, u, w, factor
+
+
+def baselines(
+    detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: int
+) -> list[tuple[float, float] | None]:
+    """(expected, variance) of window ``start`` per cold row, or ``None`` where the pooled
+    slots hold nothing: ``RobustSeasonal.band`` without thawing (the query API's view)."""
+    s = store.scalars[rows].T.copy()
+    ints = store.ints[rows]
+    count, _, expected, variance, *_ = _band(detector, store, rows, s, ints, start)
+    empty = count == 0
+    return [
+        None if none else (e, v)
+        for none, e, v in zip(empty.tolist(), expected.tolist(), variance.tolist(), strict=True)
+    ]
 
 
 def _trend(s: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from spendwatch.config import SpendwatchConfig
 from spendwatch.dataflows.engine import EnginePlan, ShardEngine
+from spendwatch.dataflows.view import describe
 from spendwatch.detectors.base import ZERO, Totals
 from spendwatch.detectors.robust_columns import QuietRows
 from spendwatch.detectors.robust_seasonal import RobustSeasonal, RobustSeasonalConfig, RobustState
@@ -259,7 +260,7 @@ def _run(rows: list, quiet_rows: bool, restore_every: int, per_batch: int = 1) -
         for name, per_scope in engine.detector_states.items()
         for scope, state in per_scope.items()
     }
-    return alerts, {"states": states, "judged": judged + _judged(engine)}
+    return alerts, {"states": states, "judged": judged + _judged(engine), "engine": engine}
 
 
 def _judged(engine: ShardEngine) -> int:
@@ -279,3 +280,17 @@ def test_the_engine_raises_the_same_alerts_with_rows(restore_every, per_batch):
     assert any(a.status == "resolved" for a in reference), "the stream must resolve episodes"
     assert after["states"] == before["states"]
     assert before["judged"] == 0 and after["judged"] > 50_000, after["judged"]
+
+
+def test_the_query_api_view_reads_cold_scopes_in_place():
+    """``describe`` (what the query API shows) gives every scope's baseline and windows
+    seen as the per-scope engine does, without thawing a cold scope."""
+    rows = _rows(3, 4)
+    engines = [_run(rows, quiet_rows, 0)[1]["engine"] for quiet_rows in (True, False)]
+    stores = [s for s in engines[0].quiet_stores.values() if s is not None]
+    cold = sum(len(store) for store in stores)
+    assert cold > 100, cold
+    mine, theirs = (describe(engine)["scopes"] for engine in engines)
+    assert sum(len(store) for store in stores) == cold, "the view thawed cold scopes"
+    assert mine == theirs
+    assert sum(row["expected"] is not None for row in mine["prompt-spend"]) > 100
