@@ -55,10 +55,10 @@ def _grown(detector: RobustSeasonal, seed: int, windows: int) -> tuple[RobustSta
     cents = rng.random() < 0.7  # else spends that need float64 rings
     state = detector.new_state()
     for w in range(windows):
-        t = T0 + w * WINDOW
+        t = T0 + w * detector.config.window
         totals = _window(rng, rate * (8 if rng.random() < 0.01 else 1), cents)
         detector.observe(state, SCOPE, t, totals)
-    return state, T0 + windows * WINDOW
+    return state, T0 + windows * detector.config.window
 
 
 def _bytes(state: object) -> bytes:
@@ -70,15 +70,16 @@ def _compare(detector: RobustSeasonal, states: list, start: int, empties: int) -
     how many windows the rows judged."""
     reference = copy.deepcopy(states)
     store = QuietRows(detector)
+    step = detector.config.window
     expected_alerts = []
     for state in reference:
         for k in range(empties):
-            expected_alerts.extend(detector.observe(state, SCOPE, start + k * WINDOW, ZERO))
+            expected_alerts.extend(detector.observe(state, SCOPE, start + k * step, ZERO))
     found_alerts = []
     for k in range(empties):
-        for position in detector.observe_quiet(store, states, start + k * WINDOW):
+        for position in detector.observe_quiet(store, states, start + k * step):
             found_alerts.extend(
-                detector.observe_empty(states[position], SCOPE, (start + k * WINDOW,))
+                detector.observe_empty(states[position], SCOPE, (start + k * step,))
             )
     key = lambda a: (a.window_start, a.status, a.observed)  # noqa: E731
     assert sorted(found_alerts, key=key) == sorted(expected_alerts, key=key)
@@ -127,9 +128,12 @@ def test_rows_hand_back_what_they_cannot_judge_and_take_it_again():
     metric=st.sampled_from(["spend_usd", "requests", "output_tokens"]),
     neighbours=st.integers(0, 2),
     days=st.integers(1, 6),
+    window=st.sampled_from(["15m", "1h", "4h"]),  # 4 h: longer than a weekly cell
 )
-def test_any_scope_any_stretch(seed, lived, empties, metric, neighbours, days):
-    detector = _detector(metric=metric, neighbours=neighbours, days=days, warmup="6h")
+def test_any_scope_any_stretch(seed, lived, empties, metric, neighbours, days, window):
+    detector = _detector(
+        metric=metric, neighbours=neighbours, days=days, warmup="6h", window=window
+    )
     grown = [_grown(detector, seed * 7 + k, lived) for k in range(3)]
     _compare(detector, [state for state, _ in grown], grown[0][1], empties)
 
