@@ -201,8 +201,9 @@ class ShardEngine:
         row-wise judging of quiet scopes is tested against (``tests/test_robust_columns.py``)."""
         self.plan = plan
         self.tracer = tracer
-        # rule name -> its quiet scopes' rows (``detectors/robust_columns.py``; rebuilt
-        # as scopes go quiet, never in a snapshot: a cold scope pickles as its objects)
+        # rule name -> its quiet scopes' rows (``detectors/robust_columns.py``); not in
+        # the snapshot itself: cold states carry their store into it, and after a restore
+        # they move into this one at the next close
         self.quiet_stores: dict[str, Any] | None = {} if quiet_rows else None
         self.max_ts = -math.inf
         # input partition -> max event time seen from it (several files or topics)

@@ -129,7 +129,8 @@ class RobustState:
     """One scope's state: objects while the scope is busy (hot), a row of arrays while it is
     quiet (cold, ``detectors/robust_columns.py``). A cold state's fields come back on first
     use (``__getattr__`` finds them missing and thaws the row), so code reading a state
-    needs no care; a snapshot or a baseline of a cold state reads the row in place."""
+    needs no care; a snapshot, a baseline or the windows seen of a cold state read the row
+    in place."""
 
     __slots__ = (*_FIELDS, "_cold")
 
@@ -170,14 +171,6 @@ class RobustState:
         if cold is None:
             return super().__reduce_ex__(protocol)  # type: ignore[arg-type]
         return (_cold_state, (cold[0], cold[1], self.episode))
-
-    def hot_copy(self) -> RobustState:
-        """This state as objects, without thawing it (for reading a cold state in place)."""
-        if self._cold is None:
-            return self
-        copy = RobustState.__new__(RobustState)
-        copy.__setstate__(self.__getstate__())
-        return copy
 
     def __getstate__(self) -> tuple:
         cold = self._cold
