@@ -8,9 +8,12 @@ the least a seasonal baseline can remember. Prints a table; the last line is one
 object with bytes per scope and the ratio to the baseline. ``--breakdown`` also prints,
 for one scope of each detector rule, the bytes of each field of its state (objects
 reached from it, counted once; small ints and interned strings are shared, so this
-slightly overstates), which is where to look when the heap figure grows.
+slightly overstates), which is where to look when the heap figure grows. ``--quiet N``
+ends the days with N windows without events, so scopes that hold their quiet state as
+rows of arrays (``robust_seasonal``: ``detectors/robust_columns.py``) are measured so.
 
     .venv/bin/python bench/memory.py [--scopes 2000] [--days 3] [--rules a,b] [--breakdown]
+                                     [--quiet N]
 """
 
 from __future__ import annotations
@@ -112,7 +115,9 @@ def breakdown(state: object) -> dict[str, int]:
     return found
 
 
-def measure(rule: dict, scopes: int, days: int, fields: dict | None = None) -> tuple[float, float]:
+def measure(
+    rule: dict, scopes: int, days: int, fields: dict | None = None, quiet: int = 0
+) -> tuple[float, float]:
     """Heap bytes and snapshot bytes per scope after ``days`` of windows for ``scopes``
     (and, given ``fields``, the per-field breakdown of one scope's state put in it)."""
     config = SpendwatchConfig.model_validate({**rule, "engine": {"allowed_lateness": 0}})
@@ -131,7 +136,8 @@ def measure(rule: dict, scopes: int, days: int, fields: dict | None = None) -> t
             spend = requests * NANOS_PER_USD // 100
             rows.append((0, scope, start, spend, requests, 1000 * requests, 100 * requests, 1))
         engine.on_message(start + WINDOW - 1, rows)
-    engine.on_message(T0 + windows * WINDOW + 1, [])
+    for k in range(quiet + 1):  # close the last window, then ``quiet`` empty ones
+        engine.on_message(T0 + (windows + k) * WINDOW + 1, [])
     gc.collect()
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
@@ -161,13 +167,14 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--rules", default=",".join(RULES), help="comma-separated rules")
     parser.add_argument("--breakdown", action="store_true", help="bytes per state field")
+    parser.add_argument("--quiet", type=int, default=0, help="empty windows at the end")
     args = parser.parse_args()
     floor = baseline(args.scopes)
     print(f"baseline (96 floats per scope in a dict): {floor:,.0f} bytes/scope", file=sys.stderr)
     figures = {}
     for name in args.rules.split(","):
         fields: dict[str, int] | None = {} if args.breakdown else None
-        heap, snapshot = measure(RULES[name], args.scopes, args.days, fields)
+        heap, snapshot = measure(RULES[name], args.scopes, args.days, fields, args.quiet)
         figures[name] = {"heap_bytes": round(heap), "snapshot_bytes": round(snapshot)}
         if fields:
             figures[name]["state_fields"] = fields
@@ -183,6 +190,7 @@ def main() -> None:
                 "bench": "memory",
                 "scopes": args.scopes,
                 "days": args.days,
+                "quiet_windows": args.quiet,
                 "baseline_bytes": round(floor),
                 "per_scope": figures,
                 "ratio": {name: round(f["heap_bytes"] / floor, 2) for name, f in figures.items()},
