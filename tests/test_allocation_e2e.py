@@ -492,25 +492,14 @@ def test_worker_and_backtest_agree_and_the_summary_shows_what_was_allocated(
 
 def test_untagged_focus_lines_are_spread_by_the_tagged_spend_of_their_hour(tmp_path):
     """The real FOCUS sample: lines without an application tag are shared spend."""
-    import csv
     from decimal import Decimal
 
     import yaml
 
-    from tests.test_focus import SAMPLE, sample_rows
+    from tests.test_focus import SAMPLE, write_closed_export
 
-    rows = sample_rows()
     export = tmp_path / "export.csv"
-    # three zero-cost rows in October: the watermark passes September, which resolves
-    closing = [
-        dict(rows[0], Id=f"closing-{i}", ChargePeriodStart="2024-10-02 00:00:00",
-             ChargePeriodEnd="2024-10-02 01:00:00", BilledCost="0", EffectiveCost="0")
-        for i in range(3)
-    ]
-    with export.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), quoting=csv.QUOTE_ALL)
-        writer.writeheader()
-        writer.writerows([*rows, *closing])
+    rows = write_closed_export(export)  # October rows: the watermark passes September
     config_file = tmp_path / "focus.yaml"
     config_file.write_text(
         yaml.safe_dump(

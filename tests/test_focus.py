@@ -248,10 +248,9 @@ def test_gzipped_csv_exports_load(tmp_path: Path) -> None:
 # -- through the whole flow --------------------------------------------------------------------
 
 
-def run_focus_backtest(tmp_path: Path, cost_column: str = "BilledCost") -> list[dict]:
-    """Backtest the sample plus October rows, so September's budget periods close and
-    their resolved alerts report each scope's complete September total."""
-    export = tmp_path / "export.csv"
+def write_closed_export(export: Path) -> list[dict[str, str]]:
+    """Write the sample and three zero-cost October rows as a CSV export, so the watermark
+    passes September and its budget periods close; return the sample's rows."""
     rows = sample_rows()
     # three rows: no fewer move the stream clock (one event never moves the watermark)
     sentinels = [
@@ -269,6 +268,14 @@ def run_focus_backtest(tmp_path: Path, cost_column: str = "BilledCost") -> list[
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), quoting=csv.QUOTE_ALL)
         writer.writeheader()
         writer.writerows([*rows, *sentinels])
+    return rows
+
+
+def run_focus_backtest(tmp_path: Path, cost_column: str = "BilledCost") -> list[dict]:
+    """Backtest the sample plus October rows, so September's budget periods close and
+    their resolved alerts report each scope's complete September total."""
+    export = tmp_path / "export.csv"
+    write_closed_export(export)
     config_file = tmp_path / "focus.yaml"
     config_file.write_text(
         yaml.safe_dump(
