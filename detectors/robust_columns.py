@@ -55,12 +55,6 @@ SEEN, WEEK_OF, CAP, CODE, SHORT = range(5)
 CODES = ("f", _NANOS)
 """Ring typecodes a row can hold: float32 bits or int32 billionths (float64 stays hot)."""
 
-COLD_FIELDS = (
-    "calibration", "corr", "cusum", "fit", "history", "last_z", "level", "per_request",
-    "trend_expected", "trend_value", "weekly",
-)  # fmt: skip
-"""State fields that live in the row while a scope is cold (its episode stays an object:
-a cold scope's episode is the default one, which an empty window leaves as it is)."""
 
 QUIET_WINDOWS = 2
 """Empty windows after its last data before a scope is judged as a row: a scope with data
@@ -183,7 +177,7 @@ class QuietRows:
             ring[:, :cap] = cells
         self.fill[:, row] = np.frombuffer(history.fill, dtype=self.fill_dtype)
         self.weekly[row] = np.frombuffer(weekly.current + weekly.ratios, dtype=np.float32)
-        for name in COLD_FIELDS:
+        for name in state.COLD_FIELDS:
             delattr(state, name)
         state._cold = (self, row)
         return row

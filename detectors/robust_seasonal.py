@@ -48,7 +48,7 @@ from spendwatch.detectors.base import (
     register_detector,
 )
 from spendwatch.detectors.episodes import Episode
-from spendwatch.detectors.robust_columns import COLD_FIELDS, QUIET_WINDOWS, QuietRows, step
+from spendwatch.detectors.robust_columns import QUIET_WINDOWS, QuietRows, step
 from spendwatch.detectors.slots import SlotHistory
 from spendwatch.detectors.weekly import BLOCK, WeeklyFactor
 
@@ -123,6 +123,10 @@ _FIELDS = (
     "weekly",
 )
 """The state's fields, in snapshot order."""
+COLD_FIELDS = tuple(name for name in _FIELDS if name != "episode")
+"""The fields that live in a row while a scope is cold (``detectors/robust_columns.py``);
+its episode stays an object: a cold scope's episode is the default one, which an empty
+window leaves as it is."""
 
 
 class RobustState:
@@ -133,6 +137,7 @@ class RobustState:
     in place."""
 
     __slots__ = (*_FIELDS, "_cold")
+    COLD_FIELDS = COLD_FIELDS
 
     def __init__(self, history: SlotHistory, grid_size: int) -> None:
         self.history = history
