@@ -143,7 +143,9 @@ def kill_loop(
     With ``progress`` (e.g. alerts delivered so far), each pause starts only once the
     worker has made some (or exited, or ``progress_wait`` seconds passed: once everything
     is delivered there is none to wait for): a slow start on a loaded machine then cannot
-    make every kill land before the input is read at all.
+    make every kill land before the input is read at all. Once a worker has run to the end on
+    its own, the pauses are bounded by that run instead: waiting for progress then would
+    wait out every run (nothing is left to deliver) and no kill could land.
     """
     rng = random.Random(seed)
     done = 0
@@ -155,7 +157,7 @@ def kill_loop(
         before = progress() if progress is not None else 0
         started = time.monotonic()
         worker = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if progress is not None and done < kills + 2:
+        if progress is not None and last_run is None and done < kills + 2:
             deadline = time.monotonic() + progress_wait
             while worker.poll() is None and progress() == before and time.monotonic() < deadline:
                 time.sleep(0.05)
