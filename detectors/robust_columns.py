@@ -20,13 +20,13 @@ zero, an episode) goes back to the per-scope code: the scope is thawed and judge
 before. ``tests/test_robust_columns.py`` runs both on the same streams and compares every
 alert and every bit of the final states.
 
-Layout: per row the scalars of the state (21 float64, read as one ``[field, row]`` block
+Layout: per row the scalars of the state (26 float64, read as one ``[field, row]`` block
 by a step), the seen count, the week, the ring's capacity and form; the slot rings
 slot-major (``[slot of the day, row, days]`` int32: float32 bits or int32 billionths, the
 two forms of :class:`~spendwatch.detectors.slots.SlotHistory` that keep 4 bytes a value;
 a scope held as float64 stays hot), so a close reads its pooled slots of every row as
-adjacent memory; the fill counts likewise; the weekly sums and ratios (float32). About
-3.5 KB a scope for 15-minute windows and 5 days.
+adjacent memory; the fill counts likewise; the weekly sums and ratios and the count
+profile (float32). About 4 KB a scope for 15-minute windows and 5 days.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ _DAY = 86400
 # columns of the float64 scalars
 (PR, LEVEL, LAST_Z, TV, TE, SUU, SUW, SWW, SUE, SWE, CT, CW, CAL_W, CAL_O, CAL_E, CAL_P,
  W_SPREAD, W_NOISE, CUSUM) = range(19)  # fmt: skip
-SCALARS = CUSUM + len(sequential.GRID)
+COUNT_FIT = CUSUM + len(sequential.GRID)  # then the count's variance fit (5 columns)
+SCALARS = COUNT_FIT + 5
 # columns of the int64s
 SEEN, WEEK_OF, CAP, CODE, SHORT = range(5)
 CODES = ("f", _NANOS)
@@ -59,6 +60,13 @@ CODES = ("f", _NANOS)
 QUIET_WINDOWS = 2
 """Empty windows after its last data before a scope is judged as a row: a scope with data
 every other window would pay more moving in and out than the row saves."""
+
+
+def count_cells(window: int) -> int:
+    """Cells of a scope's count profile for windows of ``window`` seconds (0: not seasonal):
+    one per window of the day, one without seasonality."""
+    return max(_DAY // window, 1) if window else 1
+
 
 _Z_EMPTY_THIN = sequential.normal_upper_z(1.0)
 """An empty window's z under a gamma law of shape < 1: the tail above 0 is 1."""
@@ -71,6 +79,7 @@ class QuietRows:
         history = detector.new_state().history
         self.days, self.residual_memory = history.days, history.residual_memory
         self.per_day = history.per_day
+        self.count_cells = count_cells(history.window)
         self.limit = history.limit
         self.window = detector.config.window
         self.fill_code = _fill_code(self.limit)
@@ -90,11 +99,12 @@ class QuietRows:
         fill = np.zeros((self.per_day, capacity), dtype=self.fill_dtype)
         # per row: the week's sums ([cell, (value, expected)]), then two weeks' ratios
         weekly = np.zeros((capacity, 4 * CELLS), dtype=np.float32)
+        counts = np.zeros((capacity, self.count_cells), dtype=np.float32)  # the count profile
         if old:
             scalars[:old], ints[:old], ring[:, :old] = self.scalars, self.ints, self.ring
-            fill[:, :old], weekly[:old] = self.fill, self.weekly
+            fill[:, :old], weekly[:old], counts[:old] = self.fill, self.weekly, self.counts
         self.scalars, self.ints, self.ring, self.fill = scalars, ints, ring, fill
-        self.weekly = weekly
+        self.weekly, self.counts = weekly, counts
         self.free.extend(range(capacity - 1, old - 1, -1))
         self.size = capacity
 
@@ -102,18 +112,18 @@ class QuietRows:
 
     _PARTS = (
         "per_day", "limit", "window", "days", "residual_memory", "fill_code", "size", "free",
-        "scalars", "ints", "ring", "fill", "weekly",
+        "scalars", "ints", "ring", "fill", "weekly", "count_cells", "counts",
     )  # fmt: skip
 
     def __reduce__(self) -> tuple:
         """Pickled as its arrays: a shard's snapshot holds them once, each cold scope's
-        state only its row (``RobustState.__reduce_ex__``), not 3.5 KB of objects."""
+        state only its row (``RobustState.__reduce_ex__``), not 4 KB of objects."""
         used = np.ones(self.size, dtype=bool)
         used[self.free] = False
         top = int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0  # trailing free rows: cut
         parts = {name: getattr(self, name) for name in self._PARTS}
         parts["size"], parts["free"] = top, [row for row in self.free if row < top]
-        for name in ("scalars", "ints", "weekly"):
+        for name in ("scalars", "ints", "weekly", "counts"):
             parts[name] = parts[name][:top]
         parts["ring"], parts["fill"] = self.ring[:, :top], self.fill[:, :top]
         return (_rows_from_parts, (tuple(parts[name] for name in self._PARTS),))
@@ -121,7 +131,7 @@ class QuietRows:
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays (the capacity, used rows or not)."""
-        arrays = (self.scalars, self.ints, self.ring, self.fill, self.weekly)
+        arrays = (self.scalars, self.ints, self.ring, self.fill, self.weekly, self.counts)
         return sum(a.nbytes for a in arrays)
 
     def __len__(self) -> int:
@@ -153,12 +163,15 @@ class QuietRows:
             self._allocate(self.size + max(self.size // 2, 64))
         row = self.free.pop()
         fit, corr, cal, weekly = state.fit, state.corr, state.calibration, state.weekly
+        counted = state.count_fit
         self.scalars[row] = (
             state.per_request, state.level, state.last_z, state.trend_value,
             state.trend_expected, fit.suu, fit.suw, fit.sww, fit.sue, fit.swe, corr.total,
             corr.weight, cal.windows, cal.over, cal.excess, cal.peak, weekly.spread,
-            weekly.noise, *state.cusum,
+            weekly.noise, *state.cusum, counted.suu, counted.suw, counted.sww, counted.sue,
+            counted.swe,
         )  # fmt: skip
+        self.counts[row] = np.frombuffer(state.counts, dtype=np.float32)
         history = state.history
         cap, values = history.cap, history.values
         self.ints[row] = (
@@ -188,6 +201,8 @@ class QuietRows:
         seen, week, cap, code, short = self.ints[row].tolist()
         fit = _new(sequential.VarianceFit)
         fit.suu, fit.suw, fit.sww, fit.sue, fit.swe = s[SUU : SWE + 1]
+        counted = _new(sequential.VarianceFit)
+        counted.suu, counted.suw, counted.sww, counted.sue, counted.swe = s[COUNT_FIT:SCALARS]
         corr = _new(sequential.Shrunk)
         corr.total, corr.weight = s[CT], s[CW]
         calibration = _new(sequential.TailCalibration)
@@ -206,7 +221,8 @@ class QuietRows:
         history.values = array(CODES[code], ring.tobytes())
         history.fill = array(self.fill_code, self.fill[:, row].tobytes())
         return {
-            "calibration": calibration, "corr": corr, "cusum": s[CUSUM:], "fit": fit,
+            "calibration": calibration, "corr": corr, "cusum": s[CUSUM:COUNT_FIT], "fit": fit,
+            "count_fit": counted, "counts": array("f", self.counts[row].tobytes()),
             "history": history, "last_z": s[LAST_Z], "level": s[LEVEL],
             "per_request": s[PR], "trend_expected": s[TE], "trend_value": s[TV],
             "weekly": weekly,
@@ -299,6 +315,33 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     s[SWW] = s[SWW] * keep + w * w
     s[SUE] = s[SUE] * keep + u * e2
     s[SWE] = s[SWE] * keep + w * e2
+    if c.metric != "requests":  # the count's fit, as RobustSeasonal._learn with 0 requests
+        from spendwatch.detectors.robust_seasonal import COUNT_MEMORY_DAYS, COUNT_WINSOR
+
+        at = (start % _DAY) * store.count_cells // _DAY
+        cell = _pooled_counts(store, rows, at, c.neighbours)
+        days = seen * detector.count_day
+        days = np.where(days > COUNT_MEMORY_DAYS, COUNT_MEMORY_DAYS, days)
+        shrunk = (days * cell + s[LEVEL] / s[PR]) / (days + 1.0)
+        least = 0.5 * detector.count_weight
+        base = np.where(least > shrunk, least, shrunk)
+        count = np.where(cell < 0, expected / s[PR], base * _trend(s) * factor)
+        cu = c.overdispersion * count
+        cw = count * count
+        counted = s[COUNT_FIT : COUNT_FIT + 5]
+        prior = c.prior_weight * store.prior_exp(seen, detector.alpha)
+        coef_a, coef_b = _coefficients(counted, c.min_relative_std**2, prior, cu, cw)
+        floor_b = (c.min_relative_std / 2) ** 2
+        floor_a = 1.0 / c.overdispersion
+        cvar = np.where(floor_a > coef_a, floor_a, coef_a) * cu
+        cvar = cvar + np.where(floor_b > coef_b, floor_b, coef_b) * cw
+        miss = 0.0 - count
+        ce2 = np.minimum(miss * miss, COUNT_WINSOR * cvar)
+        counted[0] = counted[0] * keep + cu * cu
+        counted[1] = counted[1] * keep + cu * cw
+        counted[2] = counted[2] * keep + cw * cw
+        counted[3] = counted[3] * keep + cu * ce2
+        counted[4] = counted[4] * keep + cw * ce2
     product = np.maximum(np.minimum(z * s[LAST_Z], 4.0), -4.0) / 1.0
     s[CT] = np.where(judged, s[CT] * keep + product, s[CT])
     s[CW] = np.where(judged, s[CW] * keep + 1.0, s[CW])
@@ -324,6 +367,22 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     store.ring[slot, rows, position] = 0
     seen = seen + 1
     ints[:, SEEN] = seen
+    if c.metric != "requests":  # the count profile (Huber's mean, as there), with 0 requests
+        mine = store.counts[rows, at].astype(np.float64)
+        known = np.where(least > mine, least, mine)
+        prior = c.prior_weight * store.prior_exp(seen, detector.alpha)
+        cu, cw = c.overdispersion * known, known * known
+        coef_a, coef_b = _coefficients(
+            s[COUNT_FIT : COUNT_FIT + 5], c.min_relative_std**2, prior, cu, cw
+        )
+        cvar = np.where(floor_a > coef_a, floor_a, coef_a) * cu
+        cvar = cvar + np.where(floor_b > coef_b, floor_b, coef_b) * cw
+        bound = 2.0 * np.sqrt(cvar)
+        miss = 0.0 - mine
+        miss = np.where(-bound > miss, -bound, miss)
+        miss = np.where(bound < miss, bound, miss)
+        learned = np.where(mine < 0, 0.0, mine + detector.count_weight * miss)
+        store.counts[rows, at] = learned.astype(np.float32)
     s[LEVEL] = np.where(seen - 1 == 0, 0.0, s[LEVEL] + 0.02 * (0.0 - s[LEVEL]))
     if c.metric == "requests":  # an empty window's requests per request is still 1
         s[PR] = np.where(s[PR] == 0, 1.0, s[PR] + 0.05 * (1.0 - s[PR]))
@@ -407,7 +466,7 @@ def _band(
     w = expected * expected
     prior = c.prior_weight * store.prior_exp(seen, detector.alpha)
     prior_b = c.min_relative_std**2
-    coef_a, coef_b = _coefficients(s, prior_b, prior, u, w)
+    coef_a, coef_b = _coefficients(s[SUU : SWE + 1], prior_b, prior, u, w)
     floor_b = (c.min_relative_std / 2) ** 2
     variance = np.maximum(coef_a, 0.3) * u + np.maximum(coef_b, floor_b) * w
     ok &= variance > 0
@@ -427,6 +486,20 @@ def baselines(
         None if none else (e, v)
         for none, e, v in zip(empty.tolist(), expected.tolist(), variance.tolist(), strict=True)
     ]
+
+
+def _pooled_counts(store: QuietRows, rows: np.ndarray, at: int, neighbours: int) -> np.ndarray:
+    """RobustSeasonal._pooled_count per row: the mean of the known cells around ``at``."""
+    cells = store.count_cells
+    total = np.zeros(len(rows))
+    known = np.zeros(len(rows))
+    for offset in range(-neighbours, neighbours + 1):
+        cell = store.counts[rows, (at + offset) % cells].astype(np.float64)
+        here = cell >= 0
+        total = np.where(here, total + cell, total)
+        known = known + here
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(known > 0, total / known, -1.0)
 
 
 def _trend(s: np.ndarray) -> np.ndarray:
@@ -456,12 +529,13 @@ def _weekly_factor(
 
 
 def _coefficients(
-    s: np.ndarray, prior_b: float, prior_weight: np.ndarray, u: np.ndarray, w: np.ndarray
+    fit: np.ndarray, prior_b: float, prior_weight: np.ndarray, u: np.ndarray, w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """VarianceFit.coefficients per row, branch by branch."""
+    """VarianceFit.coefficients per row, branch by branch (``fit``: its five sums, ``[5, row]``)."""
+    suu, suw, sww, sue, swe = fit
     pu, pw = prior_weight * u * u, prior_weight * w * w
-    a11, a12, a22 = s[SUU] + pu, s[SUW], s[SWW] + pw
-    b1, b2 = s[SUE] + pu * 1.0, s[SWE] + pw * prior_b
+    a11, a12, a22 = suu + pu, suw, sww + pw
+    b1, b2 = sue + pu * 1.0, swe + pw * prior_b
     det = a11 * a22 - a12 * a12
     with np.errstate(divide="ignore", invalid="ignore"):
         coef_a = (b1 * a22 - b2 * a12) / det

@@ -18,6 +18,13 @@ samples of history, and slots that are usually empty. This detector answers each
 * surprise: a window's value against a gamma law of that mean and variance (the
   continuous twin of the negative binomial; Wilson–Hilferty), a z ≈ N(0, 1) under the
   null however skewed a thin scope is;
+* the count apart: a sum moves with its request count or with its requests' sizes, and
+  only the sizes are heavy-tailed. The scope's own count profile (the mean count per
+  window at this time of day, over about four days) and count noise (a second variance
+  fit, on counts) let a loop of ordinary requests be judged by its count, whose evidence
+  the spend's burstiness would dilute (a ×9 loop of heavy-tailed agent calls reads as
+  z ≈ 2 on its spend alone, as z ≈ 5 on its count); the larger of the two tests counts,
+  corrected for the choice;
 * evidence: the z's feed a grid of CUSUMs (``detectors/sequential.py``); the scope fires
   when the evidence crosses the threshold that ``false_alarms_per_scope_per_month``
   implies, and the window is also ``min_ratio`` × expected and ``min_impact`` above it
@@ -30,6 +37,7 @@ episode outlasts ``relearn_after`` windows: then the new level is accepted.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -48,9 +56,11 @@ from spendwatch.detectors.base import (
     register_detector,
 )
 from spendwatch.detectors.episodes import Episode
-from spendwatch.detectors.robust_columns import QUIET_WINDOWS, QuietRows, step
+from spendwatch.detectors.robust_columns import QUIET_WINDOWS, QuietRows, count_cells, step
 from spendwatch.detectors.slots import SlotHistory
 from spendwatch.detectors.weekly import BLOCK, WeeklyFactor
+
+_DAY = 86400
 
 STRONG_Z = 3.5
 """A window at least this surprising is not learned while its evidence is weighed."""
@@ -63,6 +73,14 @@ TREND_PRIOR_REQUESTS = 50.0
 few requests is noise, and a trend floored at 1 would turn that noise into growth."""
 TREND_MAX = 4.0
 """Most growth the trend may carry before an episode's relearning takes over."""
+
+COUNT_MEMORY_DAYS = 4.0
+"""Memory of a scope's count profile, in days: each time of day learns its mean count per
+window from its windows of the last days."""
+
+COUNT_WINSOR = 9.0
+"""A count's squared miss is learned up to this many variances (3σ): a count is not heavy-
+tailed, and a loop too young to be held back must not widen its own band at once."""
 
 SumMetric = Literal["spend_usd", "requests", "input_tokens", "output_tokens"]
 
@@ -121,8 +139,10 @@ _FIELDS = (
     "trend_expected",
     "trend_value",
     "weekly",
+    "count_fit",
+    "counts",
 )
-"""The state's fields, in snapshot order."""
+"""The state's fields, in snapshot order (later fields last: older snapshots lack them)."""
 COLD_FIELDS = tuple(name for name in _FIELDS if name != "episode")
 """The fields that live in a row while a scope is cold (``detectors/robust_columns.py``);
 its episode stays an object: a cold scope's episode is the default one, which an empty
@@ -152,6 +172,8 @@ class RobustState:
         self.trend_value = 0.0  # EW sums of learned values and of their seasonal medians:
         self.trend_expected = 0.0  # their ratio (≥ 1) is the scope's recent growth
         self.weekly = WeeklyFactor()  # the last two weeks' level at this hour of the week
+        self.count_fit = sequential.VarianceFit()  # var(count) = A·(count) + B·count²
+        self.counts = count_profile(history)  # mean count per window, slot by slot
         self._cold: tuple[QuietRows, int] | None = None
 
     def __getattr__(self, name: str) -> object:
@@ -185,11 +207,13 @@ class RobustState:
         return tuple(self.episode if name == "episode" else fields[name] for name in _FIELDS)
 
     def __setstate__(self, state: tuple) -> None:
-        # A snapshot from before the weekly factors (the last slot) keeps what it learned
-        # and starts its weeks empty; one with other fields is dropped by the engine.
+        # A snapshot from before the weekly factors or the count profile keeps what it
+        # learned and starts those empty; one with other fields is dropped by the engine.
         self._cold = None
-        if len(state) == len(_FIELDS) - 1 and _FIELDS[-1] == "weekly":
-            state = (*state, WeeklyFactor())
+        if len(state) in (len(_FIELDS) - 3, len(_FIELDS) - 2):
+            history = state[_FIELDS.index("history")]
+            fresh = (WeeklyFactor(), sequential.VarianceFit(), count_profile(history))
+            state = (*state, *fresh[len(state) - len(_FIELDS) :])
         if len(state) != len(_FIELDS):
             state = (None,) * len(_FIELDS)
         for name, value in zip(_FIELDS, state, strict=True):
@@ -202,6 +226,11 @@ def _cold_state(store: QuietRows, row: int, episode: Episode) -> RobustState:
     state.episode = episode
     state._cold = (store, row)
     return state
+
+
+def count_profile(history: SlotHistory) -> array:
+    """An empty count profile (``robust_columns.count_cells``), -1 where nothing is known."""
+    return array("f", [-1.0]) * count_cells(history.window)
 
 
 def per_request_value(metric: str, totals: Totals, value: float) -> float | None:
@@ -225,6 +254,11 @@ class RobustSeasonal(DetectorBase):
             config.false_alarms_per_scope_per_month, config.window
         )
         self.weekly_enabled = config.seasonality == "time_of_day" and config.window <= BLOCK
+        # a profile cell's weight per window: one window a day, or every window of a day
+        seasonal = config.seasonality == "time_of_day"
+        per_cell = 1 if seasonal else max(86400 / config.window, 1.0)
+        self.count_weight = 1.0 / (COUNT_MEMORY_DAYS * per_cell)
+        self.count_day = config.window / 86400  # days a window adds to the profile's
 
     def new_state(self) -> RobustState:
         c = self.config
@@ -334,33 +368,76 @@ class RobustSeasonal(DetectorBase):
         return sequential.correlation_damping(rho, self.threshold)
 
     def _z(
-        self, state: RobustState, value: float, band: tuple[float, float], requests: int
+        self,
+        state: RobustState,
+        value: float,
+        band: tuple[float, float],
+        requests: int,
+        window_start: int,
     ) -> float:
-        """The window's gamma tail as a z, made honest for a sum of few heavy-tailed requests.
+        """The window's gamma tail as a z, made honest for a sum of few heavy-tailed requests,
+        and the count's evidence where the count carries more.
 
         A gamma law of the right variance has an exponential tail; one request's spend or
         tokens do not (one answer can be 30× the median), so on a thin scope a single
         long request would read as a 7σ window. What a window's sizes can show is read as
         a Student t with 4 + 2n degrees of freedom (``sequential.heavy_tail_z``: one
-        request's z of 7.9 counts as 3.7); what its count shows is not heavy-tailed, so
-        the window keeps as much of its z as its request count alone has (a
-        Poisson–gamma z of the count against the expected count): a loop's many
-        ordinary requests keep their evidence.
+        request's z of 7.9 counts as 3.7). What its count shows is not heavy-tailed: the
+        count against the scope's own count profile and count noise (a negative binomial z,
+        taken as the lesser of the count's z and the z of the value in requests of the
+        usual size: a loop's many ordinary requests carry their evidence, neither many
+        tiny requests nor one huge one do) is a second test; the window's z is the
+        larger of the two, corrected for the choice (``sequential.either_z``), so the
+        budget holds whichever carries the evidence.
         """
         z = sequential.gamma_z(value, band[0], band[1])
         if self.config.metric == "requests" or z <= 0 or state.per_request <= 0:
             return z
-        honest = sequential.heavy_tail_z(z, requests)
-        if honest >= z:
-            return z
+        honest = min(z, sequential.heavy_tail_z(z, requests))
+        count = self._expected_count(state, window_start, band[0])
+        variance = self._count_variance(state, count)
+        by_count = min(
+            sequential.count_z(requests, count, variance),
+            sequential.count_z(value / state.per_request, count, variance),
+        )
+        return sequential.either_z(honest, by_count)
+
+    def _expected_count(self, state: RobustState, window_start: int, expected: float) -> float:
+        """Requests this window should have: the count profile's cell (with the growth and
+        weekly factors the value's band has), or the expected value in requests of the
+        usual size while the cell knows nothing."""
+        cell = self._pooled_count(state, window_start)
+        if cell < 0:
+            return expected / state.per_request
+        # shrunk toward the scope's level in requests, worth one day of the cell's: a thin
+        # scope's cells hold a few windows' counts each (mostly 0), its level many
+        days = min(state.history.seen * self.count_day, COUNT_MEMORY_DAYS)
+        cell = (days * cell + state.level / state.per_request) / (days + 1.0)
+        base = max(cell, 0.5 * self.count_weight)  # "≈ 0" keeps half a request of doubt
+        return base * self._trend(state) * self._weekly(state, window_start)
+
+    def _pooled_count(self, state: RobustState, window_start: int) -> float:
+        """The mean of the known profile cells of this window and its ``neighbours`` (as
+        the value's median pools them), -1 where none is known."""
+        cells = state.counts
+        size = len(cells)
+        at = (window_start % _DAY) * size // _DAY
+        spread = self.config.neighbours if size > 1 else 0
+        known = [cells[(at + k) % size] for k in range(-spread, spread + 1)]
+        known = [cell for cell in known if cell >= 0]
+        return sum(known) / len(known) if known else -1.0
+
+    def _count_variance(self, state: RobustState, count: float) -> float:
+        """var(count) = A·(overdispersion · count) + B·count², learned per scope like the
+        value's (``VarianceFit``; a young scope's prior is the rule's ``overdispersion``),
+        never bolder than Poisson."""
         c = self.config
-        expected = band[0]
-        count = expected / state.per_request
-        u = state.per_request * c.overdispersion * expected
-        _, burst = state.fit.coefficients(c.min_relative_std**2, self._prior(state), u, expected**2)
-        burst = max(burst, (c.min_relative_std / 2) ** 2)
-        by_count = sequential.gamma_z(requests, count, count + burst * count * count)
-        return min(z, max(honest, by_count))
+        u = c.overdispersion * count
+        w = count * count
+        prior_b = c.min_relative_std**2
+        coef_a, coef_b = state.count_fit.coefficients(prior_b, self._prior(state), u, w)
+        floor_b = (c.min_relative_std / 2) ** 2
+        return max(coef_a, 1.0 / c.overdispersion) * u + max(coef_b, floor_b) * w
 
     def explain(
         self, state: RobustState, window_start: int, totals: Totals
@@ -370,7 +447,7 @@ class RobustSeasonal(DetectorBase):
         if value is None or band is None:
             return None
         expected, variance = band
-        z = self._z(state, value, band, totals.requests)
+        z = self._z(state, value, band, totals.requests, window_start)
         stats = list(state.cusum)
         evidence = sequential.update(stats, z, damping=self._damping(state))
         return {
@@ -457,7 +534,7 @@ class RobustSeasonal(DetectorBase):
         threshold = self._threshold(state)
         counted = False  # the window moved the CUSUM: its evidence is part of the tail
         if judged:
-            z = self._z(state, value, band, totals.requests)
+            z = self._z(state, value, band, totals.requests, window_start)
             material = value >= c.min_ratio * expected and value - expected >= c.min_impact
             if state.episode.active:  # evidence restarts when the episode ends
                 anomalous = material and z >= 1.0
@@ -506,6 +583,11 @@ class RobustSeasonal(DetectorBase):
             error = value - expected
             e2 = min(error * error, 25.0 * variance)
             state.fit.push(u, expected * expected, e2, alpha)
+            if c.metric != "requests" and state.per_request > 0:
+                count = self._expected_count(state, window_start, expected)
+                miss = totals.requests - count
+                e2 = min(miss * miss, COUNT_WINSOR * self._count_variance(state, count))
+                state.count_fit.push(c.overdispersion * count, count * count, e2, alpha)
         if z is not None:
             state.corr.push(max(min(z * state.last_z, 4.0), -4.0) / 1.0, alpha)
             state.last_z = max(min(z, 4.0), -4.0)
@@ -516,6 +598,18 @@ class RobustSeasonal(DetectorBase):
             if self.weekly_enabled:
                 state.weekly.push(window_start, value, band[0] / self._weekly(state, window_start))
         state.history.learn(window_start, value, None)
+        if c.metric != "requests":  # (a count of requests is judged as the value itself)
+            cells = state.counts
+            at = (window_start % _DAY) * len(cells) // _DAY
+            cell = cells[at]
+            requests = float(totals.requests)
+            if cell < 0:
+                cells[at] = requests
+            else:  # Huber's mean: a loop not yet held back must not become its own profile
+                known = max(cell, 0.5 * self.count_weight)
+                bound = 2.0 * math.sqrt(self._count_variance(state, known))
+                miss = min(max(requests - cell, -bound), bound)
+                cells[at] = cell + self.count_weight * miss
         state.level = (
             value if not state.history.seen - 1 else state.level + 0.02 * (value - state.level)
         )

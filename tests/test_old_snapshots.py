@@ -3,7 +3,9 @@
 ``tests/data/dict_layout_snapshots.json.gz`` holds the three shard snapshots of the
 equivalence stream (``tests/test_engine_equivalence.py``) one day in, written once by the
 engine whose ``SlotHistory`` kept a dict of one array per slot and whose ``Episode`` had a
-``__dict__`` (main at 024ed9b). Restored by this version, the engines must hold the same
+``__dict__`` (main at 024ed9b, with the detector statistics of this version applied to its
+``robust_seasonal`` and ``sequential``: the count profile and count test, so both runs
+learn day one alike). Restored by this version, the engines must hold the same
 scopes and baselines as engines that ran the first day themselves, and raise the very same
 alerts over the remaining two days. A snapshot that cannot be read at all is refused with a
 message saying what to do.

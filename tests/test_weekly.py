@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from spendwatch.detectors.base import Totals
-from spendwatch.detectors.robust_seasonal import RobustSeasonal, RobustSeasonalConfig
+from spendwatch.detectors.robust_seasonal import _FIELDS, RobustSeasonal, RobustSeasonalConfig
 from spendwatch.detectors.weekly import BLOCK, CELLS, WEEK, WeeklyFactor
 from spendwatch.ingest.pricing import NANOS_PER_USD
 
@@ -138,7 +138,7 @@ def test_a_state_from_before_the_weekly_factors_keeps_what_it_learned():
     state = detector.new_state()
     for i in range(3 * 96):
         detector.observe(state, {"tenant": "t"}, T0 + i * WINDOW, _usd(0.2, 100))
-    older = state.__getstate__()[:-1]  # the layout without the last slot, `weekly`
+    older = state.__getstate__()[: _FIELDS.index("weekly")]  # the layout before `weekly`
     restored = detector.new_state()
     restored.__setstate__(older)
     start = T0 + 3 * 96 * WINDOW

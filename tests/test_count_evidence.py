@@ -1,0 +1,144 @@
+"""A sum's count judged apart from its sizes (``robust_seasonal``): the count's exact tail
+against a brute force, the choice between the two tests keeping the null, a loop of
+heavy-tailed requests found by its count, a bursty heavy-tailed scope kept quiet, and
+snapshots from before the count profile still loading."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spendwatch.detectors import sequential
+from spendwatch.detectors.base import Totals
+from spendwatch.detectors.robust_seasonal import _FIELDS, RobustSeasonal, RobustSeasonalConfig
+from spendwatch.ingest.pricing import NANOS_PER_USD
+
+T0 = 1_795_000_000 - 1_795_000_000 % 86400
+WINDOW = 900
+
+
+def _brute_tail(count: int, mean: float, variance: float) -> float:
+    """P(N ≥ count) by adding up the probabilities from ``count`` on (Poisson or NB)."""
+    if variance <= mean * (1.0 + 1e-6):
+        log_pmf = lambda k: k * math.log(mean) - mean - math.lgamma(k + 1)  # noqa: E731
+    else:
+        size, p = mean * mean / (variance - mean), mean / variance
+        log_pmf = lambda k: (  # noqa: E731
+            math.lgamma(k + size) - math.lgamma(size) - math.lgamma(k + 1)
+            + size * math.log(p) + k * math.log1p(-p)
+        )  # fmt: skip
+    first = log_pmf(count)
+    total, k = 0.0, count
+    while True:
+        term = math.exp(log_pmf(k) - first)
+        total += term
+        if term < 1e-17 * total and k > count + 10:
+            return total * math.exp(first)
+        k += 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    count=st.integers(1, 400),
+    mean=st.floats(0.02, 60.0),
+    dispersion=st.one_of(st.just(1.0), st.floats(1.0, 30.0)),
+)
+def test_count_tail_equals_a_brute_force_sum(count, mean, dispersion):
+    variance = mean * dispersion
+    if count <= mean:
+        return  # at or below the mean the gamma z is kept (tested with gamma_z)
+    tail = _brute_tail(count, mean, variance)
+    if tail < 1e-280:
+        return
+    assert sequential.count_z(count, mean, variance) == pytest.approx(
+        sequential.normal_upper_z(tail), rel=1e-6, abs=1e-6
+    )
+
+
+def test_count_tail_is_continuous_between_counts():
+    values = [sequential.count_z(n / 10, 1.4, 2.0) for n in range(15, 120)]
+    assert all(b >= a for a, b in itertools.pairwise(values))
+    assert sequential.count_z(9.0, 1.4, 1.4) > sequential.gamma_z(9.0, 1.4, 1.4) + 0.5
+
+
+def test_taking_the_larger_of_two_tests_keeps_the_null_tail():
+    rng = np.random.default_rng(5)
+    pairs = rng.standard_normal((200_000, 2))
+    either = np.array([sequential.either_z(a, b) for a, b in pairs])
+    for level in (1.0, 2.0, 3.0):
+        expected = 0.5 * math.erfc(level / math.sqrt(2))
+        observed = float((either > level).mean())
+        error = 4 * math.sqrt(expected * (1 - expected) / len(pairs))  # four standard errors
+        assert abs(observed - expected) < error, (level, observed, expected)
+    naive = float((pairs.max(axis=1) > 2.0).mean())
+    assert naive > 1.8 * 0.5 * math.erfc(2 / math.sqrt(2))  # what the correction is for
+    assert sequential.either_z(2.5, 2.5) < 2.5  # one test twice: conservative
+
+
+def _usd(amount: float, requests: int) -> Totals:
+    return Totals(spend_nanos=int(amount * NANOS_PER_USD), requests=requests, events=requests)
+
+
+def _agent_stream(detector, rng, days, loop_from=None, factor=9.0, size_spread=0.8):
+    """An agent feature: a steady count (Poisson, ~6 calls a window at night, 24 by day)
+    and a bursty size (each window's calls share one log-normal size, σ 0.8: long agent
+    runs come in bunches), so its spend is far noisier than its count."""
+    state = detector.new_state()
+    fired, explained = [], []
+    for i in range(int(days * 96)):
+        start = T0 + i * WINDOW
+        hour = (start % 86400) / 3600
+        mean = 24.0 * (0.25 + 0.75 * (8 <= hour < 20))
+        looping = loop_from is not None and i >= loop_from
+        n = int(rng.poisson(mean * factor if looping else mean))
+        size = 1.0 if looping else float(rng.lognormal(0.0, size_spread))  # a loop: usual calls
+        spend = 0.004 * size * n
+        totals = _usd(spend, n)
+        if looping:
+            explained.append((detector.explain(state, start, totals), n))
+        alerts = detector.observe(state, {"tenant": "t", "feature": "agent"}, start, totals)
+        fired += [(i, a) for a in alerts if a.status == "firing"]
+    return state, fired, explained
+
+
+@pytest.mark.parametrize("seed", [17, 18, 19])
+def test_a_loop_of_ordinary_calls_on_a_bursty_scope_is_found_by_its_count(seed):
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    rng = np.random.default_rng(seed)
+    onset = 7 * 96 + 8  # 02:00, the eighth night
+    _, fired, explained = _agent_stream(detector, rng, 7.5, loop_from=onset)
+    assert fired and onset <= fired[0][0] < onset + 3, fired[:1]
+    first, calls = explained[0]
+    by_spend = sequential.gamma_z(first["value"], first["expected"], first["std"] ** 2)
+    by_spend = min(by_spend, sequential.heavy_tail_z(by_spend, calls))
+    assert first["z"] > by_spend + 1.0, (first["z"], by_spend)  # the count carried it
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_bursty_scope_stays_quiet(seed):
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    _, fired, _ = _agent_stream(detector, np.random.default_rng(seed), 10)
+    assert len(fired) <= 1, [(i, a.observed, a.expected) for i, a in fired]
+
+
+def test_a_snapshot_from_before_the_count_profile_loads_and_keeps_what_it_learned():
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    state, _, _ = _agent_stream(detector, np.random.default_rng(9), 3)
+    old = state.__getstate__()[: _FIELDS.index("count_fit")]  # the fields it had then
+    restored = detector.new_state()
+    restored.__setstate__(old)
+    assert restored.history.seen == state.history.seen
+    assert restored.fit.__getstate__() == state.fit.__getstate__()
+    assert list(restored.counts) == [-1.0] * len(state.counts)
+    assert restored.count_fit.__getstate__() == (0.0,) * 5
+    start = T0 + 3 * 86400
+    alerts = detector.observe(restored, {"tenant": "t"}, start, _usd(0.05, 6))
+    assert alerts == [] and restored.counts[0] == 6.0
+    again = pickle.loads(pickle.dumps(restored))
+    assert pickle.dumps(again) == pickle.dumps(restored)
