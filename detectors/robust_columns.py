@@ -25,8 +25,8 @@ by a step), the seen count, the week, the ring's capacity and form; the slot rin
 slot-major (``[slot of the day, row, days]`` int32: float32 bits or int32 billionths, the
 two forms of :class:`~spendwatch.detectors.slots.SlotHistory` that keep 4 bytes a value;
 a scope held as float64 stays hot), so a close reads its pooled slots of every row as
-adjacent memory; the fill counts likewise; the weekly sums and ratios and the count
-profile (float32). About 4 KB a scope for 15-minute windows and 5 days.
+adjacent memory; the fill counts and the count profile (float32) likewise; the weekly
+sums and ratios (float32). About 4 KB a scope for 15-minute windows and 5 days.
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ class QuietRows:
         fill = np.zeros((self.per_day, capacity), dtype=self.fill_dtype)
         # per row: the week's sums ([cell, (value, expected)]), then two weeks' ratios
         weekly = np.zeros((capacity, 4 * CELLS), dtype=np.float32)
-        counts = np.zeros((capacity, self.count_cells), dtype=np.float32)  # the count profile
+        counts = np.zeros((self.count_cells, capacity), dtype=np.float32)  # slot-major too
         if old:
             scalars[:old], ints[:old], ring[:, :old] = self.scalars, self.ints, self.ring
-            fill[:, :old], weekly[:old], counts[:old] = self.fill, self.weekly, self.counts
+            fill[:, :old], weekly[:old], counts[:, :old] = self.fill, self.weekly, self.counts
         self.scalars, self.ints, self.ring, self.fill = scalars, ints, ring, fill
         self.weekly, self.counts = weekly, counts
         self.free.extend(range(capacity - 1, old - 1, -1))
@@ -123,9 +123,10 @@ class QuietRows:
         top = int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0  # trailing free rows: cut
         parts = {name: getattr(self, name) for name in self._PARTS}
         parts["size"], parts["free"] = top, [row for row in self.free if row < top]
-        for name in ("scalars", "ints", "weekly", "counts"):
+        for name in ("scalars", "ints", "weekly"):
             parts[name] = parts[name][:top]
         parts["ring"], parts["fill"] = self.ring[:, :top], self.fill[:, :top]
+        parts["counts"] = self.counts[:, :top]
         return (_rows_from_parts, (tuple(parts[name] for name in self._PARTS),))
 
     @property
@@ -171,7 +172,7 @@ class QuietRows:
             weekly.noise, *state.cusum, counted.suu, counted.suw, counted.sww, counted.sue,
             counted.swe,
         )  # fmt: skip
-        self.counts[row] = np.frombuffer(state.counts, dtype=np.float32)
+        self.counts[:, row] = np.frombuffer(state.counts, dtype=np.float32)
         history = state.history
         cap, values = history.cap, history.values
         self.ints[row] = (
@@ -222,7 +223,7 @@ class QuietRows:
         history.fill = array(self.fill_code, self.fill[:, row].tobytes())
         return {
             "calibration": calibration, "corr": corr, "cusum": s[CUSUM:COUNT_FIT], "fit": fit,
-            "count_fit": counted, "counts": array("f", self.counts[row].tobytes()),
+            "count_fit": counted, "counts": array("f", self.counts[:, row].tobytes()),
             "history": history, "last_z": s[LAST_Z], "level": s[LEVEL],
             "per_request": s[PR], "trend_expected": s[TE], "trend_value": s[TV],
             "weekly": weekly,
@@ -368,21 +369,13 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     seen = seen + 1
     ints[:, SEEN] = seen
     if c.metric != "requests":  # the count profile (Huber's mean, as there), with 0 requests
-        mine = store.counts[rows, at].astype(np.float64)
-        known = np.where(least > mine, least, mine)
-        prior = c.prior_weight * store.prior_exp(seen, detector.alpha)
-        cu, cw = c.overdispersion * known, known * known
-        coef_a, coef_b = _coefficients(
-            s[COUNT_FIT : COUNT_FIT + 5], c.min_relative_std**2, prior, cu, cw
-        )
-        cvar = np.where(floor_a > coef_a, floor_a, coef_a) * cu
-        cvar = cvar + np.where(floor_b > coef_b, floor_b, coef_b) * cw
-        bound = 2.0 * np.sqrt(cvar)
+        mine = store.counts[at, rows].astype(np.float64)
+        bound = 2.0 * np.sqrt(cvar)  # (the expected count's variance, before its learning)
         miss = 0.0 - mine
         miss = np.where(-bound > miss, -bound, miss)
         miss = np.where(bound < miss, bound, miss)
         learned = np.where(mine < 0, 0.0, mine + detector.count_weight * miss)
-        store.counts[rows, at] = learned.astype(np.float32)
+        store.counts[at, rows] = learned.astype(np.float32)
     s[LEVEL] = np.where(seen - 1 == 0, 0.0, s[LEVEL] + 0.02 * (0.0 - s[LEVEL]))
     if c.metric == "requests":  # an empty window's requests per request is still 1
         s[PR] = np.where(s[PR] == 0, 1.0, s[PR] + 0.05 * (1.0 - s[PR]))
@@ -494,7 +487,7 @@ def _pooled_counts(store: QuietRows, rows: np.ndarray, at: int, neighbours: int)
     total = np.zeros(len(rows))
     known = np.zeros(len(rows))
     for offset in range(-neighbours, neighbours + 1):
-        cell = store.counts[rows, (at + offset) % cells].astype(np.float64)
+        cell = store.counts[(at + offset) % cells, rows].astype(np.float64)
         here = cell >= 0
         total = np.where(here, total + cell, total)
         known = known + here

@@ -374,33 +374,31 @@ class RobustSeasonal(DetectorBase):
         band: tuple[float, float],
         requests: int,
         window_start: int,
-    ) -> float:
+    ) -> tuple[float, tuple[float, float] | None]:
         """The window's gamma tail as a z, made honest for a sum of few heavy-tailed requests,
-        and the count's evidence where the count carries more.
+        and the count's evidence where the count carries more; with the expected count and
+        its variance where they were needed (the learning reuses them).
 
         A gamma law of the right variance has an exponential tail; one request's spend or
         tokens do not (one answer can be 30× the median), so on a thin scope a single
         long request would read as a 7σ window. What a window's sizes can show is read as
         a Student t with 4 + 2n degrees of freedom (``sequential.heavy_tail_z``: one
         request's z of 7.9 counts as 3.7). What its count shows is not heavy-tailed: the
-        count against the scope's own count profile and count noise (a negative binomial z,
-        taken as the lesser of the count's z and the z of the value in requests of the
-        usual size: a loop's many ordinary requests carry their evidence, neither many
-        tiny requests nor one huge one do) is a second test; the window's z is the
+        count against the scope's own count profile and count noise (a negative binomial z
+        of the lesser of the count and the value in requests of the usual size: a loop's
+        many ordinary requests carry their evidence, neither many tiny requests nor one
+        huge one do) is a second test; the window's z is the
         larger of the two, corrected for the choice (``sequential.either_z``), so the
         budget holds whichever carries the evidence.
         """
         z = sequential.gamma_z(value, band[0], band[1])
         if self.config.metric == "requests" or z <= 0 or state.per_request <= 0:
-            return z
+            return z, None
         honest = min(z, sequential.heavy_tail_z(z, requests))
         count = self._expected_count(state, window_start, band[0])
         variance = self._count_variance(state, count)
-        by_count = min(
-            sequential.count_z(requests, count, variance),
-            sequential.count_z(value / state.per_request, count, variance),
-        )
-        return sequential.either_z(honest, by_count)
+        by_count = sequential.count_z(min(requests, value / state.per_request), count, variance)
+        return sequential.either_z(honest, by_count), (count, variance)
 
     def _expected_count(self, state: RobustState, window_start: int, expected: float) -> float:
         """Requests this window should have: the count profile's cell (with the growth and
@@ -423,9 +421,13 @@ class RobustSeasonal(DetectorBase):
         size = len(cells)
         at = (window_start % _DAY) * size // _DAY
         spread = self.config.neighbours if size > 1 else 0
-        known = [cells[(at + k) % size] for k in range(-spread, spread + 1)]
-        known = [cell for cell in known if cell >= 0]
-        return sum(known) / len(known) if known else -1.0
+        total, known = 0.0, 0
+        for k in range(at - spread, at + spread + 1):
+            cell = cells[k % size]
+            if cell >= 0:
+                total += cell
+                known += 1
+        return total / known if known else -1.0
 
     def _count_variance(self, state: RobustState, count: float) -> float:
         """var(count) = A·(overdispersion · count) + B·count², learned per scope like the
@@ -447,7 +449,7 @@ class RobustSeasonal(DetectorBase):
         if value is None or band is None:
             return None
         expected, variance = band
-        z = self._z(state, value, band, totals.requests, window_start)
+        z = self._z(state, value, band, totals.requests, window_start)[0]
         stats = list(state.cusum)
         evidence = sequential.update(stats, z, damping=self._damping(state))
         return {
@@ -533,8 +535,9 @@ class RobustSeasonal(DetectorBase):
         judged = band is not None and state.history.seen >= self.warmup_windows
         threshold = self._threshold(state)
         counted = False  # the window moved the CUSUM: its evidence is part of the tail
+        expected_count = None
         if judged:
-            z = self._z(state, value, band, totals.requests, window_start)
+            z, expected_count = self._z(state, value, band, totals.requests, window_start)
             material = value >= c.min_ratio * expected and value - expected >= c.min_impact
             if state.episode.active:  # evidence restarts when the episode ends
                 anomalous = material and z >= 1.0
@@ -562,7 +565,8 @@ class RobustSeasonal(DetectorBase):
         # high window would bias the baseline low (censoring) and re-alert on a new level.
         holding = episode.active or (judged and material and z >= STRONG_Z)
         if not holding or episode.firing_windows > c.relearn_after:
-            self._learn(state, window_start, value, totals, band, z if judged else None)
+            z_learned = z if judged else None
+            self._learn(state, window_start, value, totals, band, z_learned, expected_count)
         return alerts
 
     def _learn(
@@ -573,9 +577,11 @@ class RobustSeasonal(DetectorBase):
         totals: Totals,
         band: tuple[float, float] | None,
         z: float | None,
+        expected_count: tuple[float, float] | None = None,
     ) -> None:
         c = self.config
         alpha = self.alpha
+        count_variance = None  # of this window's expected count, before it is learned
         if band is not None and band[0] > 0:
             expected, variance = band
             u = max(state.per_request, 0.0) * c.overdispersion * expected
@@ -584,9 +590,12 @@ class RobustSeasonal(DetectorBase):
             e2 = min(error * error, 25.0 * variance)
             state.fit.push(u, expected * expected, e2, alpha)
             if c.metric != "requests" and state.per_request > 0:
-                count = self._expected_count(state, window_start, expected)
+                if expected_count is None:
+                    count = self._expected_count(state, window_start, expected)
+                    expected_count = (count, self._count_variance(state, count))
+                count, count_variance = expected_count
                 miss = totals.requests - count
-                e2 = min(miss * miss, COUNT_WINSOR * self._count_variance(state, count))
+                e2 = min(miss * miss, COUNT_WINSOR * count_variance)
                 state.count_fit.push(c.overdispersion * count, count * count, e2, alpha)
         if z is not None:
             state.corr.push(max(min(z * state.last_z, 4.0), -4.0) / 1.0, alpha)
@@ -606,8 +615,9 @@ class RobustSeasonal(DetectorBase):
             if cell < 0:
                 cells[at] = requests
             else:  # Huber's mean: a loop not yet held back must not become its own profile
-                known = max(cell, 0.5 * self.count_weight)
-                bound = 2.0 * math.sqrt(self._count_variance(state, known))
+                if count_variance is None:  # (no band yet)
+                    count_variance = self._count_variance(state, max(cell, 0.5 * self.count_weight))
+                bound = 2.0 * math.sqrt(count_variance)
                 miss = min(max(requests - cell, -bound), bound)
                 cells[at] = cell + self.count_weight * miss
         state.level = (
