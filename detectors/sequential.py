@@ -219,6 +219,11 @@ def _gamma_lower(a: float, x: float) -> float:
         return 0.0
     if x >= a + 1.0:
         return 1.0 - _gamma_upper(a, x)
+    return min(_gamma_series(a, x), 1.0)
+
+
+def _gamma_series(a: float, x: float) -> float:
+    """P(a, x) by its power series (for 0 < x < a + 1, where it converges fast)."""
     term = total = 1.0 / a
     ap = a
     for _ in range(500):
@@ -227,24 +232,16 @@ def _gamma_lower(a: float, x: float) -> float:
         total += term
         if abs(term) < abs(total) * 1e-14:
             break
-    return min(total * math.exp(a * math.log(x) - x - math.lgamma(a)), 1.0)
+    return total * math.exp(a * math.log(x) - x - math.lgamma(a))
 
 
 def _gamma_upper(a: float, x: float) -> float:
     """Regularised upper incomplete gamma Q(a, x) (series below a + 1, continued fraction above)."""
     if x <= 0:
         return 1.0
-    log_front = a * math.log(x) - x - math.lgamma(a)
     if x < a + 1.0:
-        term = total = 1.0 / a
-        ap = a
-        for _ in range(500):
-            ap += 1.0
-            term *= x / ap
-            total += term
-            if abs(term) < abs(total) * 1e-14:
-                break
-        return max(1.0 - total * math.exp(log_front), 0.0)
+        return max(1.0 - _gamma_series(a, x), 0.0)
+    log_front = a * math.log(x) - x - math.lgamma(a)
     tiny = 1e-300
     b = x + 1.0 - a
     c = 1.0 / tiny
