@@ -387,9 +387,9 @@ class RobustSeasonal(DetectorBase):
         count against the scope's own count profile and count noise (a negative binomial z
         of the lesser of the count and the value in requests of the usual size: a loop's
         many ordinary requests carry their evidence, neither many tiny requests nor one
-        huge one do) is a second test; the window's z is the
-        larger of the two, corrected for the choice (``sequential.either_z``), so the
-        budget holds whichever carries the evidence.
+        huge one do) is a second test; the window's z is the larger of the two, corrected
+        for the choice (``sequential.either_z``), so the budget holds whichever carries
+        the evidence.
         """
         z = sequential.gamma_z(value, band[0], band[1])
         if self.config.metric == "requests" or z <= 0 or state.per_request <= 0:
@@ -468,6 +468,23 @@ class RobustSeasonal(DetectorBase):
             "warm": float(state.history.seen >= self.warmup_windows),
             "weekly": self._weekly(state, window_start),  # in expected: this hour of the week
             "growth": self._trend(state),  # in expected: growth the medians lag
+            **self._explain_count(state, window_start, totals.requests, value, expected),
+        }
+
+    def _explain_count(
+        self, state: RobustState, window_start: int, requests: int, value: float, expected: float
+    ) -> dict[str, float]:
+        """The count test's side of ``explain``: the requests expected, their noise and the
+        count's own z (before the choice between the two tests; see ``_z``)."""
+        if self.config.metric == "requests" or state.per_request <= 0:
+            return {}
+        count = self._expected_count(state, window_start, expected)
+        variance = self._count_variance(state, count)
+        counted = min(requests, value / state.per_request)
+        return {
+            "requests_expected": count,
+            "requests_std": math.sqrt(variance),
+            "requests_z": sequential.count_z(counted, count, variance),
         }
 
     def _decisive_value(self, state: RobustState, band: tuple[float, float]) -> float:

@@ -344,6 +344,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             "upper": point.upper,
             "z": point.z,
             "warm": point.warm,
+            **point.details,  # evidence, threshold, the count test's figures, ...
         }
         print(json.dumps(fields))
     return 0

@@ -118,6 +118,10 @@ def test_a_loop_of_ordinary_calls_on_a_bursty_scope_is_found_by_its_count(seed):
     by_spend = sequential.gamma_z(first["value"], first["expected"], first["std"] ** 2)
     by_spend = min(by_spend, sequential.heavy_tail_z(by_spend, calls))
     assert first["z"] > by_spend + 1.0, (first["z"], by_spend)  # the count carried it
+    # explain shows the count's side: what was expected, and the count's own z
+    assert first["requests_expected"] < calls / 4
+    assert first["requests_z"] >= first["z"] > 0
+    assert first["requests_std"] > math.sqrt(first["requests_expected"]) * 0.99
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])

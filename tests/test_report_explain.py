@@ -131,6 +131,25 @@ def test_demo_writes_its_incidents_for_the_backtest(tmp_path: Path, capsys):
     assert written["end"] - written["start"] == 0.2 * 86400
 
 
+def test_explain_prints_the_sequential_evidence_and_the_count_test(
+    planted, planted_file, tmp_path, capsys
+):
+    spike, _ = planted.incidents
+    config = _config(tmp_path)
+    text = config.read_text().replace("type: seasonal_zscore", "type: robust_seasonal", 1)
+    text = text.replace("    threshold: 4\n", "    warmup: 6h\n", 1)
+    config.write_text(text.replace("    min_value: 0.5\n", "", 1))
+    at = rfc3339(spike.start + 600)
+    argv = ["explain", "--config", str(config), "--input", str(planted_file)]
+    assert main([*argv, "--scope", "tenant=globex", "--at", at, "--rule", "tenant-spend"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    seen = json.loads(line)
+    assert seen["value"] > seen["expected"] > 0
+    assert seen["threshold"] > 0 and seen["evidence"] >= 0  # the CUSUM's side
+    assert seen["requests_expected"] > 0 and seen["requests_std"] > 0  # the count test's
+    assert isinstance(seen["requests_z"], float)
+
+
 def test_explain_shows_a_looping_session_against_its_peers(tmp_path: Path, capsys):
     stream = demo.generate(
         days=1, scale=0.3, seed=5, loop_tenant="acme", loop_at_hours=14, loop_factor=10
@@ -168,6 +187,4 @@ def test_replay_of_a_focus_export_sees_what_backtest_sees(tmp_path):
     backtested = read_alerts(alerts_out)
     assert backtested, "the sample crosses budgets"
     as_written = [json.loads(a.model_dump_json(exclude_none=True)) for a in replayed.alerts]
-    assert comparable(as_written) == comparable(
-        backtested
-    )
+    assert comparable(as_written) == comparable(backtested)

@@ -21,6 +21,8 @@ from spendwatch.detectors.base import Detector, Totals
 from spendwatch.ingest.events import ParsedBatch
 from spendwatch.ops.backtest import replay_source
 
+_POINT_FIELDS = frozenset({"value", "expected", "upper", "z", "warm"})
+
 
 @dataclass(frozen=True)
 class Point:
@@ -34,6 +36,9 @@ class Point:
     upper: float | None
     z: float | None
     warm: bool
+    details: Mapping[str, float] = field(default_factory=dict)
+    """The rest of the detector's ``explain``: its evidence, threshold, the count test's
+    figures (whatever that detector type shows)."""
 
 
 @dataclass
@@ -89,6 +94,7 @@ def replay(
                 upper=seen.get("upper"),
                 z=seen.get("z"),
                 warm=bool(seen.get("warm", 0.0)),
+                details={k: v for k, v in seen.items() if k not in _POINT_FIELDS},
             )
         )
 
