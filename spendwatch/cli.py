@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import threading
@@ -344,7 +345,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             "upper": point.upper,
             "z": point.z,
             "warm": point.warm,
-            **point.details,  # evidence, threshold, the count test's figures, ...
+            # evidence, threshold, the count test's figures, ...; "beyond counting" (an
+            # infinite once_in_days) is null: the output stays strict JSON
+            **{k: v if math.isfinite(v) else None for k, v in point.details.items()},
         }
         print(json.dumps(fields))
     return 0

@@ -148,6 +148,7 @@ def test_explain_prints_the_sequential_evidence_and_the_count_test(
     assert seen["threshold"] > 0 and seen["evidence"] >= 0  # the CUSUM's side
     assert seen["requests_expected"] > 0 and seen["requests_std"] > 0  # the count test's
     assert isinstance(seen["requests_z"], float)
+    assert "Infinity" not in line and "NaN" not in line  # strict JSON, whatever the figures
 
 
 def test_explain_shows_a_looping_session_against_its_peers(tmp_path: Path, capsys):
