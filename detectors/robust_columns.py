@@ -265,12 +265,13 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     seen = ints[:, SEEN]
     here = (start % _DAY) // store.window
     limit = store.limit
-    _, ok, expected, variance, u, w, factor = _band(detector, store, rows, s, ints, start)
+    _, ok, expected, variance, u, w, factor, prior = _band(detector, store, rows, s, ints, start)
     if detector.weekly_enabled:
         ok &= ints[:, WEEK_OF] == start // WEEK  # a week to roll: the per-scope code rolls it
     if not ok.all():
         rows, s, ints, seen = rows[ok], s[:, ok], ints[ok], seen[ok]
-        expected, variance, u, w, factor = expected[ok], variance[ok], u[ok], w[ok], factor[ok]
+        expected, variance, u, w = expected[ok], variance[ok], u[ok], w[ok]
+        factor, prior = factor[ok], prior[ok]
     failed = order[~ok]
 
     # -- surprise and evidence (gamma_z of 0, sequential.update, settle_window) -------------
@@ -330,12 +331,7 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
         cu = c.overdispersion * count
         cw = count * count
         counted = s[COUNT_FIT : COUNT_FIT + 5]
-        prior = c.prior_weight * store.prior_exp(seen, detector.alpha)
-        coef_a, coef_b = _coefficients(counted, c.min_relative_std**2, prior, cu, cw)
-        floor_b = (c.min_relative_std / 2) ** 2
-        floor_a = 1.0 / c.overdispersion
-        cvar = np.where(floor_a > coef_a, floor_a, coef_a) * cu
-        cvar = cvar + np.where(floor_b > coef_b, floor_b, coef_b) * cw
+        cvar = _fitted_variance(detector, counted, prior, cu, cw, 1.0 / c.overdispersion)
         miss = 0.0 - count
         ce2 = np.minimum(miss * miss, COUNT_WINSOR * cvar)
         counted[0] = counted[0] * keep + cu * cu
@@ -409,8 +405,8 @@ def _band(
     start: int,
 ) -> tuple[np.ndarray, ...]:
     """RobustSeasonal.band and ._variance per row: (values pooled, judgeable, expected,
-    variance, u, w, weekly factor); not judgeable as a row where the pooled slots hold
-    nothing, or the expectation or its variance is not positive."""
+    variance, u, w, weekly factor, the noise prior's weight); not judgeable as a row where
+    the pooled slots hold nothing, or the expectation or its variance is not positive."""
     c = detector.config
     seen = ints[:, SEEN]
     per_day, limit = store.per_day, store.limit
@@ -458,12 +454,9 @@ def _band(
     u = per_request * c.overdispersion * np.maximum(expected, 0.0)
     w = expected * expected
     prior = c.prior_weight * store.prior_exp(seen, detector.alpha)
-    prior_b = c.min_relative_std**2
-    coef_a, coef_b = _coefficients(s[SUU : SWE + 1], prior_b, prior, u, w)
-    floor_b = (c.min_relative_std / 2) ** 2
-    variance = np.maximum(coef_a, 0.3) * u + np.maximum(coef_b, floor_b) * w
+    variance = _fitted_variance(detector, s[SUU : SWE + 1], prior, u, w, 0.3)
     ok &= variance > 0
-    return count, ok, expected, variance, u, w, factor
+    return count, ok, expected, variance, u, w, factor, prior
 
 
 def baselines(
@@ -519,6 +512,25 @@ def _weekly_factor(
     this_week = ints[:, WEEK_OF] == start // WEEK
     usable = this_week & (spread > 0) & ~np.isnan(one) & ~np.isnan(two)
     return np.where(usable, factor, 1.0)
+
+
+def _fitted_variance(
+    detector: RobustSeasonal,
+    fit: np.ndarray,
+    prior: np.ndarray,
+    u: np.ndarray,
+    w: np.ndarray,
+    floor_a: float,
+) -> np.ndarray:
+    """RobustSeasonal._fitted per row (``fit``: the five sums of a VarianceFit, ``[5, row]``;
+    ``np.where`` keeps ``max``'s choice of its first argument, NaN included)."""
+    min_std = detector.config.min_relative_std
+    coef_a, coef_b = _coefficients(fit, min_std**2, prior, u, w)
+    floor_b = (min_std / 2) ** 2
+    return (
+        np.where(floor_a > coef_a, floor_a, coef_a) * u
+        + np.where(floor_b > coef_b, floor_b, coef_b) * w
+    )
 
 
 def _coefficients(

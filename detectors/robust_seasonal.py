@@ -357,10 +357,17 @@ class RobustSeasonal(DetectorBase):
     def _variance(self, state: RobustState, expected: float) -> float:
         c = self.config
         u = max(state.per_request, 0.0) * c.overdispersion * max(expected, 0.0)
-        w = expected * expected
-        coef_a, coef_b = state.fit.coefficients(c.min_relative_std**2, self._prior(state), u, w)
+        return self._fitted(state, state.fit, u, expected * expected, 0.3)
+
+    def _fitted(
+        self, state: RobustState, fit: sequential.VarianceFit, u: float, w: float, floor_a: float
+    ) -> float:
+        """A·u + B·w of a scope's fit (the value's or the count's), A floored at ``floor_a``
+        and B at a quarter of ``min_relative_std``² (``robust_columns._fitted_variance``)."""
+        c = self.config
+        coef_a, coef_b = fit.coefficients(c.min_relative_std**2, self._prior(state), u, w)
         floor_b = (c.min_relative_std / 2) ** 2
-        return max(coef_a, 0.3) * u + max(coef_b, floor_b) * w
+        return max(coef_a, floor_a) * u + max(coef_b, floor_b) * w
 
     def _damping(self, state: RobustState) -> list[float]:
         """Correlated windows carry less independent evidence (see ``correlation_damping``)."""
@@ -433,13 +440,8 @@ class RobustSeasonal(DetectorBase):
         """var(count) = A·(overdispersion · count) + B·count², learned per scope like the
         value's (``VarianceFit``; a young scope's prior is the rule's ``overdispersion``),
         never bolder than Poisson."""
-        c = self.config
-        u = c.overdispersion * count
-        w = count * count
-        prior_b = c.min_relative_std**2
-        coef_a, coef_b = state.count_fit.coefficients(prior_b, self._prior(state), u, w)
-        floor_b = (c.min_relative_std / 2) ** 2
-        return max(coef_a, 1.0 / c.overdispersion) * u + max(coef_b, floor_b) * w
+        od = self.config.overdispersion
+        return self._fitted(state, state.count_fit, od * count, count * count, 1.0 / od)
 
     def explain(
         self, state: RobustState, window_start: int, totals: Totals
