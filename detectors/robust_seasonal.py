@@ -402,10 +402,18 @@ class RobustSeasonal(DetectorBase):
         if self.config.metric == "requests" or z <= 0 or state.per_request <= 0:
             return z, None
         honest = min(z, sequential.heavy_tail_z(z, requests))
-        count = self._expected_count(state, window_start, band[0])
-        variance = self._count_variance(state, count)
-        by_count = sequential.count_z(min(requests, value / state.per_request), count, variance)
+        count, variance, by_count = self._count_test(state, window_start, requests, value, band[0])
         return sequential.either_z(honest, by_count), (count, variance)
+
+    def _count_test(
+        self, state: RobustState, window_start: int, requests: int, value: float, expected: float
+    ) -> tuple[float, float, float]:
+        """(expected count, its variance, the count's z): the z of the lesser of the count
+        and the value in requests of the usual size (see ``_z``)."""
+        count = self._expected_count(state, window_start, expected)
+        variance = self._count_variance(state, count)
+        counted = min(requests, value / state.per_request)
+        return count, variance, sequential.count_z(counted, count, variance)
 
     def _expected_count(self, state: RobustState, window_start: int, expected: float) -> float:
         """Requests this window should have: the count profile's cell (with the growth and
@@ -480,14 +488,8 @@ class RobustSeasonal(DetectorBase):
         count's own z (before the choice between the two tests; see ``_z``)."""
         if self.config.metric == "requests" or state.per_request <= 0:
             return {}
-        count = self._expected_count(state, window_start, expected)
-        variance = self._count_variance(state, count)
-        counted = min(requests, value / state.per_request)
-        return {
-            "requests_expected": count,
-            "requests_std": math.sqrt(variance),
-            "requests_z": sequential.count_z(counted, count, variance),
-        }
+        count, variance, z = self._count_test(state, window_start, requests, value, expected)
+        return {"requests_expected": count, "requests_std": math.sqrt(variance), "requests_z": z}
 
     def _decisive_value(self, state: RobustState, band: tuple[float, float]) -> float:
         """The value whose evidence alone would fire this window (inverting Wilson–Hilferty)."""
