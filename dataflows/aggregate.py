@@ -247,8 +247,10 @@ def _group_sums(
     """
     rows = key.shape[0]
     exact_ints = all(values.dtype != object for values in columns)
-    if exact_ints and capacity <= max(4 * rows, _DENSE_MIN_CAPACITY) and all(
-        int(np.abs(values).max()) <= _EXACT_FLOAT_INT // rows for values in columns
+    if (
+        exact_ints
+        and capacity <= max(4 * rows, _DENSE_MIN_CAPACITY)
+        and all(int(np.abs(values).max()) <= _EXACT_FLOAT_INT // rows for values in columns)
     ):
         counts = np.bincount(key, minlength=capacity)
         group_keys = np.flatnonzero(counts)

@@ -540,12 +540,15 @@ class ShardEngine:
         states = self.detector_states.setdefault(detector.name, {})
         progress = self.detector_progress.setdefault(detector.name, {})
         alerts: list[Alert] = []
-        for scope, windows in by_scope.items():
+        store = self._quiet_store(detector) if detector.zero_fill else None
+        by_row = by_scope
+        if store is not None:
+            by_row = self._judge_cold_rows(detector, store, states, progress, by_scope, breakdowns)
+        for scope, windows in by_row.items():
             alerts.extend(
                 self._judge_scope(detector, states, progress, scope, windows, bound, breakdowns)
             )
         if detector.zero_fill:  # a quiet scope's windows count as zero: judge them
-            store = self._quiet_store(detector)
             if store is not None:
                 alerts.extend(
                     self._judge_quiet_rows(detector, store, states, progress, by_scope, bound)
@@ -638,6 +641,67 @@ class ShardEngine:
         progress[scope] = (empty[-1], last_data)
         return alerts
 
+    def _judge_cold_rows(
+        self,
+        detector: Any,
+        store: Any,
+        states: dict[tuple[str, ...], Any],
+        progress: dict[tuple[str, ...], tuple[int, int]],
+        by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]],
+        breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]],
+    ) -> Mapping[tuple[str, ...], list[tuple[int, Totals]]]:
+        """The data windows of scopes held as rows, judged as rows (``observe_cold``): a
+        thin scope's next window with events costs an array update, not a thaw, a Python
+        judgement and a freeze. Return the scopes left to judge scope by scope: those not
+        in rows, those with a gap before this window, and what the rows handed back."""
+        window = detector.aggregation.window
+        ttl = self.plan.scope_idle_ttl
+        cold: list[tuple[str, ...]] = []
+        cold_states: list[Any] = []
+        cold_totals: list[Totals] = []
+        rest: dict[tuple[str, ...], list[tuple[int, Totals]]] = {}
+        start = None
+        get = progress.get
+        for scope, windows in by_scope.items():
+            state = states.get(scope)
+            held = None if state is None else state._cold
+            if held is not None and held[0] is store and len(windows) == 1:
+                judged, last_data = get(scope, _UNJUDGED)
+                at = windows[0][0]
+                if (
+                    judged is not None
+                    and last_data is not None
+                    and judged + window == at
+                    and at - last_data <= ttl
+                    and (start is None or at == start)
+                ):
+                    start = at
+                    cold.append(scope)
+                    cold_states.append(state)
+                    cold_totals.append(windows[0][1])
+                    continue
+            rest[scope] = windows
+        if not cold:
+            return by_scope
+        back, learning = detector.observe_cold(store, cold_states, start, cold_totals)
+        for position in back:
+            rest[cold[position]] = by_scope[cold[position]]
+        handed = set(back)
+        drivers = detector.drivers
+        mixes = self.driver_states.setdefault(detector.name, {}) if drivers else None
+        alpha = 1.0 / getattr(detector.config, "history", 8)
+        for position, scope in enumerate(cold):
+            if position in handed:
+                continue
+            progress[scope] = (start, start)
+            breakdown = breakdowns.get((scope, start)) if drivers else None
+            if breakdown and learning[position]:  # as ``_observe`` after a quiet window
+                mix = mixes.get(scope)
+                if mix is None:
+                    mix = mixes[scope] = driver_mix.MixState()
+                driver_mix.learn(mix, breakdown, detector.config.metric, alpha)
+        return rest
+
     def _quiet_store(self, detector: WindowDetector) -> Any:
         """The rule's store of quiet scopes as rows, if it has one (and no tracer watches
         window by window)."""
@@ -677,7 +741,8 @@ class ShardEngine:
             first = judged + window
             if first >= bound:
                 continue
-            if first - last_data < settled:  # busy a moment ago: scope by scope
+            if first - last_data < settled and state._cold is None:
+                # busy a moment ago, and hot: scope by scope (a row stays a row)
                 by_scope_judged.append(scope)
                 continue
             if first != run_first:

@@ -1,4 +1,4 @@
-"""Quiet ``robust_seasonal`` scopes as rows of arrays: a window without events is an array update.
+"""Thin ``robust_seasonal`` scopes as rows of arrays: their windows are array updates.
 
 Why. Most scopes of a real stream are thin (thousands of prompts, users, features), so at
 a window close most of a zero-filled rule's scopes have no events. Judging such a window
@@ -7,7 +7,11 @@ step, the learning), paid at every close for every quiet scope: a shard of 100 k
 spent over a second per close. What an empty window does to a scope that is not in an
 episode is the same arithmetic for every scope, so :class:`QuietRows` holds the state of
 the scopes that have been quiet for a while as rows of numpy arrays (a per-shard store of
-one rule), and :func:`step` judges one empty window of all of them at once.
+one rule), and :func:`step` judges one empty window of all of them at once. A cold
+scope's next window with events is judged the same way (``RobustSeasonal.observe_cold``):
+its tails are the scalar functions of ``sequential``, row by row, and everything else is
+the array arithmetic of an empty window with a value; only what may fire or be held back
+goes to the per-scope code, so a thin scope stays a row through its few events.
 
 Exactness. A cold scope's next data window, its snapshot and its baseline see exactly the
 state the per-scope code would have left: every operation below is the per-scope one in
@@ -38,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spendwatch.detectors import sequential
-from spendwatch.detectors.slots import _NANOS, SlotHistory, _fill_code
+from spendwatch.detectors.slots import _NANOS, _PER_UNIT, SlotHistory, _fill_code
 from spendwatch.detectors.weekly import BLOCK, CELLS, WEEK, WeeklyFactor
 
 if TYPE_CHECKING:
@@ -85,7 +89,8 @@ class QuietRows:
         self.fill_code = _fill_code(self.limit)
         self.fill_dtype = np.dtype(self.fill_code)
         self.size = 0
-        self.judged = 0  # empty windows judged as rows (a figure for tests and benchmarks)
+        self.judged = 0  # windows judged as rows (figures for tests and benchmarks)
+        self.judged_data = 0  # of which with data
         self.free: list[int] = []
         self._allocate(capacity)
         self._prior_table: list[float] = []
@@ -254,40 +259,149 @@ class QuietRows:
         return np.asarray(table)[seen] if table else np.zeros(0)
 
 
-def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: int) -> np.ndarray:
-    """Judge the empty window ``start`` of cold ``rows``; return the rows it could not judge
-    exactly (left untouched: the caller thaws them and judges them scope by scope)."""
+def step(
+    detector: RobustSeasonal,
+    store: QuietRows,
+    rows: np.ndarray,
+    start: int,
+    values: np.ndarray | None = None,
+    requests: np.ndarray | None = None,
+    learning: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Judge window ``start`` of cold ``rows``: empty, or with ``values`` (the metric's) and
+    ``requests`` per row. Return the positions it could not judge exactly (left untouched:
+    the caller thaws them and judges them scope by scope: what may fire or be held back,
+    what a ring cannot hold) and, per position, whether the scope is in its normal regime
+    after the window (``RobustSeasonal.learning``: what a driver mix may learn from; with
+    ``learning`` only, else all False)."""
     c = detector.config
+    total = len(rows)
     order = np.argsort(rows, kind="stable")  # rows in memory order: faster gathers
     rows = rows[order]
+    data = values is not None
+    if data:
+        values = np.asarray(values, dtype=np.float64)[order]
+        requests = np.asarray(requests, dtype=np.float64)[order]
+    else:
+        values = requests = np.zeros(total)
     s = store.scalars[rows].T.copy()  # [field, row]: each field contiguous
     ints = store.ints[rows]
-    seen = ints[:, SEEN]
     here = (start % _DAY) // store.window
     limit = store.limit
     _, ok, expected, variance, u, w, factor, prior = _band(detector, store, rows, s, ints, start)
     if detector.weekly_enabled:
         ok &= ints[:, WEEK_OF] == start // WEEK  # a week to roll: the per-scope code rolls it
-    if not ok.all():
-        rows, s, ints, seen = rows[ok], s[:, ok], ints[ok], seen[ok]
-        expected, variance, u, w = expected[ok], variance[ok], u[ok], w[ok]
-        factor, prior = factor[ok], prior[ok]
-    failed = order[~ok]
+    cells = np.zeros(total, dtype=np.int32)  # the value as its ring holds it
+    if data:
+        ok &= values >= 0.0  # (a credit: scope by scope)
+        if c.metric != "requests":
+            ok &= requests > 0  # (spend without requests has no size to learn)
+        with np.errstate(over="ignore", invalid="ignore"):
+            as_float = values.astype(np.float32)
+            nanos = np.rint(values * _PER_UNIT)
+            fits_nanos = (values < 2.2) & (nanos < 2**31) & (nanos / _PER_UNIT == values)
+            floats = ints[:, CODE] == 0
+            # a float32 ring keeps what float32 holds exactly, billionths what they hold
+            # (SlotHistory._keep): anything else changes the ring's form, scope by scope
+            ok &= np.where(floats, as_float.astype(np.float64) == values, fits_nanos)
+            cells = np.where(floats, as_float.view(np.int32), np.where(fits_nanos, nanos, 0))
+            cells = cells.astype(np.int32)
+    failed = [order[~ok]]
 
-    # -- surprise and evidence (gamma_z of 0, sequential.update, settle_window) -------------
+    def narrow(mask: np.ndarray) -> None:
+        nonlocal rows, s, ints, expected, variance, u, w, factor, prior, values, requests, cells
+        rows, s, ints, cells = rows[mask], s[:, mask], ints[mask], cells[mask]
+        expected, variance, u, w = expected[mask], variance[mask], u[mask], w[mask]
+        factor, prior, values, requests = factor[mask], prior[mask], values[mask], requests[mask]
+
+    positions = order
+    if not ok.all():
+        narrow(ok)
+        positions = order[ok]
+    seen = ints[:, SEEN]
+    judged = seen >= detector.warmup_windows
+
+    # -- the expected count and its noise (RobustSeasonal._count_test, before learning) -----
+    counting = c.metric != "requests"
+    if counting:
+        from spendwatch.detectors.robust_seasonal import COUNT_MEMORY_DAYS
+
+        at = (start % _DAY) * store.count_cells // _DAY
+        cell = _pooled_counts(store, rows, at, c.neighbours)
+        days = seen * detector.count_day
+        days = np.where(days > COUNT_MEMORY_DAYS, COUNT_MEMORY_DAYS, days)
+        shrunk = (days * cell + s[LEVEL] / s[PR]) / (days + 1.0)
+        least = 0.5 * detector.count_weight
+        base = np.where(least > shrunk, least, shrunk)
+        count = np.where(cell < 0, expected / s[PR], base * _trend(s) * factor)
+        cu = c.overdispersion * count
+        cw = count * count
+        cvar = _fitted_variance(
+            detector, s[COUNT_FIT : COUNT_FIT + 5], prior, cu, cw, 1.0 / c.overdispersion
+        )
+
+    # -- surprise (RobustSeasonal._z; gamma_z of 0 is closed-form) ---------------------------
     with np.errstate(divide="ignore", invalid="ignore"):
         shape = expected * expected / variance
         cc = 1.0 / (9.0 * shape)
         z = np.where(shape >= 1.0, (0.0 - (1.0 - cc)) / np.sqrt(cc), _Z_EMPTY_THIN)
-    judged = seen >= detector.warmup_windows
+    z = np.where(judged, z, 0.0) if data else z
+    material = np.zeros(len(rows), dtype=bool)
+    if data:
+        busy = np.flatnonzero(judged & (values > 0.0))
+        if busy.size:
+            z[busy] = _data_z(
+                detector, values[busy], requests[busy], expected[busy], variance[busy],
+                s[PR, busy], count[busy] if counting else None, cvar[busy] if counting else None,
+            )  # fmt: skip
+        material = judged & (values >= c.min_ratio * expected) & (values - expected >= c.min_impact)
+
+    # -- evidence (sequential.update with the scope's damping) -------------------------------
+    zc = np.where(material, z, np.minimum(z, 0.0))
+    zc = np.minimum(zc, sequential.Z_CAP)
+    damping = None
+    damped = np.flatnonzero(zc > 0.0)
+    if damped.size:  # correlated windows carry less evidence (RobustSeasonal._damping)
+        damping = np.ones((len(sequential.GRID), len(rows)))
+        rho = s[CT, damped] / (prior[damped] + s[CW, damped])  # Shrunk.value(0, prior)
+        for k, r in zip(damped.tolist(), rho.tolist(), strict=True):
+            r = min(max(r, 0.0), 0.8)
+            damping[:, k] = sequential.correlation_damping(r, detector.threshold)
     evidence = np.zeros(len(rows))
-    zc = np.minimum(np.minimum(z, 0.0), sequential.Z_CAP)
+    moved_all = []
     for i, d in enumerate(sequential.GRID):
-        column = s[CUSUM + i]
-        moved = column + d * zc - 0.5 * d * d
+        zi = zc if damping is None else np.where(zc > 0.0, zc * damping[i], zc)
+        moved = s[CUSUM + i] + d * zi - 0.5 * d * d
         moved = np.where(moved > 0.0, moved, 0.0)
-        s[CUSUM + i] = np.where(judged, moved, column)
+        moved_all.append(moved)
         evidence = np.where(moved > evidence, moved, evidence)
+    if data:
+        from spendwatch.detectors.robust_seasonal import STRONG_Z
+
+        # what fires (evidence at the threshold) or is held back (far out): scope by scope
+        candidates = np.flatnonzero(material)
+        out = np.zeros(len(rows), dtype=bool)
+        out[candidates] = z[candidates] >= STRONG_Z
+        for k in candidates[~out[candidates]].tolist():
+            out[k] = evidence[k] >= _threshold(detector, s[CAL_W : CAL_P + 1, k])
+        if out.any():
+            failed.append(positions[out])
+            keep = ~out
+            narrow(keep)
+            positions, seen, judged, z, evidence = (
+                positions[keep],
+                seen[keep],
+                judged[keep],
+                z[keep],
+                evidence[keep],
+            )
+            moved_all = [moved[keep] for moved in moved_all]
+            if counting:
+                count, cu, cw, cvar = count[keep], cu[keep], cw[keep], cvar[keep]
+    for i, moved in enumerate(moved_all):
+        s[CUSUM + i] = np.where(judged, moved, s[CUSUM + i])
+
+    # -- the tail's calibration (settle_window of a window that moved the CUSUM) ------------
     keep = 1.0 - c.window / (sequential.CALIBRATION_DAYS * 86400.0)
     windows = s[CAL_W] * keep + 1.0
     over = s[CAL_O] * keep
@@ -307,32 +421,21 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     s[CAL_E] = np.where(judged, excess, s[CAL_E])
     s[CAL_P] = np.where(judged, np.where(rising, peak_up, 0.0), peak)
 
-    # -- learning (RobustSeasonal._learn with value 0) ----------------------------------------
+    # -- learning (RobustSeasonal._learn) -----------------------------------------------------
     alpha = detector.alpha
     keep = 1.0 - alpha
-    error = 0.0 - expected
+    error = values - expected
     e2 = np.minimum(error * error, 25.0 * variance)
     s[SUU] = s[SUU] * keep + u * u
     s[SUW] = s[SUW] * keep + u * w
     s[SWW] = s[SWW] * keep + w * w
     s[SUE] = s[SUE] * keep + u * e2
     s[SWE] = s[SWE] * keep + w * e2
-    if c.metric != "requests":  # the count's fit, as RobustSeasonal._learn with 0 requests
-        from spendwatch.detectors.robust_seasonal import COUNT_MEMORY_DAYS, COUNT_WINSOR
+    if counting:  # the count's fit
+        from spendwatch.detectors.robust_seasonal import COUNT_WINSOR
 
-        at = (start % _DAY) * store.count_cells // _DAY
-        cell = _pooled_counts(store, rows, at, c.neighbours)
-        days = seen * detector.count_day
-        days = np.where(days > COUNT_MEMORY_DAYS, COUNT_MEMORY_DAYS, days)
-        shrunk = (days * cell + s[LEVEL] / s[PR]) / (days + 1.0)
-        least = 0.5 * detector.count_weight
-        base = np.where(least > shrunk, least, shrunk)
-        count = np.where(cell < 0, expected / s[PR], base * _trend(s) * factor)
-        cu = c.overdispersion * count
-        cw = count * count
         counted = s[COUNT_FIT : COUNT_FIT + 5]
-        cvar = _fitted_variance(detector, counted, prior, cu, cw, 1.0 / c.overdispersion)
-        miss = 0.0 - count
+        miss = requests - count
         ce2 = np.minimum(miss * miss, COUNT_WINSOR * cvar)
         counted[0] = counted[0] * keep + cu * cu
         counted[1] = counted[1] * keep + cu * cw
@@ -343,14 +446,20 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     s[CT] = np.where(judged, s[CT] * keep + product, s[CT])
     s[CW] = np.where(judged, s[CW] * keep + 1.0, s[CW])
     s[LAST_Z] = np.where(judged, np.maximum(np.minimum(z, 4.0), -4.0), s[LAST_Z])
-    trend_keep = 1.0 - 1.0 / 32.0
-    s[TV] = s[TV] * trend_keep + 0.0
-    s[TE] = s[TE] * trend_keep + expected / _trend(s)
+    from spendwatch.detectors.robust_seasonal import TREND_WINDOWS, TREND_Z
+
+    trending = ~judged | (z < TREND_Z)  # a jump is not growth
+    trend_keep = 1.0 - 1.0 / TREND_WINDOWS
+    s[TV] = np.where(trending, s[TV] * trend_keep + values, s[TV])
+    s[TE] = np.where(trending, s[TE] * trend_keep + expected / _trend(s), s[TE])
     if detector.weekly_enabled:
         cell = (start % WEEK) // BLOCK
-        sums = store.weekly[rows, 2 * cell + 1].astype(np.float64) + expected / factor
-        store.weekly[rows, 2 * cell + 1] = sums.astype(np.float32)
-    # the slot ring (SlotHistory._keep of a 0.0) and the seen count
+        pushed = rows[trending]
+        sums = store.weekly[pushed, 2 * cell].astype(np.float64) + values[trending]
+        store.weekly[pushed, 2 * cell] = sums.astype(np.float32)
+        sums = store.weekly[pushed, 2 * cell + 1].astype(np.float64) + (expected / factor)[trending]
+        store.weekly[pushed, 2 * cell + 1] = sums.astype(np.float32)
+    # the slot ring (SlotHistory._keep) and the seen count
     slot = here
     fill = store.fill[slot, rows].astype(np.int64)
     position = np.where(fill < limit, fill, fill - limit)
@@ -361,24 +470,75 @@ def step(detector: RobustSeasonal, store: QuietRows, rows: np.ndarray, start: in
     ints[:, CAP] = cap
     short = np.where(grown, store.per_day, ints[:, SHORT])  # a grown ring: every row is short
     ints[:, SHORT] = short - ((fill < limit) & (fill + 1 == cap))  # this row just filled
-    store.ring[slot, rows, position] = 0
+    store.ring[slot, rows, position] = cells
     seen = seen + 1
     ints[:, SEEN] = seen
-    if c.metric != "requests":  # the count profile (Huber's mean, as there), with 0 requests
+    if counting:  # the count profile (Huber's mean, as there)
         mine = store.counts[at, rows].astype(np.float64)
         bound = 2.0 * np.sqrt(cvar)  # (the expected count's variance, before its learning)
-        miss = 0.0 - mine
+        miss = requests - mine
         miss = np.where(-bound > miss, -bound, miss)
         miss = np.where(bound < miss, bound, miss)
-        learned = np.where(mine < 0, 0.0, mine + detector.count_weight * miss)
+        learned = np.where(mine < 0, requests, mine + detector.count_weight * miss)
         store.counts[at, rows] = learned.astype(np.float32)
-    s[LEVEL] = np.where(seen - 1 == 0, 0.0, s[LEVEL] + 0.02 * (0.0 - s[LEVEL]))
-    if c.metric == "requests":  # an empty window's requests per request is still 1
+    s[LEVEL] = np.where(seen - 1 == 0, values, s[LEVEL] + 0.02 * (values - s[LEVEL]))
+    if c.metric == "requests":  # a window's requests per request is 1, even an empty one's
         s[PR] = np.where(s[PR] == 0, 1.0, s[PR] + 0.05 * (1.0 - s[PR]))
+    elif data:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            unit = values / requests
+        s[PR] = np.where(
+            requests > 0, np.where(s[PR] == 0, unit, s[PR] + 0.05 * (unit - s[PR])), s[PR]
+        )
     store.scalars[rows] = s.T
     store.ints[rows] = ints
     store.judged += len(rows)
-    return failed
+    store.judged_data += len(rows) if data else 0
+    calm = np.zeros(total, dtype=bool)
+    if data and learning:  # not in an episode, and the CUSUM below half the threshold
+        top = s[CUSUM : CUSUM + len(sequential.GRID)].max(axis=0)
+        calm[positions] = [
+            t < _threshold(detector, s[CAL_W : CAL_P + 1, k]) / 2
+            for k, t in enumerate(top.tolist())
+        ]
+    return np.concatenate(failed), calm
+
+
+def _data_z(
+    detector: RobustSeasonal,
+    values: np.ndarray,
+    requests: np.ndarray,
+    expected: np.ndarray,
+    variance: np.ndarray,
+    per_request: np.ndarray,
+    count: np.ndarray | None,
+    count_variance: np.ndarray | None,
+) -> np.ndarray:
+    """RobustSeasonal._z of windows with data, row by row: its tails (incomplete gamma and
+    beta) are the scalar functions of ``sequential``, so each z is the per-scope one."""
+    gamma_z, heavy, by_count, either = (
+        sequential.gamma_z, sequential.heavy_tail_z, sequential.count_z, sequential.either_z
+    )  # fmt: skip
+    out = []
+    counts = count.tolist() if count is not None else None
+    variances = count_variance.tolist() if count_variance is not None else None
+    for k, (v, n, e, var, pr) in enumerate(
+        zip(values.tolist(), requests.tolist(), expected.tolist(), variance.tolist(),
+            per_request.tolist(), strict=True)
+    ):  # fmt: skip
+        z = gamma_z(v, e, var)
+        if counts is not None and z > 0 and pr > 0:
+            honest = min(z, heavy(z, n))
+            z = either(honest, by_count(min(n, v / pr), counts[k], variances[k]))
+        out.append(z)
+    return np.asarray(out)
+
+
+def _threshold(detector: RobustSeasonal, calibration: np.ndarray) -> float:
+    """The scope's evidence threshold from its row's tail (``TailCalibration.threshold``)."""
+    tail = _new(sequential.TailCalibration)
+    tail.windows, tail.over, tail.excess, tail.peak = calibration.tolist()
+    return tail.threshold(detector.threshold, detector.config.window)
 
 
 def _rows_from_parts(parts: tuple) -> QuietRows:
@@ -386,7 +546,7 @@ def _rows_from_parts(parts: tuple) -> QuietRows:
     for name, value in zip(QuietRows._PARTS, parts, strict=True):
         setattr(rows, name, np.ascontiguousarray(value) if isinstance(value, np.ndarray) else value)
     rows.fill_dtype = np.dtype(rows.fill_code)
-    rows.judged = 0
+    rows.judged = rows.judged_data = 0
     rows._prior_table = []
     return rows
 

@@ -538,11 +538,35 @@ class RobustSeasonal(DetectorBase):
         judged = np.flatnonzero(rows >= 0)
         if not judged.size:
             return back
-        failed = step(self, store, rows[judged], window_start)
+        failed, _ = step(self, store, rows[judged], window_start)
         for position in judged[failed].tolist():
             store.thaw(states[position])
             back.append(position)
         return back
+
+    def observe_cold(
+        self,
+        store: QuietRows,
+        states: Sequence[RobustState],
+        window_start: int,
+        totals: Sequence[Totals],
+    ) -> tuple[list[int], list[bool]]:
+        """Judge the window ``window_start`` with data of scopes held as rows of ``store``,
+        without thawing them. Return the positions the caller must judge scope by scope
+        (thawed: a window that fires or is held back, a ring that changes form, whatever
+        ``observe`` does that a row cannot), and per position whether the scope learns
+        (``learning`` after the window: its driver mix may learn this window's breakdown)."""
+        metric = self.config.metric
+        values = [metric_value(metric, t) for t in totals]
+        rows = np.fromiter((state._cold[1] for state in states), dtype=np.int64, count=len(states))
+        requests = np.fromiter((t.requests for t in totals), dtype=np.float64, count=len(totals))
+        failed, learning = step(
+            self, store, rows, window_start, np.asarray(values), requests, bool(self.drivers)
+        )
+        back = failed.tolist()
+        for position in back:
+            store.thaw(states[position])
+        return back, learning.tolist()
 
     def observe(
         self, state: RobustState, scope: Mapping[str, str], window_start: int, totals: Totals

@@ -88,6 +88,79 @@ def _compare(detector: RobustSeasonal, states: list, start: int, empties: int) -
     return store.judged
 
 
+def _compare_mixed(
+    detector: RobustSeasonal, states: list, start: int, windows: int, seed: int
+) -> int:
+    """Judge ``windows`` windows, with data or empty at random (a thin scope's life, some
+    windows ×20), both ways: scope by scope, and as the engine does with rows (a cold
+    scope's data window by ``observe_cold``, an empty one by ``observe_quiet``, a hot
+    scope's data by ``observe``). Assert the same alerts and states; return how many data
+    windows the rows judged."""
+    rng = random.Random(seed)
+    step = detector.config.window
+    plan = [
+        [_window(rng, rng.choice([0.1, 0.5, 2.0]) * (20 if rng.random() < 0.02 else 1), True)
+         for _ in states]
+        for _ in range(windows)
+    ]  # fmt: skip
+    reference = copy.deepcopy(states)
+    expected_alerts = []
+    for k in range(windows):
+        for state, totals in zip(reference, plan[k], strict=True):
+            expected_alerts.extend(detector.observe(state, SCOPE, start + k * step, totals))
+    store = QuietRows(detector)
+    found_alerts = []
+    judged_data = 0
+    for k in range(windows):
+        t = start + k * step
+        cold = [i for i, s in enumerate(states) if plan[k][i] is not ZERO and s._cold]
+        for i, state in enumerate(states):
+            if plan[k][i] is not ZERO and i not in cold:
+                found_alerts.extend(detector.observe(state, SCOPE, t, plan[k][i]))
+        if cold:
+            group = [states[i] for i in cold]
+            back, _ = detector.observe_cold(store, group, t, [plan[k][i] for i in cold])
+            judged_data += len(cold) - len(back)
+            for position in back:
+                assert group[position]._cold is None, "what a row hands back is thawed"
+                found_alerts.extend(
+                    detector.observe(group[position], SCOPE, t, plan[k][cold[position]])
+                )
+        group = [s for i, s in enumerate(states) if plan[k][i] is ZERO]
+        for position in detector.observe_quiet(store, group, t):
+            found_alerts.extend(detector.observe_empty(group[position], SCOPE, (t,)))
+    key = lambda a: (a.window_start, a.status, a.observed, a.expected, a.score)  # noqa: E731
+    assert sorted(found_alerts, key=key) == sorted(expected_alerts, key=key)
+    for mine, theirs in zip(states, reference, strict=True):
+        assert _bytes(mine) == _bytes(theirs)
+    return judged_data
+
+
+@pytest.mark.parametrize("metric", ["spend_usd", "output_tokens", "requests"])
+def test_data_windows_of_cold_scopes_are_judged_as_rows_bit_for_bit(metric):
+    """A thin scope's windows with events are judged as rows too (no thaw): the same
+    alerts (some fire: those windows go back to the per-scope code) and the same states."""
+    detector = _detector(metric=metric)
+    grown = [_grown(detector, seed, 6 * 96 + 60) for seed in range(24)]
+    judged = _compare_mixed(detector, [s for s, _ in grown], grown[0][1], 96 * 2, 3)
+    assert judged > 500, judged
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    lived=st.integers(1, 7 * 96),
+    windows=st.integers(1, 40),
+    metric=st.sampled_from(["spend_usd", "requests", "output_tokens"]),
+    neighbours=st.integers(0, 2),
+    window=st.sampled_from(["15m", "1h", "4h"]),
+)
+def test_any_scope_any_mix_of_windows(seed, lived, windows, metric, neighbours, window):
+    detector = _detector(metric=metric, neighbours=neighbours, warmup="6h", window=window)
+    grown = [_grown(detector, seed * 7 + k, lived) for k in range(3)]
+    _compare_mixed(detector, [state for state, _ in grown], grown[0][1], windows, seed)
+
+
 def test_rows_equal_the_per_scope_code_across_a_week_end_and_every_ring_form():
     detector = _detector()
     days = 6  # the sixth day's last hours and the next week's first: a week rolls
@@ -238,7 +311,7 @@ def _run(rows: list, quiet_rows: bool, restore_every: int, per_batch: int = 1) -
     engine = ShardEngine(plan, quiet_rows=quiet_rows)
     index = {a: i for i, a in enumerate(plan.aggregations)}
     alerts = []
-    judged = 0
+    judged = judged_data = 0
     by_window: dict[float, list] = {}
     for row in rows:
         by_window.setdefault(row[0], []).append(row)
@@ -257,6 +330,7 @@ def _run(rows: list, quiet_rows: bool, restore_every: int, per_batch: int = 1) -
         alerts.extend(engine.on_message(t + WINDOW, partial))
         if restore_every and batch % restore_every == restore_every - 1:
             judged += _judged(engine)
+            judged_data += _judged(engine, "judged_data")
             engine = ShardEngine(plan, engine.snapshot(), quiet_rows=quiet_rows)
     alerts.extend(engine.flush())
     states = {
@@ -264,12 +338,22 @@ def _run(rows: list, quiet_rows: bool, restore_every: int, per_batch: int = 1) -
         for name, per_scope in engine.detector_states.items()
         for scope, state in per_scope.items()
     }
-    return alerts, {"states": states, "judged": judged + _judged(engine), "engine": engine}
+    states.update(  # the driver mixes learn from the windows the rows judge too
+        ((name, "drivers", scope), pickle.dumps(mix))
+        for name, mixes in engine.driver_states.items()
+        for scope, mix in mixes.items()
+    )
+    return alerts, {
+        "states": states,
+        "judged": judged + _judged(engine),
+        "judged_data": judged_data + _judged(engine, "judged_data"),
+        "engine": engine,
+    }
 
 
-def _judged(engine: ShardEngine) -> int:
-    """Empty windows an engine judged as rows."""
-    return sum(store.judged for store in (engine.quiet_stores or {}).values() if store)
+def _judged(engine: ShardEngine, figure: str = "judged") -> int:
+    """Windows an engine judged as rows (``judged_data``: of them, those with data)."""
+    return sum(getattr(s, figure) for s in (engine.quiet_stores or {}).values() if s)
 
 
 @pytest.mark.parametrize(("restore_every", "per_batch"), [(0, 1), (37, 1), (5, 9)])
@@ -284,6 +368,8 @@ def test_the_engine_raises_the_same_alerts_with_rows(restore_every, per_batch):
     assert any(a.status == "resolved" for a in reference), "the stream must resolve episodes"
     assert after["states"] == before["states"]
     assert before["judged"] == 0 and after["judged"] > 50_000, after["judged"]
+    assert after["judged_data"] > 5_000, after["judged_data"]  # data windows as rows too
+    assert any(key[1] == "drivers" for key in before["states"]), "driver mixes must learn"
 
 
 def test_the_query_api_view_reads_cold_scopes_in_place():
