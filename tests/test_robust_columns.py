@@ -372,6 +372,36 @@ def test_the_engine_raises_the_same_alerts_with_rows(restore_every, per_batch):
     assert any(key[1] == "drivers" for key in before["states"]), "driver mixes must learn"
 
 
+def test_forgotten_scopes_give_their_rows_back():
+    """Scopes that come and go (a wave of new prompts a day, each idle past the TTL the
+    next): the rows of the forgotten ones are reused, so the store holds about one wave,
+    not every scope ever seen."""
+    config = SpendwatchConfig.model_validate(
+        {
+            "engine": {"allowed_lateness": 0, "scope_idle_ttl": "1d"},
+            "detectors": [{"name": "s", "type": "robust_seasonal", "scope": ["prompt_id"]}],
+        }
+    )
+    engine = ShardEngine(EnginePlan.from_config(config))
+    rng = random.Random(3)
+    waves, prompts = 6, 150
+    for w in range(waves * 96):
+        t = T0 + w * WINDOW
+        wave = w // 96
+        rows = [
+            (0, (f"w{wave}-p{p}",), t, 1_000_000 * (1 + rng.randrange(5)), 1, 0, 0, 1)
+            for p in range(prompts)
+            if rng.random() < 0.05
+        ]
+        engine.on_message(t + WINDOW, rows)
+    store = engine.quiet_stores["s"]
+    states = engine.detector_states["s"]
+    cold = sum(1 for state in states.values() if state._cold is not None)
+    assert cold > prompts // 2  # the last waves' scopes are mostly rows
+    assert store.size - len(store.free) == cold  # no row held by a forgotten scope
+    assert store.size <= 4 * prompts, store.size  # not one row per scope ever seen
+
+
 def test_the_query_api_view_reads_cold_scopes_in_place():
     """``describe`` (what the query API shows) gives every scope's baseline and windows
     seen as the per-scope engine does, without thawing a cold scope."""
