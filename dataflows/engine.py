@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
+import numpy as np
+
 from spendwatch.core.alerts import Alert
 from spendwatch.dataflows.aggregate import PartialRow
 from spendwatch.dataflows.allocation import AllocationTally, Allocator
@@ -217,7 +219,7 @@ class ShardEngine:
         self.closed_before: dict[Aggregation, int] = {}
         # rule name -> scope -> state; rule name -> scope -> (last judged window, last data window)
         self.detector_states: dict[str, dict[tuple[str, ...], Any]] = {}
-        self.detector_progress: dict[str, dict[tuple[str, ...], tuple[int, int]]] = {}
+        self._progress: dict[str, dict[tuple[str, ...], tuple[int, int]]] = {}
         self.budget_states: dict[str, dict[tuple[str, ...], BudgetState]] = {}
         # budget name -> group (scope without the allocated dimension) -> (window, usage
         # metric, usage by value): the last known shares of budgets with include_allocated
@@ -232,6 +234,8 @@ class ShardEngine:
         self.counters = EngineCounters()
         # rule name -> heap of (last data window, scope) (derived from detector_progress)
         self._idle: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+        # rule name -> its scopes not on its store's roster (rules with rows only)
+        self._hot: dict[str, dict[tuple[str, ...], None]] = {}
         if snapshot is not None:
             self._restore(snapshot)
 
@@ -538,7 +542,7 @@ class ShardEngine:
         if isinstance(detector, GroupDetector):
             return self._judge_peers(detector, by_scope)
         states = self.detector_states.setdefault(detector.name, {})
-        progress = self.detector_progress.setdefault(detector.name, {})
+        progress = self._progress.setdefault(detector.name, {})
         alerts: list[Alert] = []
         store = self._quiet_store(detector) if detector.zero_fill else None
         by_row = by_scope
@@ -548,6 +552,8 @@ class ShardEngine:
             alerts.extend(
                 self._judge_scope(detector, states, progress, scope, windows, bound, breakdowns)
             )
+        if store is not None:  # judged scope by scope: hot (or gone: skipped when next seen)
+            self._hot_scopes(detector.name, states, store).update(dict.fromkeys(by_row))
         if detector.zero_fill:  # a quiet scope's windows count as zero: judge them
             if store is not None:
                 alerts.extend(
@@ -587,6 +593,7 @@ class ShardEngine:
         for window_start, totals in [*windows, (bound, None)]:
             if cursor is not None and last_data is not None:
                 if window_start - last_data > ttl:
+                    _release(state)
                     state = states[scope] = detector.new_state()  # idle: start afresh
                 elif detector.zero_fill and cursor < window_start:
                     # sums: windows without events count as zero
@@ -661,20 +668,20 @@ class ShardEngine:
         cold_totals: list[Totals] = []
         rest: dict[tuple[str, ...], list[tuple[int, Totals]]] = {}
         start = None
-        get = progress.get
+        held_rows = store.held
         for scope, windows in by_scope.items():
             state = states.get(scope)
             held = None if state is None else state._cold
-            if held is not None and held[0] is store and len(windows) == 1:
-                judged, last_data = get(scope, _UNJUDGED)
+            if held is not None and held[0] is store and held_rows[held[1]]:
+                # on the roster: its progress is there (and back in the dict if it leaves)
+                judged = int(store.judged_to[held[1]])
+                last_data = int(store.last_data[held[1]])
+                progress[scope] = (judged, last_data)
                 at = windows[0][0]
-                if (
-                    judged is not None
-                    and last_data is not None
-                    and judged + window == at
-                    and at - last_data <= ttl
-                    and (start is None or at == start)
-                ):
+                if len(windows) != 1:
+                    rest[scope] = windows
+                    continue
+                if judged + window == at and at - last_data <= ttl and start in (None, at):
                     start = at
                     cold.append(scope)
                     cold_states.append(state)
@@ -694,6 +701,8 @@ class ShardEngine:
             if position in handed:
                 continue
             progress[scope] = (start, start)
+            row = cold_states[position]._cold[1]
+            store.judged_to[row] = store.last_data[row] = start
             breakdown = breakdowns.get((scope, start)) if drivers else None
             if breakdown and learning[position]:  # as ``_observe`` after a quiet window
                 mix = mixes.get(scope)
@@ -712,6 +721,22 @@ class ShardEngine:
             stores[detector.name] = detector.quiet_rows()
         return stores[detector.name]
 
+    def _hot_scopes(self, rule: str, states: Mapping, store: Any) -> dict:
+        """The rule's scopes not on its store's roster (built from the states the first
+        time, e.g. after a restore, whose rows are in the snapshot's store, not this one)."""
+        hot = self._hot.get(rule)
+        if hot is None:
+            held = store.held
+            hot = self._hot[rule] = {
+                scope: None
+                for scope, state in states.items()
+                if state._cold is None or state._cold[0] is not store or not held[state._cold[1]]
+            }
+        if store.thawed:  # rows that left the roster: their scopes are hot again
+            hot.update(dict.fromkeys(store.thawed))
+            store.thawed.clear()
+        return hot
+
     def _judge_quiet_rows(
         self,
         detector: Any,
@@ -721,9 +746,12 @@ class ShardEngine:
         by_scope: Mapping[tuple[str, ...], Any],
         bound: int,
     ) -> list[Alert]:
-        """The quiet scopes of a rule with rows: those quiet for ``quiet_windows`` judged a
-        window at a time across scopes (``observe_quiet``), the rest (and whatever the rows
-        hand back) scope by scope, exactly as ``_judge_quiet`` would."""
+        """The quiet scopes of a rule with rows: the roster's (cold scopes) in array steps
+        without visiting them (``_judge_roster``); of the others (hot), those quiet for
+        ``quiet_windows`` a window at a time across scopes (``observe_quiet``, which
+        freezes them: they join the roster), the rest (and whatever the rows hand back)
+        scope by scope, exactly as ``_judge_quiet`` would."""
+        alerts = self._judge_roster(detector, store, states, progress, bound)
         window = detector.aggregation.window
         oldest = bound - self.plan.scope_idle_ttl  # idle: last data before this
         settled = detector.quiet_windows * window
@@ -731,7 +759,13 @@ class ShardEngine:
         by_scope_judged: list[tuple[str, ...]] = []  # scope by scope, after the scan
         get = progress.get
         run_first, run = None, None
-        for scope, state in states.items():
+        hot = self._hot_scopes(detector.name, states, store)
+        gone = []
+        for scope in hot:
+            state = states.get(scope)
+            if state is None:
+                gone.append(scope)
+                continue
             if scope in by_scope:
                 continue
             judged, last_data = get(scope, _UNJUDGED)
@@ -742,7 +776,7 @@ class ShardEngine:
             if first >= bound:
                 continue
             if first - last_data < settled and state._cold is None:
-                # busy a moment ago, and hot: scope by scope (a row stays a row)
+                # busy a moment ago, and hot: scope by scope
                 by_scope_judged.append(scope)
                 continue
             if first != run_first:
@@ -753,7 +787,8 @@ class ShardEngine:
             run[0].append(scope)
             run[1].append(state)
             run[2].append(last_data)
-        alerts: list[Alert] = []
+        for scope in gone:
+            del hot[scope]
         for scope in by_scope_judged:
             alerts.extend(self._judge_quiet(detector, states, progress, scope, bound))
         for first, (scopes, group, lasts) in runs.items():
@@ -763,7 +798,62 @@ class ShardEngine:
                     scope_map = _scope_map(detector.aggregation, scopes[position])
                     alerts.extend(detector.observe_empty(group[position], scope_map, (start,)))
             progress.update(zip(scopes, zip(repeat(starts[-1]), lasts), strict=True))
+            for scope, state, last_data in zip(scopes, group, lasts, strict=True):
+                cold = state._cold
+                if cold is not None and cold[0] is store:  # frozen: onto the roster
+                    store.hold(cold[1], scope, starts[-1], last_data)
+                    del hot[scope]
+        self._hot_scopes(detector.name, states, store)  # (what left the roster meanwhile)
         return alerts
+
+    def _judge_roster(
+        self,
+        detector: Any,
+        store: Any,
+        states: dict[tuple[str, ...], Any],
+        progress: dict[tuple[str, ...], tuple[int, int]],
+        bound: int,
+    ) -> list[Alert]:
+        """The empty windows before ``bound`` of the scopes on the store's roster, window
+        by window as array steps over their rows: no scope is visited but those forgotten
+        as idle and those a step hands back (judged scope by scope from there: hot)."""
+        window = detector.aggregation.window
+        rows = np.flatnonzero(store.held)
+        if not rows.size:
+            return []
+        alerts: list[Alert] = []
+        idle = rows[store.last_data[rows] < bound - self.plan.scope_idle_ttl]
+        for row in idle.tolist():  # forgotten as ``_judge_quiet`` forgets them
+            scope = store.scope_at[row]
+            progress[scope] = (int(store.judged_to[row]), int(store.last_data[row]))
+            alerts.extend(self._judge_quiet(detector, states, progress, scope, bound))
+        if idle.size:
+            rows = rows[store.held[rows]]
+        behind = rows[store.judged_to[rows] < bound - window]
+        if not behind.size:
+            return alerts
+        rows = behind
+        for start in range(int(store.judged_to[rows].min()) + window, bound, window):
+            due = rows[store.judged_to[rows] < start]
+            if not due.size:
+                continue
+            failed = detector.observe_rows(store, due, start)
+            store.judged_to[due] = start
+            for row in due[failed].tolist():  # scope by scope from here (thawed: hot)
+                scope = store.scope_at[row]
+                state = states[scope]
+                store.thaw(state)
+                alerts.extend(
+                    detector.observe_empty(
+                        state,
+                        _scope_map(detector.aggregation, scope),
+                        range(start, bound, window),
+                    )
+                )
+                progress[scope] = (bound - window, int(store.last_data[row]))
+            if failed.size:
+                rows = rows[store.held[rows]]
+        return alerts  # (their progress stays in the roster's arrays: ``sync_progress``)
 
     def _observe_empty(
         self,
@@ -783,8 +873,8 @@ class ShardEngine:
         return alerts
 
     def _drop_scope(self, rule: str, scope: tuple[str, ...]) -> None:
-        self.detector_states.get(rule, {}).pop(scope, None)
-        self.detector_progress.get(rule, {}).pop(scope, None)
+        _release(self.detector_states.get(rule, {}).pop(scope, None))
+        self._progress.get(rule, {}).pop(scope, None)
         self.driver_states.get(rule, {}).pop(scope, None)
 
     # Rules that do not zero-fill judge only the scopes with data; their idle scopes are
@@ -796,7 +886,7 @@ class ShardEngine:
     def _idle_heap(self, rule: str) -> list[tuple[int, tuple[str, ...]]]:
         heap = self._idle.get(rule)
         if heap is None:
-            progress = self.detector_progress.get(rule, {})
+            progress = self._progress.get(rule, {})
             heap = [(last, scope) for scope, (_, last) in progress.items() if last is not None]
             heapq.heapify(heap)
             self._idle[rule] = heap
@@ -805,7 +895,7 @@ class ShardEngine:
     def _note_data(self, rule: str, scope: tuple[str, ...], last_data: int) -> None:
         heap = self._idle_heap(rule)
         heapq.heappush(heap, (last_data, scope))
-        if len(heap) > 2 * len(self.detector_progress.get(rule, ())) + 64:
+        if len(heap) > 2 * len(self._progress.get(rule, ())) + 64:
             del self._idle[rule]  # mostly stale: rebuild from progress
 
     def _expire_idle(
@@ -830,7 +920,8 @@ class ShardEngine:
 
         Deterministic (ties go by scope), so a replay forgets what a live run forgot.
         """
-        states, progress = self.detector_states[rule], self.detector_progress[rule]
+        self.sync_progress()  # (the quietest are likely on a roster)
+        states, progress = self.detector_states[rule], self._progress[rule]
         drivers = self.driver_states.get(rule, {})
 
         def last_seen(scope: tuple[str, ...]) -> tuple[float, tuple[str, ...]]:
@@ -839,7 +930,7 @@ class ShardEngine:
 
         keep = max(int(cap * 0.9), 1)
         for scope in heapq.nsmallest(len(states) - keep, states, key=last_seen):
-            del states[scope]
+            _release(states.pop(scope))
             progress.pop(scope, None)
             drivers.pop(scope, None)
             self.counters.evicted_scopes += 1
@@ -967,6 +1058,32 @@ class ShardEngine:
 
     # -- recovery ----------------------------------------------------------------------------
 
+    @property
+    def detector_progress(self) -> dict[str, dict[tuple[str, ...], tuple[int, int]]]:
+        """Per rule, scope -> (last window judged, last window with data): what a snapshot
+        keeps and the query API shows (complete: the rosters' progress written in)."""
+        self.sync_progress()
+        return self._progress
+
+    def sync_progress(self) -> None:
+        """Write the progress of the scopes on the stores' rosters (kept there as arrays
+        while they are cold: a close does not visit them) into the per-scope progress, for
+        what reads it whole: a snapshot, the query API, eviction."""
+        for rule, store in (self.quiet_stores or {}).items():
+            if store is None:
+                continue
+            rows = np.flatnonzero(store.held)
+            scope_at = store.scope_at
+            self._progress.setdefault(rule, {}).update(
+                zip(
+                    [scope_at[row] for row in rows.tolist()],
+                    zip(
+                        store.judged_to[rows].tolist(), store.last_data[rows].tolist(), strict=True
+                    ),
+                    strict=True,
+                )
+            )
+
     def snapshot(self) -> bytes:
         """An immutable copy of the whole shard state (pickled bytes)."""
         return pickle.dumps(
@@ -1006,7 +1123,7 @@ class ShardEngine:
         self.open = state["open"]
         self.closed_before = state["closed_before"]
         self.detector_states = state["detector_states"]
-        self.detector_progress = state["detector_progress"]
+        self._progress = state["detector_progress"]
         self.budget_states = state["budget_states"]
         self.driver_states = state.get("driver_states", {})
         self.series = state.get("series", {})
@@ -1028,7 +1145,7 @@ class ShardEngine:
         current = self.plan.signatures()
         for states in (
             self.detector_states,
-            self.detector_progress,
+            self._progress,
             self.driver_states,
             self.budget_states,
             self.allocation_shares,
@@ -1051,6 +1168,15 @@ class ShardEngine:
 
 
 SERIES_FIELDS = 1 + SUM_FIELDS  # the window start and the integer sums
+
+
+def _release(state: Any) -> None:
+    """A forgotten scope's row (if it is one) goes back to its store now, not whenever the
+    state object is collected: the store's roster must not judge a scope that is gone."""
+    cold = getattr(state, "_cold", None)
+    if cold is not None:
+        state._cold = None
+        cold[0].release(cold[1])
 
 
 def _by_window(

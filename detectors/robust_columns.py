@@ -92,6 +92,7 @@ class QuietRows:
         self.judged = 0  # windows judged as rows (figures for tests and benchmarks)
         self.judged_data = 0  # of which with data
         self.free: list[int] = []
+        _roster(self, 0)
         self._allocate(capacity)
         self._prior_table: list[float] = []
 
@@ -112,6 +113,12 @@ class QuietRows:
         self.weekly, self.counts = weekly, counts
         self.free.extend(range(capacity - 1, old - 1, -1))
         self.size = capacity
+        held, judged_to, last_data = _roster_arrays(capacity)
+        held[:old], judged_to[:old], last_data[:old] = (
+            self.held, self.judged_to, self.last_data
+        )  # fmt: skip
+        self.held, self.judged_to, self.last_data = held, judged_to, last_data
+        self.scope_at.extend([None] * (capacity - old))
 
     # -- snapshots: the arrays once per shard, a cold scope as its row -------------------
 
@@ -246,7 +253,24 @@ class QuietRows:
         return int(self.ints[row, SEEN])
 
     def release(self, row: int) -> None:
+        """Free a row (its scope thawed or forgotten); a row on the engine's roster leaves
+        it, and its scope is noted in ``thawed`` for the engine to judge scope by scope."""
         self.free.append(row)
+        if self.held[row]:
+            self.held[row] = False
+            self.thawed.append(self.scope_at[row])
+            self.scope_at[row] = None
+
+    # -- the engine's roster: which scope a row is, and how far it is judged -----------------
+
+    def hold(self, row: int, scope: tuple[str, ...], judged: int, last_data: int) -> None:
+        """Put a cold scope's row on the roster: judged through window ``judged``, last
+        data in window ``last_data`` (the engine's progress of it, kept here as arrays so
+        a close judges the roster without visiting its scopes one by one)."""
+        self.held[row] = True
+        self.scope_at[row] = scope
+        self.judged_to[row] = judged
+        self.last_data[row] = last_data
 
     # -- the noise prior's exp, from math ----------------------------------------------------
 
@@ -548,7 +572,24 @@ def _rows_from_parts(parts: tuple) -> QuietRows:
     rows.fill_dtype = np.dtype(rows.fill_code)
     rows.judged = rows.judged_data = 0
     rows._prior_table = []
+    _roster(rows, rows.size)  # (not kept: a restored store is read, then emptied by thaws)
     return rows
+
+
+def _roster_arrays(capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: on the roster, judged through (window start), last data (window start)."""
+    return (
+        np.zeros(capacity, dtype=bool),
+        np.zeros(capacity, dtype=np.int64),
+        np.zeros(capacity, dtype=np.int64),
+    )
+
+
+def _roster(store: QuietRows, capacity: int) -> None:
+    """An empty roster of ``capacity`` rows."""
+    store.held, store.judged_to, store.last_data = _roster_arrays(capacity)
+    store.scope_at = [None] * capacity
+    store.thawed = []
 
 
 def _new(kind: type) -> Any:

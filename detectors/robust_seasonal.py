@@ -544,6 +544,12 @@ class RobustSeasonal(DetectorBase):
             back.append(position)
         return back
 
+    def observe_rows(self, store: QuietRows, rows: np.ndarray, window_start: int) -> np.ndarray:
+        """Judge the empty window ``window_start`` of the rows ``rows`` of ``store`` (the
+        engine's roster: cold scopes, not visited); return the positions in ``rows`` it
+        could not judge, left untouched (see ``observe_quiet``)."""
+        return step(self, store, rows, window_start)[0]
+
     def observe_cold(
         self,
         store: QuietRows,
