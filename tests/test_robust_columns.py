@@ -305,8 +305,10 @@ def _rows(seed: int, days: int) -> list[tuple[float, int, tuple]]:
     return out
 
 
-def _run(rows: list, quiet_rows: bool, restore_every: int, per_batch: int = 1) -> tuple[list, dict]:
-    config = SpendwatchConfig.model_validate(CONFIG)
+def _run(
+    rows: list, quiet_rows: bool, restore_every: int, per_batch: int = 1, config: dict = CONFIG
+) -> tuple[list, dict]:
+    config = SpendwatchConfig.model_validate(config)
     plan = EnginePlan.from_config(config)
     engine = ShardEngine(plan, quiet_rows=quiet_rows)
     index = {a: i for i, a in enumerate(plan.aggregations)}
@@ -370,6 +372,26 @@ def test_the_engine_raises_the_same_alerts_with_rows(restore_every, per_batch):
     assert before["judged"] == 0 and after["judged"] > 50_000, after["judged"]
     assert after["judged_data"] > 5_000, after["judged_data"]  # data windows as rows too
     assert any(key[1] == "drivers" for key in before["states"]), "driver mixes must learn"
+
+
+@pytest.mark.parametrize(("max_scopes", "ttl"), [(120, "2d"), (60, "6h")])
+def test_rows_forget_as_the_per_scope_code_forgets(max_scopes, ttl):
+    """Scopes evicted by ``max_scopes`` or forgotten idle while they are rows (their
+    progress kept on the roster): the same alerts, evictions and states as scope by scope,
+    through snapshots and in batches of four windows."""
+    config = copy.deepcopy(CONFIG)
+    config["engine"]["scope_idle_ttl"] = ttl
+    for rule in config["detectors"]:
+        rule["max_scopes"] = max_scopes
+    rows = _rows(14, 6)
+    reference, before = _run(rows, False, 23, 4, config)
+    found, after = _run(rows, True, 23, 4, config)
+    key = lambda a: (a.rule, a.fingerprint, a.window_start, a.status, a.observed)  # noqa: E731
+    assert sorted(found, key=key) == sorted(reference, key=key)
+    assert after["states"] == before["states"]
+    evicted = before["engine"].counters.evicted_scopes
+    assert evicted > 5_000 and after["engine"].counters.evicted_scopes == evicted
+    assert after["judged_data"] > 300, after["judged_data"]
 
 
 def test_forgotten_scopes_give_their_rows_back():
