@@ -545,9 +545,9 @@ class ShardEngine:
         progress = self._progress.setdefault(detector.name, {})
         alerts: list[Alert] = []
         store = self._quiet_store(detector) if detector.zero_fill else None
-        by_row = by_scope
+        by_row, cold = by_scope, None
         if store is not None:
-            by_row = self._judge_cold_rows(detector, store, states, progress, by_scope, breakdowns)
+            by_row, cold = self._cold_with_data(detector, store, states, progress, by_scope)
         for scope, windows in by_row.items():
             alerts.extend(
                 self._judge_scope(detector, states, progress, scope, windows, bound, breakdowns)
@@ -557,7 +557,9 @@ class ShardEngine:
         if detector.zero_fill:  # a quiet scope's windows count as zero: judge them
             if store is not None:
                 alerts.extend(
-                    self._judge_quiet_rows(detector, store, states, progress, by_scope, bound)
+                    self._judge_quiet_rows(
+                        detector, store, states, progress, by_scope, bound, cold, breakdowns
+                    )
                 )
             else:
                 quiet = [scope for scope in states if scope not in by_scope]
@@ -648,68 +650,48 @@ class ShardEngine:
         progress[scope] = (empty[-1], last_data)
         return alerts
 
-    def _judge_cold_rows(
+    def _cold_with_data(
         self,
         detector: Any,
         store: Any,
         states: dict[tuple[str, ...], Any],
         progress: dict[tuple[str, ...], tuple[int, int]],
         by_scope: Mapping[tuple[str, ...], list[tuple[int, Totals]]],
-        breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]],
-    ) -> Mapping[tuple[str, ...], list[tuple[int, Totals]]]:
-        """The data windows of scopes held as rows, judged as rows (``observe_cold``): a
-        thin scope's next window with events costs an array update, not a thaw, a Python
-        judgement and a freeze. Return the scopes left to judge scope by scope: those not
-        in rows, those with a gap before this window, and what the rows handed back."""
+    ) -> tuple[Mapping[tuple[str, ...], list[tuple[int, Totals]]], ColdData | None]:
+        """Split a window's scopes with data: those on the store's roster with no gap before
+        this window (judged as rows with the roster's step, ``_judge_roster``: a thin
+        scope's window with events costs an array update, not a thaw, a Python judgement
+        and a freeze) and the rest, scope by scope (the roster's progress of those written
+        back: they leave it)."""
         window = detector.aggregation.window
         ttl = self.plan.scope_idle_ttl
-        cold: list[tuple[str, ...]] = []
-        cold_states: list[Any] = []
-        cold_totals: list[Totals] = []
+        cold = ColdData()
         rest: dict[tuple[str, ...], list[tuple[int, Totals]]] = {}
-        start = None
-        held_rows = store.held
+        held_rows, judged_to, last_of = store.held, store.judged_to, store.last_data
         for scope, windows in by_scope.items():
             state = states.get(scope)
             held = None if state is None else state._cold
             if held is not None and held[0] is store and held_rows[held[1]]:
-                # on the roster: its progress is there (and back in the dict if it leaves)
-                judged = int(store.judged_to[held[1]])
-                last_data = int(store.last_data[held[1]])
-                progress[scope] = (judged, last_data)
+                row = held[1]
+                judged, last_data = int(judged_to[row]), int(last_of[row])
                 at = windows[0][0]
-                if len(windows) != 1:
-                    rest[scope] = windows
+                if (
+                    len(windows) == 1
+                    and judged + window == at
+                    and at - last_data <= ttl
+                    and cold.start in (None, at)
+                ):
+                    cold.start = at
+                    cold.scopes.append(scope)
+                    cold.rows.append(row)
+                    cold.totals.append(windows[0][1])
+                    cold.before.append((judged, last_data))
                     continue
-                if judged + window == at and at - last_data <= ttl and start in (None, at):
-                    start = at
-                    cold.append(scope)
-                    cold_states.append(state)
-                    cold_totals.append(windows[0][1])
-                    continue
+                progress[scope] = (judged, last_data)  # it leaves the roster: scope by scope
             rest[scope] = windows
-        if not cold:
-            return by_scope
-        back, learning = detector.observe_cold(store, cold_states, start, cold_totals)
-        for position in back:
-            rest[cold[position]] = by_scope[cold[position]]
-        handed = set(back)
-        drivers = detector.drivers
-        mixes = self.driver_states.setdefault(detector.name, {}) if drivers else None
-        alpha = 1.0 / getattr(detector.config, "history", 8)
-        for position, scope in enumerate(cold):
-            if position in handed:
-                continue
-            progress[scope] = (start, start)
-            row = cold_states[position]._cold[1]
-            store.judged_to[row] = store.last_data[row] = start
-            breakdown = breakdowns.get((scope, start)) if drivers else None
-            if breakdown and learning[position]:  # as ``_observe`` after a quiet window
-                mix = mixes.get(scope)
-                if mix is None:
-                    mix = mixes[scope] = driver_mix.MixState()
-                driver_mix.learn(mix, breakdown, detector.config.metric, alpha)
-        return rest
+        if not cold.scopes:
+            return by_scope, None
+        return rest, cold
 
     def _quiet_store(self, detector: WindowDetector) -> Any:
         """The rule's store of quiet scopes as rows, if it has one (and no tracer watches
@@ -745,13 +727,17 @@ class ShardEngine:
         progress: dict[tuple[str, ...], tuple[int, int]],
         by_scope: Mapping[tuple[str, ...], Any],
         bound: int,
+        cold: ColdData | None = None,
+        breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]]
+        | None = None,
     ) -> list[Alert]:
-        """The quiet scopes of a rule with rows: the roster's (cold scopes) in array steps
-        without visiting them (``_judge_roster``); of the others (hot), those quiet for
+        """The quiet scopes of a rule with rows, and its roster's scopes with data in this
+        window (``cold``): the roster's in array steps without visiting them
+        (``_judge_roster``); of the others (hot), those quiet for
         ``quiet_windows`` a window at a time across scopes (``observe_quiet``, which
         freezes them: they join the roster), the rest (and whatever the rows hand back)
         scope by scope, exactly as ``_judge_quiet`` would."""
-        alerts = self._judge_roster(detector, store, states, progress, bound)
+        alerts = self._judge_roster(detector, store, states, progress, bound, cold, breakdowns)
         window = detector.aggregation.window
         oldest = bound - self.plan.scope_idle_ttl  # idle: last data before this
         settled = detector.quiet_windows * window
@@ -813,15 +799,20 @@ class ShardEngine:
         states: dict[tuple[str, ...], Any],
         progress: dict[tuple[str, ...], tuple[int, int]],
         bound: int,
+        cold: ColdData | None,
+        breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]] | None,
     ) -> list[Alert]:
-        """The empty windows before ``bound`` of the scopes on the store's roster, window
-        by window as array steps over their rows: no scope is visited but those forgotten
-        as idle and those a step hands back (judged scope by scope from there: hot)."""
+        """The windows before ``bound`` of the scopes on the store's roster, window by window
+        as array steps over their rows (the last with the events of ``cold``): no scope is
+        visited but those forgotten as idle, those a step hands back (judged scope by
+        scope from there: hot) and the driver mixes of those with data."""
         window = detector.aggregation.window
+        alerts: list[Alert] = []
+        if cold is not None:  # (they have data now: not idle)
+            store.last_data[cold.rows] = cold.start
         rows = np.flatnonzero(store.held)
         if not rows.size:
-            return []
-        alerts: list[Alert] = []
+            return alerts
         idle = rows[store.last_data[rows] < bound - self.plan.scope_idle_ttl]
         for row in idle.tolist():  # forgotten as ``_judge_quiet`` forgets them
             scope = store.scope_at[row]
@@ -829,20 +820,36 @@ class ShardEngine:
             alerts.extend(self._judge_quiet(detector, states, progress, scope, bound))
         if idle.size:
             rows = rows[store.held[rows]]
-        behind = rows[store.judged_to[rows] < bound - window]
-        if not behind.size:
+        rows = rows[store.judged_to[rows] < bound - window]
+        if not rows.size:
             return alerts
-        rows = behind
         for start in range(int(store.judged_to[rows].min()) + window, bound, window):
             due = rows[store.judged_to[rows] < start]
             if not due.size:
                 continue
-            failed = detector.observe_rows(store, due, start)
+            data = None
+            if cold is not None and start == cold.start:
+                at = np.full(store.size, -1, dtype=np.int64)
+                at[cold.rows] = np.arange(len(cold.rows))
+                found = at[due]
+                data = (np.flatnonzero(found >= 0), [cold.totals[k] for k in found[found >= 0]])
+            failed, learning = detector.observe_rows(store, due, start, data)
             store.judged_to[due] = start
-            for row in due[failed].tolist():  # scope by scope from here (thawed: hot)
+            for position in failed.tolist():  # scope by scope from here (thawed: hot)
+                row = int(due[position])
                 scope = store.scope_at[row]
                 state = states[scope]
                 store.thaw(state)
+                k = -1 if data is None else int(found[position])
+                if k >= 0:  # its window with events, as if it had never been a row
+                    progress[scope] = cold.before[k]
+                    windows = [(start, cold.totals[k])]
+                    alerts.extend(
+                        self._judge_scope(
+                            detector, states, progress, scope, windows, bound, breakdowns or {}
+                        )
+                    )
+                    continue
                 alerts.extend(
                     detector.observe_empty(
                         state,
@@ -853,7 +860,37 @@ class ShardEngine:
                 progress[scope] = (bound - window, int(store.last_data[row]))
             if failed.size:
                 rows = rows[store.held[rows]]
+            if data is not None and detector.drivers and breakdowns:
+                self._learn_driver_mixes(detector, store, due, data, learning, start, breakdowns)
         return alerts  # (their progress stays in the roster's arrays: ``sync_progress``)
+
+    def _learn_driver_mixes(
+        self,
+        detector: Any,
+        store: Any,
+        due: np.ndarray,
+        data: tuple[np.ndarray, list[Totals]],
+        learning: np.ndarray,
+        start: int,
+        breakdowns: Mapping[tuple[tuple[str, ...], int], Mapping[str, Mapping[str, Totals]]],
+    ) -> None:
+        """The driver mixes of the roster's scopes whose window with events a step judged:
+        what ``_observe`` learns after a window that did not fire."""
+        mixes = self.driver_states.setdefault(detector.name, {})
+        alpha = 1.0 / getattr(detector.config, "history", 8)
+        metric = detector.config.metric
+        held = store.held
+        for position in data[0].tolist():
+            row = int(due[position])
+            if not held[row] or not learning[position]:  # handed back, or not learning
+                continue
+            scope = store.scope_at[row]
+            breakdown = breakdowns.get((scope, start))
+            if breakdown:
+                mix = mixes.get(scope)
+                if mix is None:
+                    mix = mixes[scope] = driver_mix.MixState()
+                driver_mix.learn(mix, breakdown, metric, alpha)
 
     def _observe_empty(
         self,
@@ -1168,6 +1205,17 @@ class ShardEngine:
 
 
 SERIES_FIELDS = 1 + SUM_FIELDS  # the window start and the integer sums
+
+
+@dataclass
+class ColdData:
+    """A window's events of scopes on a store's roster: judged with the roster's step."""
+
+    start: int | None = None
+    scopes: list[tuple[str, ...]] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    totals: list[Totals] = field(default_factory=list)
+    before: list[tuple[int, int]] = field(default_factory=list)  # their progress until now
 
 
 def _release(state: Any) -> None:

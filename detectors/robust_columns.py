@@ -8,7 +8,7 @@ spent over a second per close. What an empty window does to a scope that is not 
 episode is the same arithmetic for every scope, so :class:`QuietRows` holds the state of
 the scopes that have been quiet for a while as rows of numpy arrays (a per-shard store of
 one rule), and :func:`step` judges one empty window of all of them at once. A cold
-scope's next window with events is judged the same way (``RobustSeasonal.observe_cold``):
+scope's next window with events is judged the same way (``RobustSeasonal.observe_rows``):
 its tails are the scalar functions of ``sequential``, row by row, and everything else is
 the array arithmetic of an empty window with a value; only what may fire or be held back
 goes to the per-scope code, so a thin scope stays a row through its few events.
@@ -292,12 +292,12 @@ def step(
     requests: np.ndarray | None = None,
     learning: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Judge window ``start`` of cold ``rows``: empty, or with ``values`` (the metric's) and
-    ``requests`` per row. Return the positions it could not judge exactly (left untouched:
-    the caller thaws them and judges them scope by scope: what may fire or be held back,
-    what a ring cannot hold) and, per position, whether the scope is in its normal regime
-    after the window (``RobustSeasonal.learning``: what a driver mix may learn from; with
-    ``learning`` only, else all False)."""
+    """Judge window ``start`` of cold ``rows``: empty, or with ``values`` (the metric's)
+    and ``requests`` per row (0 and 0 for a row without events). Return the positions it
+    could not judge exactly (left untouched: the caller thaws them and judges them scope
+    by scope: what may fire or be held back, what a ring cannot hold) and, per position,
+    whether the scope is in its normal regime after the window (``RobustSeasonal.learning``:
+    what a driver mix may learn from; with ``learning`` only, else all False)."""
     c = detector.config
     total = len(rows)
     order = np.argsort(rows, kind="stable")  # rows in memory order: faster gathers
@@ -306,8 +306,10 @@ def step(
     if data:
         values = np.asarray(values, dtype=np.float64)[order]
         requests = np.asarray(requests, dtype=np.float64)[order]
+        events = (values != 0.0) | (requests != 0.0)  # rows with events (the others: empty)
     else:
         values = requests = np.zeros(total)
+        events = np.zeros(total, dtype=bool)
     s = store.scalars[rows].T.copy()  # [field, row]: each field contiguous
     ints = store.ints[rows]
     here = (start % _DAY) // store.window
@@ -319,7 +321,7 @@ def step(
     if data:
         ok &= values >= 0.0  # (a credit: scope by scope)
         if c.metric != "requests":
-            ok &= requests > 0  # (spend without requests has no size to learn)
+            ok &= ~events | (requests > 0)  # (spend without requests: no size to learn)
         with np.errstate(over="ignore", invalid="ignore"):
             as_float = values.astype(np.float32)
             nanos = np.rint(values * _PER_UNIT)
@@ -334,7 +336,8 @@ def step(
 
     def narrow(mask: np.ndarray) -> None:
         nonlocal rows, s, ints, expected, variance, u, w, factor, prior, values, requests, cells
-        rows, s, ints, cells = rows[mask], s[:, mask], ints[mask], cells[mask]
+        nonlocal events
+        rows, s, ints, cells, events = rows[mask], s[:, mask], ints[mask], cells[mask], events[mask]
         expected, variance, u, w = expected[mask], variance[mask], u[mask], w[mask]
         factor, prior, values, requests = factor[mask], prior[mask], values[mask], requests[mask]
 
@@ -369,7 +372,7 @@ def step(
         shape = expected * expected / variance
         cc = 1.0 / (9.0 * shape)
         z = np.where(shape >= 1.0, (0.0 - (1.0 - cc)) / np.sqrt(cc), _Z_EMPTY_THIN)
-    z = np.where(judged, z, 0.0) if data else z
+    z = np.where(judged, z, 0.0) if data else z  # (unused where not judged)
     material = np.zeros(len(rows), dtype=bool)
     if data:
         busy = np.flatnonzero(judged & (values > 0.0))
@@ -517,7 +520,7 @@ def step(
     store.scalars[rows] = s.T
     store.ints[rows] = ints
     store.judged += len(rows)
-    store.judged_data += len(rows) if data else 0
+    store.judged_data += int(np.count_nonzero(events))
     calm = np.zeros(total, dtype=bool)
     if data and learning:  # not in an episode, and the CUSUM below half the threshold
         top = s[CUSUM : CUSUM + len(sequential.GRID)].max(axis=0)

@@ -544,35 +544,28 @@ class RobustSeasonal(DetectorBase):
             back.append(position)
         return back
 
-    def observe_rows(self, store: QuietRows, rows: np.ndarray, window_start: int) -> np.ndarray:
-        """Judge the empty window ``window_start`` of the rows ``rows`` of ``store`` (the
-        engine's roster: cold scopes, not visited); return the positions in ``rows`` it
-        could not judge, left untouched (see ``observe_quiet``)."""
-        return step(self, store, rows, window_start)[0]
-
-    def observe_cold(
+    def observe_rows(
         self,
         store: QuietRows,
-        states: Sequence[RobustState],
+        rows: np.ndarray,
         window_start: int,
-        totals: Sequence[Totals],
-    ) -> tuple[list[int], list[bool]]:
-        """Judge the window ``window_start`` with data of scopes held as rows of ``store``,
-        without thawing them. Return the positions the caller must judge scope by scope
-        (thawed: a window that fires or is held back, a ring that changes form, whatever
+        data: tuple[np.ndarray, Sequence[Totals]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Judge the window ``window_start`` of the rows ``rows`` of ``store`` (the engine's
+        roster: cold scopes, not visited), empty but for ``data`` (positions in ``rows``
+        and their totals). Return the positions it could not judge, left untouched (a
+        window that may fire or be held back, a ring that changes form, whatever
         ``observe`` does that a row cannot), and per position whether the scope learns
-        (``learning`` after the window: its driver mix may learn this window's breakdown)."""
+        after the window (``learning``: its driver mix may learn this window's breakdown)."""
+        if data is None:
+            return step(self, store, rows, window_start)
+        positions, totals = data
+        values = np.zeros(len(rows))
+        requests = np.zeros(len(rows))
         metric = self.config.metric
-        values = [metric_value(metric, t) for t in totals]
-        rows = np.fromiter((state._cold[1] for state in states), dtype=np.int64, count=len(states))
-        requests = np.fromiter((t.requests for t in totals), dtype=np.float64, count=len(totals))
-        failed, learning = step(
-            self, store, rows, window_start, np.asarray(values), requests, bool(self.drivers)
-        )
-        back = failed.tolist()
-        for position in back:
-            store.thaw(states[position])
-        return back, learning.tolist()
+        values[positions] = [metric_value(metric, t) for t in totals]
+        requests[positions] = [t.requests for t in totals]
+        return step(self, store, rows, window_start, values, requests, bool(self.drivers))
 
     def observe(
         self, state: RobustState, scope: Mapping[str, str], window_start: int, totals: Totals

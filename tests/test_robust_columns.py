@@ -93,7 +93,7 @@ def _compare_mixed(
 ) -> int:
     """Judge ``windows`` windows, with data or empty at random (a thin scope's life, some
     windows ×20), both ways: scope by scope, and as the engine does with rows (a cold
-    scope's data window by ``observe_cold``, an empty one by ``observe_quiet``, a hot
+    scope's data window by ``observe_rows``, an empty one by ``observe_quiet``, a hot
     scope's data by ``observe``). Assert the same alerts and states; return how many data
     windows the rows judged."""
     rng = random.Random(seed)
@@ -119,10 +119,12 @@ def _compare_mixed(
                 found_alerts.extend(detector.observe(state, SCOPE, t, plan[k][i]))
         if cold:
             group = [states[i] for i in cold]
-            back, _ = detector.observe_cold(store, group, t, [plan[k][i] for i in cold])
+            rows = np.array([state._cold[1] for state in group])
+            data = (np.arange(len(cold)), [plan[k][i] for i in cold])
+            back, _ = detector.observe_rows(store, rows, t, data)
             judged_data += len(cold) - len(back)
-            for position in back:
-                assert group[position]._cold is None, "what a row hands back is thawed"
+            for position in back.tolist():
+                store.thaw(group[position])  # what a row hands back is judged scope by scope
                 found_alerts.extend(
                     detector.observe(group[position], SCOPE, t, plan[k][cold[position]])
                 )
