@@ -700,8 +700,27 @@ class ShardEngine:
         if stores is None or self.tracer is not None or not hasattr(detector, "quiet_rows"):
             return None
         if detector.name not in stores:
-            stores[detector.name] = detector.quiet_rows()
+            stores[detector.name] = self._adopt_rows(detector.name, detector.quiet_rows())
         return stores[detector.name]
+
+    def _adopt_rows(self, rule: str, fresh: Any) -> Any:
+        """The store a rule's rows live in: after a restore its cold scopes are rows of the
+        snapshot's store, which becomes the rule's (its roster rebuilt from their progress,
+        so they stay rows instead of each being thawed and frozen again at the first
+        close); ``fresh`` where there is none or its layout is not the rule's."""
+        if fresh is None:
+            return None
+        states = self.detector_states.get(rule, {})
+        restored = next((s._cold[0] for s in states.values() if _cold_of(s) is not None), None)
+        if restored is None or not restored.same_layout(fresh):
+            return fresh
+        progress = self._progress.get(rule, {})
+        for scope, state in states.items():
+            cold = _cold_of(state)
+            judged, last_data = progress.get(scope, _UNJUDGED)
+            if cold is not None and cold[0] is restored and None not in (judged, last_data):
+                restored.hold(cold[1], scope, judged, last_data)
+        return restored
 
     def _hot_scopes(self, rule: str, states: Mapping, store: Any) -> dict:
         """The rule's scopes not on its store's roster (built from the states the first
@@ -1218,10 +1237,15 @@ class ColdData:
     before: list[tuple[int, int]] = field(default_factory=list)  # their progress until now
 
 
+def _cold_of(state: Any) -> Any:
+    """(store, row) of a state held as a row, else ``None`` (any detector's state)."""
+    return getattr(state, "_cold", None)
+
+
 def _release(state: Any) -> None:
     """A forgotten scope's row (if it is one) goes back to its store now, not whenever the
     state object is collected: the store's roster must not judge a scope that is gone."""
-    cold = getattr(state, "_cold", None)
+    cold = _cold_of(state)
     if cold is not None:
         state._cold = None
         cold[0].release(cold[1])

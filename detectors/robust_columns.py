@@ -141,6 +141,11 @@ class QuietRows:
         parts["counts"] = self.counts[:, :top]
         return (_rows_from_parts, (tuple(parts[name] for name in self._PARTS),))
 
+    def same_layout(self, other: QuietRows) -> bool:
+        """Whether ``other``'s rows mean what this store's do (the same rule settings)."""
+        names = ("per_day", "limit", "window", "days", "residual_memory", "fill_code")
+        return all(getattr(self, n) == getattr(other, n) for n in (*names, "count_cells"))
+
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays (the capacity, used rows or not)."""

@@ -396,6 +396,42 @@ def test_rows_forget_as_the_per_scope_code_forgets(max_scopes, ttl):
     assert after["judged_data"] > 300, after["judged_data"]
 
 
+def test_a_restored_shard_keeps_its_cold_scopes_as_rows():
+    """After a restore the snapshot's store becomes the rule's: its cold scopes are judged
+    as rows from the first close on (their roster rebuilt from their progress), not each
+    thawed and frozen again."""
+    rows = _rows(3, 4)
+    plan = EnginePlan.from_config(SpendwatchConfig.model_validate(CONFIG))
+    index = {a: i for i, a in enumerate(plan.aggregations)}
+
+    def feed(engine: ShardEngine, part: list) -> None:
+        for t in sorted({r[0] for r in part}):
+            batch = []
+            for at, prompt, model, requests, nanos in (r for r in part if r[0] == t):
+                dims = {"prompt_id": f"p{prompt}", "tenant": f"t{prompt % 5}", "model": model}
+                for aggregation, i in index.items():
+                    scope = tuple(dims[d] for d in aggregation.dims)
+                    start = int(at // aggregation.window * aggregation.window)
+                    batch.append((i, scope, start, nanos, requests, 0, 0, 1))
+            engine.on_message(t + WINDOW, batch)
+
+    split = T0 + 3 * 86400
+    first = ShardEngine(plan)
+    feed(first, [r for r in rows if r[0] < split])
+    restored = ShardEngine(plan, first.snapshot())
+    states = restored.detector_states["prompt-spend"]
+    cold = [scope for scope, state in states.items() if state._cold is not None]
+    assert len(cold) > 100
+    snapshot_store = states[cold[0]]._cold[0]
+    feed(restored, [r for r in rows if split <= r[0] < split + 2 * WINDOW])
+    store = restored.quiet_stores["prompt-spend"]
+    assert store is snapshot_store
+    still = [s for s in cold if s in states and states[s]._cold is not None]
+    assert len(still) > 0.8 * len(cold)  # (some had events that fired, or were forgotten)
+    assert all(states[s]._cold[0] is store for s in still)  # the snapshot's store, adopted
+    assert store.held.sum() == sum(1 for s in states.values() if s._cold is not None)
+
+
 def test_forgotten_scopes_give_their_rows_back():
     """Scopes that come and go (a wave of new prompts a day, each idle past the TTL the
     next): the rows of the forgotten ones are reused, so the store holds about one wave,
