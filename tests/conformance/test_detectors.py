@@ -467,6 +467,7 @@ def test_quiet_scopes_as_rows_equal_scope_by_scope(kind, per):
     rows, reference = ShardEngine(plan), ShardEngine(plan, quiet_rows=False)
     assert _key(_run(plan, windows, per, rows)) == _key(_run(plan, windows, 1, reference))
     assert sum(store.judged for store in rows.quiet_stores.values()) > 0
+    assert sum(store.judged_data for store in rows.quiet_stores.values()) > 0  # events too
     name = plan.detectors[0].name
     mine, theirs = rows.detector_states[name], reference.detector_states[name]
     assert mine.keys() == theirs.keys()
