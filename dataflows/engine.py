@@ -508,10 +508,7 @@ class ShardEngine:
         alerts = detector.observe(state, scope_map, window_start, totals)
         if not detector.drivers or not breakdown:
             return alerts
-        mixes = self.driver_states.setdefault(detector.name, {})
-        mix = mixes.get(scope)
-        if mix is None:
-            mix = mixes[scope] = driver_mix.MixState()
+        mix = self._driver_mix(detector.name, scope)
         metric = detector.config.metric
         firing = False
         for index, alert in enumerate(alerts):
@@ -520,9 +517,16 @@ class ShardEngine:
                 found = driver_mix.attribute(mix, breakdown, metric, alert.expected, totals)
                 alerts[index] = alert.model_copy(update={"drivers": found})
         if not firing and detector.learning(state):
-            alpha = 1.0 / getattr(detector.config, "history", 8)
-            driver_mix.learn(mix, breakdown, metric, alpha)
+            driver_mix.learn(mix, breakdown, metric, _driver_alpha(detector))
         return alerts
+
+    def _driver_mix(self, rule: str, scope: tuple[str, ...]) -> driver_mix.MixState:
+        """The scope's driver mix of a rule (new and empty the first time)."""
+        mixes = self.driver_states.setdefault(rule, {})
+        mix = mixes.get(scope)
+        if mix is None:
+            mix = mixes[scope] = driver_mix.MixState()
+        return mix
 
     def _judge(
         self,
@@ -682,14 +686,13 @@ class ShardEngine:
                     and cold.start in (None, at)
                 ):
                     cold.start = at
-                    cold.scopes.append(scope)
                     cold.rows.append(row)
                     cold.totals.append(windows[0][1])
                     cold.before.append((judged, last_data))
                     continue
                 progress[scope] = (judged, last_data)  # it leaves the roster: scope by scope
             rest[scope] = windows
-        if not cold.scopes:
+        if not cold.rows:
             return by_scope, None
         return rest, cold
 
@@ -808,7 +811,6 @@ class ShardEngine:
                 if cold is not None and cold[0] is store:  # frozen: onto the roster
                     store.hold(cold[1], scope, starts[-1], last_data)
                     del hot[scope]
-        self._hot_scopes(detector.name, states, store)  # (what left the roster meanwhile)
         return alerts
 
     def _judge_roster(
@@ -895,8 +897,7 @@ class ShardEngine:
     ) -> None:
         """The driver mixes of the roster's scopes whose window with events a step judged:
         what ``_observe`` learns after a window that did not fire."""
-        mixes = self.driver_states.setdefault(detector.name, {})
-        alpha = 1.0 / getattr(detector.config, "history", 8)
+        alpha = _driver_alpha(detector)
         metric = detector.config.metric
         held = store.held
         for position in data[0].tolist():
@@ -906,10 +907,7 @@ class ShardEngine:
             scope = store.scope_at[row]
             breakdown = breakdowns.get((scope, start))
             if breakdown:
-                mix = mixes.get(scope)
-                if mix is None:
-                    mix = mixes[scope] = driver_mix.MixState()
-                driver_mix.learn(mix, breakdown, metric, alpha)
+                driver_mix.learn(self._driver_mix(detector.name, scope), breakdown, metric, alpha)
 
     def _observe_empty(
         self,
@@ -1231,10 +1229,14 @@ class ColdData:
     """A window's events of scopes on a store's roster: judged with the roster's step."""
 
     start: int | None = None
-    scopes: list[tuple[str, ...]] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     totals: list[Totals] = field(default_factory=list)
     before: list[tuple[int, int]] = field(default_factory=list)  # their progress until now
+
+
+def _driver_alpha(detector: Any) -> float:
+    """How fast a rule's driver mixes learn: its own history's memory (8 windows without)."""
+    return 1.0 / getattr(detector.config, "history", 8)
 
 
 def _cold_of(state: Any) -> Any:
