@@ -54,7 +54,9 @@ _DAY = 86400
 (PR, LEVEL, LAST_Z, TV, TE, SUU, SUW, SWW, SUE, SWE, CT, CW, CAL_W, CAL_O, CAL_E, CAL_P,
  W_SPREAD, W_NOISE, CUSUM) = range(19)  # fmt: skip
 COUNT_FIT = CUSUM + len(sequential.GRID)  # then the count's variance fit (5 columns)
-SCALARS = COUNT_FIT + 5
+CTV = COUNT_FIT + 5  # then the count trend's two sums
+CTE = CTV + 1
+SCALARS = CTE + 1
 # columns of the int64s
 SEEN, WEEK_OF, CAP, CODE, SHORT = range(5)
 CODES = ("f", _NANOS)
@@ -187,7 +189,7 @@ class QuietRows:
             state.trend_expected, fit.suu, fit.suw, fit.sww, fit.sue, fit.swe, corr.total,
             corr.weight, cal.windows, cal.over, cal.excess, cal.peak, weekly.spread,
             weekly.noise, *state.cusum, counted.suu, counted.suw, counted.sww, counted.sue,
-            counted.swe,
+            counted.swe, state.count_trend_value, state.count_trend_expected,
         )  # fmt: skip
         self.counts[:, row] = np.frombuffer(state.counts, dtype=np.float32)
         history = state.history
@@ -220,7 +222,7 @@ class QuietRows:
         fit = _new(sequential.VarianceFit)
         fit.suu, fit.suw, fit.sww, fit.sue, fit.swe = s[SUU : SWE + 1]
         counted = _new(sequential.VarianceFit)
-        counted.suu, counted.suw, counted.sww, counted.sue, counted.swe = s[COUNT_FIT:SCALARS]
+        counted.suu, counted.suw, counted.sww, counted.sue, counted.swe = s[COUNT_FIT:CTV]
         corr = _new(sequential.Shrunk)
         corr.total, corr.weight = s[CT], s[CW]
         calibration = _new(sequential.TailCalibration)
@@ -243,7 +245,7 @@ class QuietRows:
             "count_fit": counted, "counts": array("f", self.counts[:, row].tobytes()),
             "history": history, "last_z": s[LAST_Z], "level": s[LEVEL],
             "per_request": s[PR], "trend_expected": s[TE], "trend_value": s[TV],
-            "weekly": weekly,
+            "weekly": weekly, "count_trend_value": s[CTV], "count_trend_expected": s[CTE],
         }  # fmt: skip
 
     def thaw(self, state: RobustState) -> None:
@@ -356,16 +358,18 @@ def step(
     # -- the expected count and its noise (RobustSeasonal._count_test, before learning) -----
     counting = c.metric != "requests"
     if counting:
-        from spendwatch.detectors.robust_seasonal import COUNT_MEMORY_DAYS
+        from spendwatch.detectors.robust_seasonal import COUNT_MEMORY_DAYS, LEVEL_PRIOR_REQUESTS
 
         at = (start % _DAY) * store.count_cells // _DAY
         cell = _pooled_counts(store, rows, at, c.neighbours)
         days = seen * detector.count_day
         days = np.where(days > COUNT_MEMORY_DAYS, COUNT_MEMORY_DAYS, days)
-        shrunk = (days * cell + s[LEVEL] / s[PR]) / (days + 1.0)
+        level = s[LEVEL] / s[PR]
+        shrink = _level_prior(level * detector.cell_windows, 1.0, LEVEL_PRIOR_REQUESTS)
+        shrunk = (days * cell + shrink * level) / (days + shrink)
         least = 0.5 * detector.count_weight
         base = np.where(least > shrunk, least, shrunk)
-        count = np.where(cell < 0, expected / s[PR], base * _trend(s) * factor)
+        count = np.where(cell < 0, expected / s[PR], base * _count_trend(s) * factor)
         cu = c.overdispersion * count
         cw = count * count
         cvar = _fitted_variance(
@@ -463,9 +467,15 @@ def step(
     s[SWW] = s[SWW] * keep + w * w
     s[SUE] = s[SUE] * keep + u * e2
     s[SWE] = s[SWE] * keep + w * e2
-    if counting:  # the count's fit
+    from spendwatch.detectors.robust_seasonal import TREND_WINDOWS, TREND_Z
+
+    trending = ~judged | (z < TREND_Z)  # a jump is not growth
+    trend_keep = 1.0 - 1.0 / TREND_WINDOWS
+    if counting:  # the count's trend and fit
         from spendwatch.detectors.robust_seasonal import COUNT_WINSOR
 
+        s[CTV] = np.where(trending, s[CTV] * trend_keep + requests, s[CTV])
+        s[CTE] = np.where(trending, s[CTE] * trend_keep + count / _count_trend(s), s[CTE])
         counted = s[COUNT_FIT : COUNT_FIT + 5]
         miss = requests - count
         ce2 = np.minimum(miss * miss, COUNT_WINSOR * cvar)
@@ -478,10 +488,6 @@ def step(
     s[CT] = np.where(judged, s[CT] * keep + product, s[CT])
     s[CW] = np.where(judged, s[CW] * keep + 1.0, s[CW])
     s[LAST_Z] = np.where(judged, np.maximum(np.minimum(z, 4.0), -4.0), s[LAST_Z])
-    from spendwatch.detectors.robust_seasonal import TREND_WINDOWS, TREND_Z
-
-    trending = ~judged | (z < TREND_Z)  # a jump is not growth
-    trend_keep = 1.0 - 1.0 / TREND_WINDOWS
     s[TV] = np.where(trending, s[TV] * trend_keep + values, s[TV])
     s[TE] = np.where(trending, s[TE] * trend_keep + expected / _trend(s), s[TE])
     if detector.weekly_enabled:
@@ -578,6 +584,9 @@ def _rows_from_parts(parts: tuple) -> QuietRows:
     for name, value in zip(QuietRows._PARTS, parts, strict=True):
         setattr(rows, name, np.ascontiguousarray(value) if isinstance(value, np.ndarray) else value)
     rows.fill_dtype = np.dtype(rows.fill_code)
+    if rows.scalars.shape[1] < SCALARS:  # a store from before the count's trend: none yet
+        missing = SCALARS - rows.scalars.shape[1]
+        rows.scalars = np.hstack([rows.scalars, np.zeros((len(rows.scalars), missing))])
     rows.judged = rows.judged_data = 0
     rows._prior_table = []
     _roster(rows, rows.size)  # (not kept: a restored store is read, then emptied by thaws)
@@ -647,7 +656,10 @@ def _band(
     mean = np.cumsum(values.T, axis=0)[kept - 1, take] / kept
     center = np.where(mean > median, mean, median)
     with np.errstate(invalid="ignore"):  # an empty pool (inf · 0) is handed back below
-        expected = (center * count + s[LEVEL]) / (count + 1)
+        from spendwatch.detectors.robust_seasonal import LEVEL_PRIOR_REQUESTS
+
+        shrink = _level_prior(s[LEVEL], s[PR], LEVEL_PRIOR_REQUESTS)
+        expected = (center * count + shrink * s[LEVEL]) / (count + shrink)
     floor = 0.5 * s[PR] / (count + 1)
     expected = np.where(floor > expected, floor, expected)
     expected = expected * _trend(s)
@@ -708,6 +720,14 @@ def _trend(s: np.ndarray) -> np.ndarray:
     return np.where(s[TE] + prior <= 0, 1.0, ratio)
 
 
+def _count_trend(s: np.ndarray) -> np.ndarray:
+    """RobustSeasonal._count_trend per row."""
+    from spendwatch.detectors.robust_seasonal import TREND_MAX, TREND_PRIOR_REQUESTS
+
+    ratio = (s[CTV] + TREND_PRIOR_REQUESTS) / (s[CTE] + TREND_PRIOR_REQUESTS)
+    return np.minimum(np.maximum(ratio, 1.0), TREND_MAX)
+
+
 def _weekly_factor(
     store: QuietRows, rows: np.ndarray, ints: np.ndarray, s: np.ndarray, start: int
 ) -> np.ndarray:
@@ -762,3 +782,10 @@ def _coefficients(
         coef_b = np.where(negative_b, 0.0, coef_b)
     singular = det <= 0
     return np.where(singular, 1.0, coef_a), np.where(singular, prior_b, coef_b)
+
+
+def _level_prior(level: np.ndarray, per_request: np.ndarray | float, requests: float) -> np.ndarray:
+    """``robust_seasonal.level_prior`` for rows, operation for operation."""
+    cap = requests * per_request
+    capped = (cap > 0.0) & (cap < level)
+    return np.where(capped, cap / np.where(capped, level, 1.0), 1.0)

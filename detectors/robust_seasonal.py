@@ -7,8 +7,9 @@ samples of history, and slots that are usually empty. This detector answers each
 * baseline: median of the last ``days`` values at this time of day and its neighbouring
   windows (``detectors/slots.py``): robust to spikes and weekends, useful after 2 days.
   A mostly empty slot has median 0; its expected value is the median shrunk toward the
-  scope's overall level (one window's worth of prior), so "rate ≈ 0" is a state with
-  its own uncertainty, never a division by zero;
+  scope's overall level (one window's worth of prior, at most one request's:
+  ``LEVEL_PRIOR_REQUESTS``), so "rate ≈ 0" is a state with its own uncertainty, never a
+  division by zero, and a busy scope's night is not pulled toward its day;
 * noise, learned per scope: variance = a·μ + b·μ², the compound-Poisson term of the
   requests making up the sum (a = per-request size × ``overdispersion``) plus the scope's
   own burstiness b (the exponentially weighted mean of (e² − aμ)/μ² over normal windows,
@@ -20,8 +21,9 @@ samples of history, and slots that are usually empty. This detector answers each
   null however skewed a thin scope is;
 * the count apart: a sum moves with its request count or with its requests' sizes, and
   only the sizes are heavy-tailed. The scope's own count profile (the mean count per
-  window at this time of day, over about four days) and count noise (a second variance
-  fit, on counts) let a loop of ordinary requests be judged by its count, whose evidence
+  window at this time of day, over about four days), count growth (its own trend: sizes
+  that grow are not more requests) and count noise (a second variance fit, on counts)
+  let a loop of ordinary requests be judged by its count, whose evidence
   the spend's burstiness would dilute (a ×9 loop of heavy-tailed agent calls reads as
   z ≈ 2 on its spend alone, as z ≈ 5 on its count); the larger of the two tests counts,
   corrected for the choice;
@@ -74,6 +76,17 @@ few requests is noise, and a trend floored at 1 would turn that noise into growt
 TREND_MAX = 4.0
 """Most growth the trend may carry before an episode's relearning takes over."""
 
+LEVEL_PRIOR_REQUESTS = 1.0
+"""Most requests' worth of information the scope's level adds to a time of day's history.
+
+A slot's median and a count cell are shrunk toward the scope's level (its mean over the
+whole day) so that a mostly empty slot is not "rate 0". The prior is one window of that
+level, a gamma prior of shape = its requests; past one request it is capped there (a
+shape of 1: "about the level, give or take 100 %"). Uncapped, a busy scope's level, four
+times its night-time rate, was worth a day of each night cell's four days of history and
+raised its expected count ×1.5–2 (with the noise learned from that miss): a ×5 night-time
+loop read as z ≈ 1."""
+
 COUNT_MEMORY_DAYS = 4.0
 """Memory of a scope's count profile, in days: each time of day learns its mean count per
 window from its windows of the last days."""
@@ -83,6 +96,14 @@ COUNT_WINSOR = 9.0
 tailed, and a loop too young to be held back must not widen its own band at once."""
 
 SumMetric = Literal["spend_usd", "requests", "input_tokens", "output_tokens"]
+
+
+def level_prior(level: float, per_request: float) -> float:
+    """Windows of the scope's ``level`` a slot's history is shrunk toward: one, or fewer where
+    one window of the level is more than ``LEVEL_PRIOR_REQUESTS`` requests of
+    ``per_request`` (see there). The rows (``robust_columns``) repeat this arithmetic."""
+    cap = LEVEL_PRIOR_REQUESTS * per_request
+    return cap / level if 0.0 < cap < level else 1.0
 
 
 class RobustSeasonalConfig(ExplainedRuleConfig):
@@ -141,6 +162,8 @@ _FIELDS = (
     "weekly",
     "count_fit",
     "counts",
+    "count_trend_value",
+    "count_trend_expected",
 )
 """The state's fields, in snapshot order (later fields last: older snapshots lack them)."""
 COLD_FIELDS = tuple(name for name in _FIELDS if name != "episode")
@@ -174,6 +197,8 @@ class RobustState:
         self.weekly = WeeklyFactor()  # the last two weeks' level at this hour of the week
         self.count_fit = sequential.VarianceFit()  # var(count) = A·(count) + B·count²
         self.counts = count_profile(history)  # mean count per window, slot by slot
+        self.count_trend_value = 0.0  # EW sums of learned counts and of their profile's:
+        self.count_trend_expected = 0.0  # their ratio (≥ 1) is the count's recent growth
         self._cold: tuple[QuietRows, int] | None = None
 
     def __getattr__(self, name: str) -> object:
@@ -207,12 +232,13 @@ class RobustState:
         return tuple(self.episode if name == "episode" else fields[name] for name in _FIELDS)
 
     def __setstate__(self, state: tuple) -> None:
-        # A snapshot from before the weekly factors or the count profile keeps what it
-        # learned and starts those empty; one with other fields is dropped by the engine.
+        # A snapshot from before the weekly factors, the count profile or the count's trend
+        # keeps what it learned and starts those empty; one with other fields is dropped by
+        # the engine.
         self._cold = None
-        if len(state) in (len(_FIELDS) - 3, len(_FIELDS) - 2):
+        if len(state) in (len(_FIELDS) - 5, len(_FIELDS) - 4, len(_FIELDS) - 2):
             history = state[_FIELDS.index("history")]
-            fresh = (WeeklyFactor(), sequential.VarianceFit(), count_profile(history))
+            fresh = (WeeklyFactor(), sequential.VarianceFit(), count_profile(history), 0.0, 0.0)
             state = (*state, *fresh[len(state) - len(_FIELDS) :])
         if len(state) != len(_FIELDS):
             state = (None,) * len(_FIELDS)
@@ -258,6 +284,7 @@ class RobustSeasonal(DetectorBase):
         seasonal = config.seasonality == "time_of_day"
         per_cell = 1 if seasonal else max(86400 / config.window, 1.0)
         self.count_weight = 1.0 / (COUNT_MEMORY_DAYS * per_cell)
+        self.cell_windows = float(per_cell)  # windows a day adds to a profile cell
         self.count_day = config.window / 86400  # days a window adds to the profile's
 
     def new_state(self) -> RobustState:
@@ -285,7 +312,8 @@ class RobustSeasonal(DetectorBase):
         # is as robust to a past spike as the median, and is the mean where counts are small.
         kept = values[: max(count - max(count // 8, 1), 1)]
         center = max(median, sum(kept) / len(kept))
-        expected = (center * count + state.level) / (count + 1)
+        prior = level_prior(state.level, state.per_request)
+        expected = (center * count + prior * state.level) / (count + prior)
         # an empty slot: the Jeffreys posterior of a rate with no count in `count` windows
         # (half a request over count + 1 windows), so rate ≈ 0 keeps its uncertainty
         expected = max(expected, 0.5 * state.per_request / (count + 1)) * self._trend(state)
@@ -315,6 +343,19 @@ class RobustSeasonal(DetectorBase):
         if state.trend_expected + prior <= 0:
             return 1.0
         ratio = (state.trend_value + prior) / (state.trend_expected + prior)
+        return min(max(ratio, 1.0), TREND_MAX)
+
+    def _count_trend(self, state: RobustState) -> float:
+        """The count's own recent growth (≥ 1), as ``_trend`` is the value's: the ratio of
+        the recently learned counts to their profile's (shrunk toward no growth by
+        ``TREND_PRIOR_REQUESTS`` requests).
+
+        The value's trend is a ratio of sums to their medians, and a heavy-tailed sum's mean
+        sits above its median, and it lags a holiday by days: applied to the count profile
+        (a mean already), it raised a busy scope's expected count by 10–70 % and its count
+        noise with it. The count follows its own ratio instead."""
+        prior = TREND_PRIOR_REQUESTS
+        ratio = (state.count_trend_value + prior) / (state.count_trend_expected + prior)
         return min(max(ratio, 1.0), TREND_MAX)
 
     def baseline(self, state: RobustState, window_start: int) -> Baseline | None:
@@ -422,12 +463,15 @@ class RobustSeasonal(DetectorBase):
         cell = self._pooled_count(state, window_start)
         if cell < 0:
             return expected / state.per_request
-        # shrunk toward the scope's level in requests, worth one day of the cell's: a thin
-        # scope's cells hold a few windows' counts each (mostly 0), its level many
+        # shrunk toward the scope's level in requests, worth one day of the cell's (at most
+        # LEVEL_PRIOR_REQUESTS): a thin scope's cells hold a few windows' counts each (mostly
+        # 0), its level many
         days = min(state.history.seen * self.count_day, COUNT_MEMORY_DAYS)
-        cell = (days * cell + state.level / state.per_request) / (days + 1.0)
+        level = state.level / state.per_request
+        prior = level_prior(level * self.cell_windows, 1.0)
+        cell = (days * cell + prior * level) / (days + prior)
         base = max(cell, 0.5 * self.count_weight)  # "≈ 0" keeps half a request of doubt
-        return base * self._trend(state) * self._weekly(state, window_start)
+        return base * self._count_trend(state) * self._weekly(state, window_start)
 
     def _pooled_count(self, state: RobustState, window_start: int) -> float:
         """The mean of the known profile cells of this window and its ``neighbours`` (as
@@ -639,6 +683,12 @@ class RobustSeasonal(DetectorBase):
                     expected_count = (count, self._count_variance(state, count))
                 count, count_variance = expected_count
                 miss = totals.requests - count
+                if z is None or z < TREND_Z:
+                    keep = 1.0 - 1.0 / TREND_WINDOWS
+                    state.count_trend_value = state.count_trend_value * keep + totals.requests
+                    state.count_trend_expected = (
+                        state.count_trend_expected * keep + count / self._count_trend(state)
+                    )
                 e2 = min(miss * miss, COUNT_WINSOR * count_variance)
                 state.count_fit.push(c.overdispersion * count, count * count, e2, alpha)
         if z is not None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from spendwatch.detectors import sequential
 from spendwatch.detectors.base import Totals
+from spendwatch.detectors.robust_columns import SCALARS, QuietRows
 from spendwatch.detectors.robust_seasonal import _FIELDS, RobustSeasonal, RobustSeasonalConfig
 from spendwatch.ingest.pricing import NANOS_PER_USD
 
@@ -146,3 +147,78 @@ def test_a_snapshot_from_before_the_count_profile_loads_and_keeps_what_it_learne
     assert alerts == [] and restored.counts[0] == 6.0
     again = pickle.loads(pickle.dumps(restored))
     assert pickle.dumps(again) == pickle.dumps(restored)
+
+
+def _explained_after(detector, stream, days: float, probe: Totals, at_hour: float) -> dict:
+    """Feed ``stream(i, start) -> Totals`` for ``days``, then explain ``probe`` at the next
+    ``at_hour`` o'clock."""
+    state = detector.new_state()
+    windows = int(days * 96)
+    for i in range(windows):
+        start = T0 + i * WINDOW
+        detector.observe(state, {"tenant": "t"}, start, stream(i, start))
+    start = T0 + windows * WINDOW
+    start += int((at_hour * 3600 - start % 86400) % 86400)
+    return detector.explain(state, start, probe)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_a_busy_scope_expects_its_own_night_count_not_its_day(seed):
+    """400 requests a window by day, 20 at night: the night's expected count is the
+    night's. (Its level, ten times the night, once counted as a day of each night cell's
+    history and raised the night's expected count ×3, its count noise with it.)"""
+    rng = np.random.default_rng(seed)
+
+    def stream(i: int, start: int) -> Totals:
+        n = int(rng.poisson(400 if 8 <= (start % 86400) / 3600 < 20 else 20))
+        return _usd(0.001 * n, n)
+
+    seen = _explained_after(
+        RobustSeasonal(RobustSeasonalConfig(name="r")), stream, 6, _usd(0.02, 20), 3.0
+    )
+    assert 16 < seen["requests_expected"] < 25, seen
+    assert seen["requests_std"] < 2.5 * math.sqrt(3 * seen["requests_expected"]), seen
+    assert seen["expected"] < 0.025, seen  # the value's median too: not shrunk toward the day
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_the_count_follows_its_own_growth_not_the_sizes(seed):
+    """Requests grow ×2 in size over a day (a longer prompt), not in number: the value's
+    trend follows the sizes, and the expected count stays the count's (the value's trend
+    on the count profile would expect twice the requests, and hide a loop of ×2)."""
+    rng = np.random.default_rng(seed)
+    ramp_from = 5 * 96
+
+    def stream(i: int, start: int) -> Totals:
+        n = int(rng.poisson(20))
+        size = 1.0 + min(max(i - ramp_from, 0) / 96, 1.0)
+        return _usd(0.001 * size * n, n)
+
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    seen = _explained_after(detector, stream, 6.5, _usd(0.04, 20), 12.0)
+    assert seen["growth"] > 1.4, seen  # the value's trend followed the sizes
+    assert 16 < seen["requests_expected"] < 25, seen
+
+
+def test_a_snapshot_from_before_the_count_trend_loads_with_no_trend_yet():
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    state, _, _ = _agent_stream(detector, np.random.default_rng(9), 3)
+    assert state.count_trend_expected > 0
+    old = state.__getstate__()[: _FIELDS.index("count_trend_value")]  # the fields it had then
+    restored = detector.new_state()
+    restored.__setstate__(old)
+    assert list(restored.counts) == list(state.counts)
+    assert restored.count_fit.__getstate__() == state.count_fit.__getstate__()
+    assert (restored.count_trend_value, restored.count_trend_expected) == (0.0, 0.0)
+    # a store of rows from then: its scalars lack the trend's two columns
+    store = QuietRows(detector)
+    row = store.freeze(restored)
+    rebuild, (parts,) = store.__reduce__()
+    parts = list(parts)
+    at = QuietRows._PARTS.index("scalars")
+    parts[at] = parts[at][:, : SCALARS - 2]
+    back = rebuild(tuple(parts))
+    assert back.scalars.shape[1] == SCALARS
+    fields = back.fields(row)
+    assert (fields["count_trend_value"], fields["count_trend_expected"]) == (0.0, 0.0)
+    assert fields["count_fit"].__getstate__() == state.count_fit.__getstate__()
