@@ -376,11 +376,16 @@ def step(
             detector, s[COUNT_FIT : COUNT_FIT + 5], prior, cu, cw, 1.0 / c.overdispersion
         )
 
-    # -- surprise (RobustSeasonal._z; gamma_z of 0 is closed-form) ---------------------------
+    # -- surprise (RobustSeasonal._z): an empty window's chance (sequential.empty_z), a value
+    # of 0 with requests by gamma_z's closed form, the rest row by row below --------------
     with np.errstate(divide="ignore", invalid="ignore"):
         shape = expected * expected / variance
         cc = 1.0 / (9.0 * shape)
         z = np.where(shape >= 1.0, (0.0 - (1.0 - cc)) / np.sqrt(cc), _Z_EMPTY_THIN)
+        nothing = (
+            sequential.empty_z(count, cvar) if counting else sequential.empty_z(expected, variance)
+        )
+        z = np.where((values == 0.0) & (requests == 0.0), nothing, z)
     z = np.where(judged, z, 0.0) if data else z  # (unused where not judged)
     material = np.zeros(len(rows), dtype=bool)
     if data:

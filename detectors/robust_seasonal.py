@@ -18,7 +18,8 @@ samples of history, and slots that are usually empty. This detector answers each
   correlated evidence must not be added up as if it were independent);
 * surprise: a window's value against a gamma law of that mean and variance (the
   continuous twin of the negative binomial; Wilson–Hilferty), a z ≈ N(0, 1) under the
-  null however skewed a thin scope is;
+  null however skewed a thin scope is; a window without a request is read by its own
+  chance under the count's law (``sequential.empty_z``), not as the gamma law's minimum;
 * the count apart: a sum moves with its request count or with its requests' sizes, and
   only the sizes are heavy-tailed. The scope's own count profile (the mean count per
   window at this time of day, over about four days), count growth (its own trend: sizes
@@ -439,6 +440,13 @@ class RobustSeasonal(DetectorBase):
         for the choice (``sequential.either_z``), so the budget holds whichever carries
         the evidence.
         """
+        if requests == 0 and value <= 0:  # an empty window: the chance of no request
+            if self.config.metric == "requests" and band[0] > 0 and band[1] > 0:
+                return float(sequential.empty_z(band[0], band[1])), None
+            if self.config.metric != "requests" and state.per_request > 0:
+                count = self._expected_count(state, window_start, band[0])
+                variance = self._count_variance(state, count)
+                return float(sequential.empty_z(count, variance)), (count, variance)
         z = sequential.gamma_z(value, band[0], band[1])
         if self.config.metric == "requests" or z <= 0 or state.per_request <= 0:
             return z, None

@@ -37,6 +37,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 GRID: tuple[float, ...] = (2.0, 4.0, 8.0)
 """Shift sizes (in σ of one window's z) watched at once. None below 2σ: a CUSUM of shift δ
 gains on any window above δ/2, so a small δ adds up the slow bias every seasonal baseline
@@ -342,6 +344,40 @@ def normal_upper_z(p: float) -> float:
     return -_norm_ppf(p)
 
 
+def empty_z(mean: np.ndarray | float, variance: np.ndarray | float) -> np.ndarray:
+    """The z of a window without a request, where ``mean`` requests (of ``variance``) were
+    expected: Φ⁻¹ of half its probability P(N = 0) (the mid-p of an atom), negative
+    binomial where the variance exceeds the mean and Poisson where it does not.
+
+    A gamma law has no atom at 0, so its upper tail reads every empty window as the
+    least likely value there is (z ≈ −8): on a thin scope, where half the windows are
+    empty under the null, each one wiped the evidence a loop had gathered. An empty window
+    of a scope expecting 1.1 requests is z ≈ −1.0 (P = 0.33), of one expecting 20,
+    −8 as before. Numpy throughout, arrays or scalars alike: the rows and the per-scope
+    code get the very same bits.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    variance = np.asarray(variance, dtype=np.float64)
+    poisson = variance <= mean * (1.0 + 1e-6)
+    size = mean * mean / np.where(poisson, 1.0, variance - mean)
+    log_zero = np.where(poisson, -mean, -size * np.log1p(mean / np.where(poisson, 1.0, size)))
+    half = np.maximum(0.5 * np.exp(log_zero), 1e-300)  # ≤ 0.5: Acklam's lower two regions
+    a, b, c, d = _ACKLAM
+    low = half < 0.02425
+    q = np.sqrt(-2.0 * np.log(np.where(low, half, 0.5)))
+    tail = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+        (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
+    )
+    t = half - 0.5
+    r = t * t
+    central = (
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+        * t
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    )
+    return np.maximum(np.where(low, tail, central), -Z_CAP)
+
+
 def _norm_ppf(p: float) -> float:
     a = (-39.69683028665376, 220.9460984245205, -275.9285104469687,
          138.3577518672690, -30.66479806614716, 2.506628277459239)  # fmt: skip
@@ -580,3 +616,15 @@ def settle_window(
         else:
             calibration.observe(evidence, window)
     return extra
+
+
+_ACKLAM = (
+    (-39.69683028665376, 220.9460984245205, -275.9285104469687,
+     138.3577518672690, -30.66479806614716, 2.506628277459239),
+    (-54.47609879822406, 161.5858368580409, -155.6989798598866,
+     66.80131188771972, -13.28068155288572),
+    (-0.007784894002430293, -0.3223964580411365, -2.400758277161838,
+     -2.549732539343734, 4.374664141464968, 2.938163982698783),
+    (0.007784695709041462, 0.3224671290700398, 2.445134137142996, 3.754408661907416),
+)  # fmt: skip
+"""The coefficients of ``_norm_ppf`` (a, b, c, d), for ``empty_z``."""

@@ -222,3 +222,45 @@ def test_a_snapshot_from_before_the_count_trend_loads_with_no_trend_yet():
     fields = back.fields(row)
     assert (fields["count_trend_value"], fields["count_trend_expected"]) == (0.0, 0.0)
     assert fields["count_fit"].__getstate__() == state.count_fit.__getstate__()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    mean=st.floats(1e-6, 80.0),
+    dispersion=st.one_of(st.just(1.0), st.floats(1.0, 30.0)),
+    shape=st.sampled_from([(), (3,)]),
+)
+def test_an_empty_window_reads_as_half_its_chance(mean, dispersion, shape):
+    """Φ⁻¹ of half P(N = 0) (Poisson, or negative binomial), against the scalar normal
+    quantile and an independent P(N = 0); arrays and scalars alike."""
+    variance = mean * dispersion
+    if variance <= mean * (1.0 + 1e-6):
+        zero = math.exp(-mean)
+    else:
+        size = mean * mean / (variance - mean)
+        zero = (size / (size + mean)) ** size
+    wanted = max(-sequential.normal_upper_z(zero / 2), -sequential.Z_CAP) if zero else -12.0
+    found = sequential.empty_z(np.full(shape, mean), np.full(shape, variance))
+    assert found.shape == shape
+    assert np.allclose(found, wanted, rtol=1e-9, atol=1e-7), (found, wanted)
+
+
+def test_an_empty_window_in_a_thin_loop_keeps_its_evidence():
+    """A thin scope (about one request a window) loops ×6: an empty window amid the loop
+    (a chance of 1/400 under the loop, of 1/3 under the null) costs its evidence what an
+    empty window is worth, a few nats, not all of it (as a z of −8 did)."""
+    detector = RobustSeasonal(RobustSeasonalConfig(name="r"))
+    rng = np.random.default_rng(11)
+    state = detector.new_state()
+    scope = {"tenant": "t"}
+    windows = 7 * 96
+    for i in range(windows):
+        n = int(rng.poisson(1.0))
+        detector.observe(state, scope, T0 + i * WINDOW, _usd(0.01 * n, n))
+    start = T0 + windows * WINDOW
+    for k in range(2):  # two windows of the loop: evidence, not yet decisive
+        assert detector.observe(state, scope, start + k * WINDOW, _usd(0.06, 6)) == []
+    gathered = max(state.cusum)
+    empty = detector.explain(state, start + 2 * WINDOW, _usd(0.0, 0))
+    assert -1.5 < empty["z"] < -0.5, empty  # P(N = 0) of about one request expected
+    assert gathered - 4.0 < empty["evidence"] < gathered, (empty, gathered)
