@@ -352,8 +352,8 @@ def empty_z(mean: np.ndarray | float, variance: np.ndarray | float) -> np.ndarra
     A gamma law has no atom at 0, so its upper tail reads every empty window as the
     least likely value there is (z ≈ −8): on a thin scope, where half the windows are
     empty under the null, each one wiped the evidence a loop had gathered. An empty window
-    of a scope expecting 1.1 requests is z ≈ −1.0 (P = 0.33), of one expecting 20,
-    −8 as before. Numpy throughout, arrays or scalars alike: the rows and the per-scope
+    of a scope expecting 1.1 requests is z ≈ −1.0 (P = 0.33), of one expecting 20 (Poisson)
+    z ≈ −6. Numpy throughout, arrays or scalars alike: the rows and the per-scope
     code get the very same bits.
     """
     mean = np.asarray(mean, dtype=np.float64)
