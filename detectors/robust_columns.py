@@ -378,15 +378,14 @@ def step(
 
     # -- surprise (RobustSeasonal._z): an empty window's chance (sequential.empty_z), a value
     # of 0 with requests by gamma_z's closed form, the rest row by row below --------------
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shape = expected * expected / variance
-        cc = 1.0 / (9.0 * shape)
-        z = np.where(shape >= 1.0, (0.0 - (1.0 - cc)) / np.sqrt(cc), _Z_EMPTY_THIN)
-        nothing = (
-            sequential.empty_z(count, cvar) if counting else sequential.empty_z(expected, variance)
-        )
-        z = np.where((values == 0.0) & (requests == 0.0), nothing, z)
-    z = np.where(judged, z, 0.0) if data else z  # (unused where not judged)
+    z = sequential.empty_z(count, cvar) if counting else sequential.empty_z(expected, variance)
+    if data:  # (an empty step's rows are all empty: their z is that)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shape = expected * expected / variance
+            cc = 1.0 / (9.0 * shape)
+            zero = np.where(shape >= 1.0, (0.0 - (1.0 - cc)) / np.sqrt(cc), _Z_EMPTY_THIN)
+        z = np.where((values == 0.0) & (requests == 0.0), z, zero)
+        z = np.where(judged, z, 0.0)  # (unused where not judged)
     material = np.zeros(len(rows), dtype=bool)
     if data:
         busy = np.flatnonzero(judged & (values > 0.0))
